@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing wspush needs on a fresh Debian machine with Rust.
+# Idempotent: skips what is already there. Used by `make run` and `make test`.
+set -euo pipefail
+
+need=()
+if [ "${WSPUSH_SETUP_TEST:-0}" = 1 ]; then
+  # Real components the integration tests start themselves (nginx in front of the server).
+  [ -x /usr/sbin/nginx ] || need+=(nginx)
+fi
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

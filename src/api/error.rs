@@ -1,0 +1,110 @@
+//! API errors and the one place they become an HTTP status and the `{code,msg,data}` envelope.
+
+/// What went wrong with an API request; every variant is the caller's doing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("SystemId header is required")]
+    MissingSystemId,
+    #[error("systemId {0:?} is not registered")]
+    UnknownSystem(String),
+    #[error("{field} {problem}")]
+    Field { field: String, problem: String },
+    #[error("systemId {0:?} is already registered")]
+    AlreadyRegistered(String),
+    #[error("method not allowed: API routes take POST")]
+    MethodNotAllowed,
+    #[error("no such route")]
+    NotFound,
+}
+
+impl ApiError {
+    pub fn required(field: &str) -> ApiError {
+        ApiError::Field {
+            field: field.to_string(),
+            problem: "is required".to_string(),
+        }
+    }
+
+    /// HTTP status: the original answers 200 with code -1 for everything but these.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadJson(_) => 400,
+            ApiError::MethodNotAllowed => 405,
+            ApiError::NotFound => 404,
+            _ => 200,
+        }
+    }
+}
+
+/// The success `data` of each route.
+pub enum Data {
+    /// `[]`
+    EmptyList,
+    /// `{}`
+    EmptyObject,
+    /// `{"messageId":"..."}`
+    MessageId(String),
+    /// `{"count":N,"list":[...]}`
+    OnlineList(Vec<String>),
+}
+
+/// Writes `{"code":..,"msg":..,"data":..}`.
+pub fn envelope(result: &Result<Data, ApiError>) -> Vec<u8> {
+    use crate::ws::message::write_json_str;
+    let mut out = Vec::with_capacity(96);
+    match result {
+        Ok(data) => {
+            out.extend_from_slice(b"{\"code\":0,\"msg\":\"success\",\"data\":");
+            match data {
+                Data::EmptyList => out.extend_from_slice(b"[]"),
+                Data::EmptyObject => out.extend_from_slice(b"{}"),
+                Data::MessageId(id) => {
+                    out.extend_from_slice(b"{\"messageId\":");
+                    write_json_str(&mut out, id);
+                    out.push(b'}');
+                }
+                Data::OnlineList(list) => {
+                    out.extend_from_slice(
+                        format!("{{\"count\":{},\"list\":[", list.len()).as_bytes(),
+                    );
+                    for (i, id) in list.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        write_json_str(&mut out, id);
+                    }
+                    out.extend_from_slice(b"]}");
+                }
+            }
+        }
+        Err(e) => {
+            out.extend_from_slice(b"{\"code\":-1,\"msg\":");
+            write_json_str(&mut out, &e.to_string());
+            out.extend_from_slice(b",\"data\":[]");
+        }
+    }
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&envelope(&Ok(Data::OnlineList(vec![])))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"code":0,"msg":"success","data":{"count":0,"list":[]}})
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&envelope(&Err(ApiError::required("clientId")))).unwrap();
+        assert_eq!(v["code"], -1);
+        assert_eq!(v["msg"], "clientId is required");
+        assert_eq!(v["data"], serde_json::json!([]));
+    }
+}

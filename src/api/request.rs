@@ -1,0 +1,202 @@
+//! Request bodies. Strings borrow from the body where they can; `data` is kept as raw JSON.
+//!
+//! Decoding errors are split the way the contract wants them: a body that is not JSON is a 400,
+//! a field of the wrong type is code -1 with the field named (serde_path_to_error finds it).
+
+use super::error::ApiError;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// Fields every push route shares.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PushFields<'a> {
+    #[serde(default, borrow)]
+    pub send_user_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub code: Option<i64>,
+    #[serde(default, borrow)]
+    pub msg: Option<Cow<'a, str>>,
+    /// Any JSON value, `null` included, delivered as received.
+    #[serde(default, borrow, deserialize_with = "raw_present")]
+    pub data: Option<&'a RawValue>,
+}
+
+fn raw_present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+// serde's `flatten` buffers its input and cannot lend out `&RawValue`, so each push request
+// repeats the shared fields through a hand-written split below instead.
+macro_rules! push_request {
+    ($name:ident { $($field:ident : $ty:ty => $json:literal),* }) => {
+        pub struct $name<'a> {
+            $(pub $field: $ty,)*
+            pub fields: PushFields<'a>,
+        }
+
+        impl<'de: 'a, 'a> Deserialize<'de> for $name<'a> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                struct Raw<'a> {
+                    $(#[serde(default, borrow, rename = $json)] $field: $ty,)*
+                    #[serde(default, borrow, rename = "sendUserId")]
+                    send_user_id: Option<Cow<'a, str>>,
+                    #[serde(default)]
+                    code: Option<i64>,
+                    #[serde(default, borrow)]
+                    msg: Option<Cow<'a, str>>,
+                    #[serde(default, borrow, deserialize_with = "raw_present")]
+                    data: Option<&'a RawValue>,
+                }
+                let raw = Raw::deserialize(d)?;
+                Ok($name {
+                    $($field: raw.$field,)*
+                    fields: PushFields {
+                        send_user_id: raw.send_user_id,
+                        code: raw.code,
+                        msg: raw.msg,
+                        data: raw.data,
+                    },
+                })
+            }
+        }
+    };
+}
+
+push_request!(Push { client_id: Option<Cow<'a, str>> => "clientId" });
+push_request!(PushToClients { client_ids: Option<Vec<Cow<'a, str>>> => "clientIds" });
+push_request!(SendToGroup { group_name: Option<Cow<'a, str>> => "groupName" });
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Register<'a> {
+    #[serde(default, borrow)]
+    pub system_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bind<'a> {
+    #[serde(default, borrow)]
+    pub client_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub group_name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub user_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub extend: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ByGroup<'a> {
+    #[serde(default, borrow)]
+    pub group_name: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ByClient<'a> {
+    #[serde(default, borrow)]
+    pub client_id: Option<Cow<'a, str>>,
+}
+
+/// Decodes a body, naming the offending field on a type error.
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data if path == "." => ApiError::Field {
+                field: "request body".into(),
+                problem: "must be a JSON object".into(),
+            },
+            serde_json::error::Category::Data => ApiError::Field {
+                field: path,
+                problem: format!("has the wrong type: {}", strip_position(&inner.to_string())),
+            },
+            _ => ApiError::BadJson(inner.to_string()),
+        }
+    })?;
+    de.end().map_err(|e| ApiError::BadJson(e.to_string()))?;
+    Ok(value)
+}
+
+/// serde_json appends " at line L column C"; the field name says more to an API caller.
+fn strip_position(msg: &str) -> &str {
+    msg.rfind(" at line ").map_or(msg, |i| &msg[..i])
+}
+
+/// A required string field: present and not empty.
+pub fn required<'a>(field: &str, value: Option<Cow<'a, str>>) -> Result<Cow<'a, str>, ApiError> {
+    match value {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(ApiError::required(field)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_push_with_raw_data() {
+        let p: Push =
+            decode(br#"{"clientId":"c","code":3,"msg":"m","data":{"x":[1, 2]}}"#).unwrap();
+        assert_eq!(p.client_id.as_deref(), Some("c"));
+        assert_eq!(p.fields.code, Some(3));
+        assert_eq!(p.fields.data.unwrap().get(), r#"{"x":[1, 2]}"#);
+        let p: Push = decode(br#"{"clientId":"c","data":null}"#).unwrap();
+        assert_eq!(p.fields.data.unwrap().get(), "null");
+        let p: Push = decode(br#"{"clientId":"c"}"#).unwrap();
+        assert!(p.fields.data.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_field_or_say_not_json() {
+        let e = decode::<Push>(br#"{"clientId":5}"#).err().unwrap();
+        assert!(
+            matches!(&e, ApiError::Field { field, .. } if field == "clientId"),
+            "{e}"
+        );
+        let e = decode::<Push>(br#"{"clientId":"c","code":"x"}"#)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&e, ApiError::Field { field, .. } if field == "code"),
+            "{e}"
+        );
+        let e = decode::<PushToClients>(br#"{"clientIds":"c"}"#)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&e, ApiError::Field { field, .. } if field == "clientIds"),
+            "{e}"
+        );
+        assert!(matches!(
+            decode::<Push>(b"{nope").err().unwrap(),
+            ApiError::BadJson(_)
+        ));
+        assert!(matches!(
+            decode::<Push>(b"").err().unwrap(),
+            ApiError::BadJson(_)
+        ));
+        assert!(matches!(
+            decode::<Push>(b"{} x").err().unwrap(),
+            ApiError::BadJson(_)
+        ));
+        assert!(matches!(
+            decode::<Push>(b"[1]").err().unwrap(),
+            ApiError::Field { .. }
+        ));
+        assert_eq!(
+            required("groupName", Some("".into()))
+                .unwrap_err()
+                .to_string(),
+            "groupName is required"
+        );
+    }
+}

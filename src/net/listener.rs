@@ -1,0 +1,322 @@
+//! Per-core accept loop and the life of one HTTP connection.
+//!
+//! Every core binds HttpPort itself (glommio sets SO_REUSEPORT), so the kernel spreads new
+//! connections over the cores and a socket never leaves the core that accepted it. A connection
+//! starts as HTTP: it either upgrades to a WebSocket session (`GET /ws`) or serves API requests,
+//! keep-alive or one-shot (HTTP/1.0 / `Connection: close`, as nginx sends `/api`).
+
+use super::handshake;
+use super::http::{self, Head, HeadError, Method};
+use crate::api::{self, error::envelope};
+use crate::shard::Shard;
+use crate::ws::session;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Accepts until the task is cancelled (shutdown). Accept errors (EMFILE, ENFILE, ENOBUFS) back
+/// off and retry instead of ending the loop.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                backoff = Duration::from_millis(5);
+                let shard = shard.clone();
+                glommio::spawn_local(async move { serve(shard, stream).await }).detach();
+            }
+            Err(e) => {
+                tracing::warn!(core = shard.id, error = %e, "accept failed, backing off {:?}", backoff);
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Why reading a request stopped.
+enum ReadEnd {
+    /// The peer closed or went idle past the keep-alive timeout: just close.
+    Closed,
+    /// Answer with this status, then close.
+    Reject(u16, String),
+}
+
+/// Serves one accepted connection until it closes or upgrades.
+async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+    let peer = match stream.peer_addr() {
+        Ok(peer) => peer,
+        Err(_) => return,
+    };
+    let _ = stream.set_nodelay(true);
+    let config = shard.config.clone();
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut out: Vec<u8> = Vec::with_capacity(256);
+    loop {
+        let (head, head_len) = match read_head(&shard, &mut stream, &mut buf).await {
+            Ok(parsed) => parsed,
+            Err(ReadEnd::Closed) => return,
+            Err(ReadEnd::Reject(status, why)) => {
+                tracing::debug!(%peer, core = shard.id, status, why, "bad request head");
+                let body = format!("{why}\n");
+                http::write_response(&mut out, status, http::TEXT, "", body.as_bytes(), true);
+                let _ = stream.write_all(&out).await;
+                return;
+            }
+        };
+
+        if head.path == "/ws" {
+            buf.drain(..head_len);
+            return upgrade(shard, stream, peer, head, buf).await;
+        }
+
+        // Operations routes (the ops issue extends these).
+        if let Some(status) = probe(&shard, &head) {
+            buf.drain(..head_len);
+            out.clear();
+            let body: &[u8] = if status == 200 {
+                b"ok\n"
+            } else {
+                b"not ready\n"
+            };
+            http::write_response(&mut out, status, http::TEXT, "", body, head.close);
+            if stream.write_all(&out).await.is_err() || head.close {
+                return;
+            }
+            continue;
+        }
+
+        let route = api::route(&head.path);
+        if head.chunked {
+            return reject(
+                &mut stream,
+                &mut out,
+                411,
+                "chunked bodies are not supported; send Content-Length",
+            )
+            .await;
+        }
+        let length = head.content_length.unwrap_or(0);
+        if length > config.max_body_bytes as u64 {
+            tracing::info!(%peer, core = shard.id, length, "request body over MaxBodyBytes refused");
+            return reject(&mut stream, &mut out, 413, "request body too large").await;
+        }
+        let length = length as usize;
+        if head.expect_continue
+            && buf.len() < head_len + length
+            && stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return;
+        }
+        if read_body(&shard, &mut stream, &mut buf, head_len + length)
+            .await
+            .is_err()
+        {
+            return reject(
+                &mut stream,
+                &mut out,
+                408,
+                "timed out reading the request body",
+            )
+            .await;
+        }
+        let body = &buf[head_len..head_len + length];
+
+        let result = match route {
+            Some(route) => api::handle(&shard, route, &head, body).await,
+            None => Err(api::error::ApiError::NotFound),
+        };
+        if let Err(e) = &result {
+            tracing::debug!(%peer, core = shard.id, path = %head.path, error = %e, "API request refused");
+        }
+        let status = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status());
+        let extra = if status == 405 { "Allow: POST\r\n" } else { "" };
+        out.clear();
+        http::write_response(
+            &mut out,
+            status,
+            http::JSON,
+            extra,
+            &envelope(&result),
+            head.close,
+        );
+        buf.drain(..head_len + length);
+        if stream.write_all(&out).await.is_err() || head.close {
+            return;
+        }
+        if shard.draining.get() {
+            return;
+        }
+    }
+}
+
+async fn reject(stream: &mut TcpStream, out: &mut Vec<u8>, status: u16, why: &str) {
+    out.clear();
+    let body = crate::api::error::envelope(&Err(crate::api::error::ApiError::Field {
+        field: "request".into(),
+        problem: why.into(),
+    }));
+    http::write_response(out, status, http::JSON, "", &body, true);
+    let _ = stream.write_all(out).await;
+}
+
+/// `GET /healthz` and `GET /readyz`: the status they answer with, if the head is one of them.
+fn probe(shard: &Shard, head: &Head) -> Option<u16> {
+    if head.method != Some(Method::Get) {
+        return None;
+    }
+    match head.path.as_str() {
+        "/healthz" => Some(200),
+        "/readyz" => Some(if crate::runtime::is_ready() && !shard.draining.get() {
+            200
+        } else {
+            503
+        }),
+        _ => None,
+    }
+}
+
+/// Reads until `buf` holds a whole head. Waiting for the first byte is bounded by the keep-alive
+/// timeout; the rest of the head by HeadTimeout (a slowloris cannot hold the slot longer).
+async fn read_head(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<(Head, usize), ReadEnd> {
+    let config = &shard.config;
+    let mut deadline = None;
+    loop {
+        if !buf.is_empty() {
+            match http::parse_head(buf, config.max_head_bytes) {
+                Ok(Some(parsed)) => return Ok(parsed),
+                Ok(None) => {}
+                Err(e @ HeadError::TooLarge)
+                | Err(e @ HeadError::Malformed(_))
+                | Err(e @ HeadError::BadLength) => {
+                    return Err(ReadEnd::Reject(e.status(), e.to_string()));
+                }
+            }
+            deadline.get_or_insert_with(|| std::time::Instant::now() + config.head_timeout);
+        }
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(std::time::Instant::now()),
+            None => config.keepalive_timeout,
+        };
+        if wait.is_zero() {
+            return Err(ReadEnd::Reject(
+                408,
+                "timed out reading the request head".into(),
+            ));
+        }
+        match read_some(stream, buf, wait).await {
+            Ok(0) => return Err(ReadEnd::Closed),
+            Ok(_) => {}
+            Err(ReadTimeout::Idle) if deadline.is_none() => return Err(ReadEnd::Closed),
+            Err(ReadTimeout::Idle) => {
+                return Err(ReadEnd::Reject(
+                    408,
+                    "timed out reading the request head".into(),
+                ))
+            }
+            Err(ReadTimeout::Failed) => return Err(ReadEnd::Closed),
+        }
+    }
+}
+
+/// Reads until `buf` holds `want` bytes, within HeadTimeout.
+async fn read_body(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> Result<(), ()> {
+    let deadline = std::time::Instant::now() + shard.config.head_timeout;
+    while buf.len() < want {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        match read_some(stream, buf, wait).await {
+            Ok(n) if n > 0 => {}
+            _ => return Err(()),
+        }
+    }
+    Ok(())
+}
+
+enum ReadTimeout {
+    Idle,
+    Failed,
+}
+
+/// One read appended to `buf`, bounded by `wait`.
+async fn read_some(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    wait: Duration,
+) -> Result<usize, ReadTimeout> {
+    if wait.is_zero() {
+        return Err(ReadTimeout::Idle);
+    }
+    let start = buf.len();
+    buf.resize(start + 4096, 0);
+    let result = glommio::timer::timeout(wait, async {
+        stream.read(&mut buf[start..]).await.map_err(Into::into)
+    })
+    .await;
+    match result {
+        Ok(n) => {
+            buf.truncate(start + n);
+            Ok(n)
+        }
+        Err(glommio::GlommioError::TimedOut(_)) => {
+            buf.truncate(start);
+            Err(ReadTimeout::Idle)
+        }
+        Err(_) => {
+            buf.truncate(start);
+            Err(ReadTimeout::Failed)
+        }
+    }
+}
+
+/// `GET /ws`: validate, answer 101, and hand the socket to a WebSocket session.
+async fn upgrade(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    head: Head,
+    leftover: Vec<u8>,
+) {
+    let response = match handshake::response(&head) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%peer, core = shard.id, error = %e, "WebSocket handshake refused");
+            let mut out = Vec::new();
+            let body = format!("{e}\n");
+            http::write_response(
+                &mut out,
+                400,
+                http::TEXT,
+                "Sec-WebSocket-Version: 13\r\n",
+                body.as_bytes(),
+                true,
+            );
+            let _ = stream.write_all(&out).await;
+            return;
+        }
+    };
+    if shard.draining.get() {
+        let mut out = Vec::new();
+        http::write_response(&mut out, 503, http::TEXT, "", b"shutting down\n", true);
+        let _ = stream.write_all(&out).await;
+        return;
+    }
+    if stream.write_all(response.as_bytes()).await.is_err() {
+        return;
+    }
+    let system_id = handshake::system_id(&head.query);
+    session::run(shard, stream, peer, system_id, leftover).await;
+}

@@ -1,0 +1,79 @@
+//! The few raw socket calls glommio does not expose. All `unsafe` in wspush lives here.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// How much to shut down; mirrors `libc::SHUT_*`.
+#[derive(Debug, Clone, Copy)]
+pub enum Shutdown {
+    Write,
+    Both,
+}
+
+/// `shutdown(2)` on a socket we still own. Waking the reader with EOF is how a core ends a
+/// connection it decided to drop (pong timeout, slow consumer, close_client): the reader task then
+/// runs the one and only cleanup path.
+pub fn shutdown(fd: RawFd, how: Shutdown) {
+    let how = match how {
+        Shutdown::Write => libc::SHUT_WR,
+        Shutdown::Both => libc::SHUT_RDWR,
+    };
+    // SAFETY: plain syscall on an fd owned by a live TcpStream; errors (ENOTCONN) are harmless.
+    unsafe {
+        libc::shutdown(fd, how);
+    }
+}
+
+/// Most slices handed to one `sendmsg`; well under IOV_MAX (1024).
+pub const MAX_IOV: usize = 64;
+
+/// Non-blocking vectored send of `bufs` in one syscall. `Ok(n)` bytes went out (possibly fewer
+/// than offered); `WouldBlock` when the socket buffer is full. Never raises SIGPIPE.
+pub fn send_vectored(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
+    let count = bufs.len().min(MAX_IOV);
+    let mut iov: [libc::iovec; MAX_IOV] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_IOV];
+    for (slot, buf) in iov.iter_mut().zip(&bufs[..count]) {
+        slot.iov_base = buf.as_ptr() as *mut libc::c_void;
+        slot.iov_len = buf.len();
+    }
+    // SAFETY: a zeroed msghdr is valid; it points at `iov`, whose entries borrow `bufs` for the
+    // duration of the call only.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = count as _;
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Number of CPUs this process may run on (its affinity mask), at least 1.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Current resident set size in bytes, from /proc/self/statm.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(1) as u64)
+}
+
+/// Hands a std Unix socket to the current glommio executor (the shutdown doorbell).
+pub fn glommio_unix_stream(socket: std::os::unix::net::UnixStream) -> glommio::net::UnixStream {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let _ = socket.set_nonblocking(true);
+    // SAFETY: `into_raw_fd` gives up ownership, so the fd is owned by exactly one stream.
+    unsafe { glommio::net::UnixStream::from_raw_fd(socket.into_raw_fd()) }
+}

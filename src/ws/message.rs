@@ -1,0 +1,111 @@
+//! The JSON of pushed messages, written straight into the frame that carries it.
+//!
+//! Field order follows the original (`messageId, sendUserId, code, msg, data`); `data` is raw
+//! JSON copied as the API received it, so a string stays a string and an object an object.
+
+use super::frame::{self, SharedFrame};
+
+pub const CODE_SYSTEM_ID_ERROR: i64 = -1001;
+pub const CODE_ONLINE: i64 = 1001;
+pub const CODE_OFFLINE: i64 = 1002;
+pub const MSG_ONLINE: &str = "client online";
+pub const MSG_OFFLINE: &str = "client offline";
+
+/// Appends `s` as a JSON string literal.
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("bug: writing a JSON string to a Vec cannot fail");
+}
+
+/// One pushed message as a complete text frame, built once for all its recipients.
+/// `data` must be valid JSON (it comes from a parsed request or from [`member_event_data`]).
+pub fn push_frame(
+    message_id: &str,
+    send_user_id: &str,
+    code: i64,
+    msg: &str,
+    data: &str,
+) -> SharedFrame {
+    let mut json =
+        Vec::with_capacity(64 + message_id.len() + send_user_id.len() + msg.len() + data.len());
+    json.extend_from_slice(b"{\"messageId\":");
+    write_json_str(&mut json, message_id);
+    json.extend_from_slice(b",\"sendUserId\":");
+    write_json_str(&mut json, send_user_id);
+    json.extend_from_slice(b",\"code\":");
+    json.extend_from_slice(code.to_string().as_bytes());
+    json.extend_from_slice(b",\"msg\":");
+    write_json_str(&mut json, msg);
+    json.extend_from_slice(b",\"data\":");
+    json.extend_from_slice(data.as_bytes());
+    json.push(b'}');
+    let mut out = Vec::with_capacity(frame::text_header_len(json.len()) + json.len());
+    frame::text_header(json.len(), &mut out);
+    out.extend_from_slice(&json);
+    out.into()
+}
+
+/// The `data` of 1001/1002/1003 pushes: a JSON *string* holding
+/// `{"clientId":...,"userId":...,"extend":...}`, as the original sends it.
+pub fn member_event_data(client_id: &str, user_id: &str, extend: &str) -> String {
+    let inner = serde_json::json!({
+        "clientId": client_id,
+        "userId": user_id,
+        "extend": extend,
+    })
+    .to_string();
+    serde_json::to_string(&inner).expect("bug: a string always serializes")
+}
+
+/// `{"code":0,"msg":"success","data":{"clientId":"..."}}`, the first frame of every session.
+pub fn welcome(client_id: &str) -> SharedFrame {
+    let mut json = Vec::with_capacity(96);
+    json.extend_from_slice(b"{\"code\":0,\"msg\":\"success\",\"data\":{\"clientId\":");
+    write_json_str(&mut json, client_id);
+    json.extend_from_slice(b"}}");
+    frame::text(&json)
+}
+
+/// The original's answer to a connect without systemId.
+pub fn missing_system_id() -> SharedFrame {
+    push_frame(
+        "",
+        "",
+        CODE_SYSTEM_ID_ERROR,
+        "systemId is required: connect to /ws?systemId=<id>",
+        "[]",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(f: &[u8]) -> serde_json::Value {
+        let start = if f[1] & 0x7f == 126 { 4 } else { 2 };
+        serde_json::from_slice(&f[start..]).unwrap()
+    }
+
+    #[test]
+    fn push_frame_keeps_data_as_given() {
+        let f = push_frame("0123456789abcdef", "u\"1", 7, "hi", r#"{"a":[1,2]}"#);
+        let v = payload(&f);
+        assert_eq!(v["messageId"], "0123456789abcdef");
+        assert_eq!(v["sendUserId"], "u\"1");
+        assert_eq!(v["code"], 7);
+        assert_eq!(v["data"]["a"][1], 2);
+        let f = push_frame("x", "", -1, "m", r#""text""#);
+        assert_eq!(payload(&f)["data"], "text");
+    }
+
+    #[test]
+    fn member_event_data_is_a_json_string() {
+        let data = member_event_data("cid", "u1", "e");
+        let f = push_frame("x", "", CODE_ONLINE, MSG_ONLINE, &data);
+        let v = payload(&f);
+        let inner: serde_json::Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(inner["clientId"], "cid");
+        assert_eq!(inner["userId"], "u1");
+        assert_eq!(inner["extend"], "e");
+        assert_eq!(v["sendUserId"], "");
+    }
+}

@@ -1,0 +1,145 @@
+//! One WebSocket session after the handshake: register, welcome, read until the end, clean up.
+//!
+//! Reading: the socket is polled with the core's scratch buffer, borrowed only for the duration
+//! of one poll, so an idle connection holds no read buffer. Bytes of a frame that arrived only in
+//! part are kept in a small per-connection buffer until the rest comes.
+
+use crate::shard::conn::{Conn, EndReason};
+use crate::shard::Shard;
+use crate::ws::frame::{self, close_code, ClientFrame, MessageState, Violation};
+use crate::ws::message;
+use futures_lite::{AsyncRead, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Instant;
+
+/// What the reader decided about the connection after a batch of bytes.
+enum Step {
+    Continue,
+    End(EndReason),
+}
+
+/// Runs a session on an upgraded socket. `leftover` holds bytes the client sent right after its
+/// handshake (already read with the request head).
+pub async fn run(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    system_id: Option<String>,
+    leftover: Vec<u8>,
+) {
+    let Some(system_id) = system_id else {
+        // As the original: tell the client why, then hang up. It never gets a clientId.
+        tracing::info!(%peer, core = shard.id, "WebSocket connect without systemId refused");
+        let _ = stream.write_all(&message::missing_system_id()).await;
+        let _ = stream
+            .write_all(&frame::close(close_code::POLICY, "systemId is required"))
+            .await;
+        let _ = stream.close().await;
+        return;
+    };
+    let conn = shard.add_conn(stream, &system_id, peer);
+    tracing::debug!(client = %conn.client_id, %peer, core = shard.id, system = %system_id, "client connected");
+    shard.enqueue(&conn, message::welcome(&conn.client_id));
+
+    let mut state = MessageState::default();
+    let mut partial: Vec<u8> = Vec::new();
+    let mut step = if leftover.is_empty() {
+        Step::Continue
+    } else {
+        on_bytes(&shard, &conn, &mut state, &mut partial, leftover)
+    };
+    while let Step::Continue = step {
+        step = futures_lite::future::poll_fn(|cx| {
+            let mut scratch = shard.scratch.borrow_mut();
+            let polled = {
+                let mut stream = conn.stream.borrow_mut();
+                Pin::new(&mut *stream).poll_read(cx, &mut scratch[..])
+            };
+            match polled {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(0)) => Poll::Ready(Step::End(EndReason::Reset)),
+                Poll::Ready(Ok(n)) => {
+                    let step = if partial.is_empty() {
+                        on_scratch(&shard, &conn, &mut state, &mut partial, &mut scratch[..n])
+                    } else {
+                        let mut joined = std::mem::take(&mut partial);
+                        joined.extend_from_slice(&scratch[..n]);
+                        on_bytes(&shard, &conn, &mut state, &mut partial, joined)
+                    };
+                    Poll::Ready(step)
+                }
+                Poll::Ready(Err(_)) => Poll::Ready(Step::End(EndReason::Reset)),
+            }
+        })
+        .await;
+    }
+    let Step::End(reason) = step else {
+        unreachable!("bug: loop ends only on Step::End")
+    };
+    // A reason set by the core (kick, pong timeout, slow consumer) wins over the EOF it caused.
+    let reason = conn.end_reason.get().unwrap_or(reason);
+    shard.end_conn(&conn, reason).await;
+}
+
+/// Processes bytes that live in an owned buffer (a partial frame completed by new bytes).
+fn on_bytes(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    state: &mut MessageState,
+    partial: &mut Vec<u8>,
+    mut bytes: Vec<u8>,
+) -> Step {
+    let step = on_scratch(shard, conn, state, partial, &mut bytes);
+    if partial.capacity() > 2 * shard.config.max_message_bytes + 64 {
+        partial.shrink_to_fit();
+    }
+    step
+}
+
+/// Processes every complete frame in `bytes`; keeps an incomplete tail in `partial`.
+fn on_scratch(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    state: &mut MessageState,
+    partial: &mut Vec<u8>,
+    bytes: &mut [u8],
+) -> Step {
+    conn.last_seen.set(Instant::now());
+    let mut at = 0;
+    while at < bytes.len() {
+        match frame::read_frame(&mut bytes[at..], state, shard.config.max_message_bytes) {
+            Ok(None) => {
+                partial.extend_from_slice(&bytes[at..]);
+                return Step::Continue;
+            }
+            Ok(Some((f, used))) => {
+                at += used;
+                match f {
+                    ClientFrame::Data | ClientFrame::Pong => {}
+                    ClientFrame::Ping(payload) => {
+                        shard.enqueue(conn, frame::pong(payload));
+                    }
+                    ClientFrame::Close(code) => {
+                        // Section 5.5.1: echo the status code back, then close.
+                        shard.enqueue_close(conn, code.unwrap_or(close_code::NORMAL), "");
+                        return Step::End(EndReason::ClientClose);
+                    }
+                }
+            }
+            Err(Violation { code, reason }) => {
+                tracing::info!(client = %conn.client_id, peer = %conn.peer, core = shard.id, code, reason,
+                    "closing connection after a protocol violation");
+                shard.enqueue_close(conn, code, reason);
+                return Step::End(EndReason::ProtocolError);
+            }
+        }
+    }
+    if partial.is_empty() && partial.capacity() > 0 {
+        *partial = Vec::new();
+    }
+    Step::Continue
+}
