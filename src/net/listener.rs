@@ -68,8 +68,11 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         };
 
         if head.path == "/ws" {
-            buf.drain(..head_len);
-            return upgrade(shard, stream, peer, head, buf).await;
+            // The session runs as a task of its own, so it does not carry this function's
+            // buffers for its whole life; only bytes the client already sent past the head go.
+            let leftover = buf[head_len..].to_vec();
+            glommio::spawn_local(upgrade(shard, stream, peer, head, leftover)).detach();
+            return;
         }
 
         // Operations routes (the ops issue extends these).
@@ -318,5 +321,13 @@ async fn upgrade(
         return;
     }
     let system_id = handshake::system_id(&head.query);
-    session::run(shard, stream, peer, system_id, leftover).await;
+    // The session is a task of its own: nothing of the request lives as long as it does, and an
+    // idle connection's memory is that small task plus its registry entry.
+    match system_id {
+        Some(system_id) => {
+            let conn = shard.add_conn(stream, &system_id, peer);
+            glommio::spawn_local(session::run(shard, conn, leftover)).detach();
+        }
+        None => session::refuse_without_system_id(&shard, stream, peer).await,
+    }
 }

@@ -22,32 +22,30 @@ enum Step {
     End(EndReason),
 }
 
-/// Runs a session on an upgraded socket. `leftover` holds bytes the client sent right after its
-/// handshake (already read with the request head).
-pub async fn run(
-    shard: Rc<Shard>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    system_id: Option<String>,
-    leftover: Vec<u8>,
-) {
-    let Some(system_id) = system_id else {
-        // As the original: tell the client why, then hang up. It never gets a clientId.
-        tracing::info!(%peer, core = shard.id, "WebSocket connect without systemId refused");
-        let _ = stream.write_all(&message::missing_system_id()).await;
-        let _ = stream
-            .write_all(&frame::close(close_code::POLICY, "systemId is required"))
-            .await;
-        let _ = stream.close().await;
-        return;
-    };
-    let conn = shard.add_conn(stream, &system_id, peer);
-    tracing::debug!(client = %conn.client_id, %peer, core = shard.id, system = %system_id, "client connected");
+/// As the original: a connect without systemId gets a -1001 frame saying why, then the close.
+/// It never gets a clientId.
+pub async fn refuse_without_system_id(shard: &Shard, mut stream: TcpStream, peer: SocketAddr) {
+    tracing::info!(%peer, core = shard.id, "WebSocket connect without systemId refused");
+    let mut out = message::missing_system_id().to_vec();
+    out.extend_from_slice(&frame::close(close_code::POLICY, "systemId is required"));
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
+}
+
+/// Runs a registered connection's session: welcome, then read until it ends. `leftover` holds
+/// bytes the client sent right after its handshake (read together with the request head).
+///
+/// This future is what an idle connection costs, so it holds only the connection, the frame
+/// assembly state and (only while a frame is incomplete) a partial buffer; the cleanup runs as
+/// a task of its own.
+pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
+    tracing::debug!(client = %conn.client_id, peer = %conn.peer, core = shard.id, system = %conn.system, "client connected");
     shard.enqueue(&conn, message::welcome(&conn.client_id));
 
     let mut state = MessageState::default();
     let mut partial: Vec<u8> = Vec::new();
     let mut step = if leftover.is_empty() {
+        drop(leftover);
         Step::Continue
     } else {
         on_bytes(&shard, &conn, &mut state, &mut partial, leftover)
@@ -82,7 +80,7 @@ pub async fn run(
     };
     // A reason set by the core (kick, pong timeout, slow consumer) wins over the EOF it caused.
     let reason = conn.end_reason.get().unwrap_or(reason);
-    shard.end_conn(&conn, reason).await;
+    glommio::spawn_local(async move { shard.end_conn(&conn, reason).await }).detach();
 }
 
 /// Processes bytes that live in an owned buffer (a partial frame completed by new bytes).
