@@ -225,27 +225,29 @@ impl Shard {
         }
         {
             let mut out = conn.out.borrow_mut();
+            if out.close_after {
+                // A close frame is queued: nothing may follow it on the wire.
+                return false;
+            }
             if out.queue.len() >= self.config.queue_frames
                 || out.bytes + frame.len() > self.config.queue_bytes
             {
                 let (frames, bytes) = (out.queue.len(), out.bytes);
-                let partial = out.offset != 0;
                 drop(out);
                 tracing::warn!(client = %conn.client_id, peer = %conn.peer, core = self.id, frames, bytes,
                     "slow consumer: outbound queue full, closing with 1008");
-                if !partial {
-                    // Best effort: the socket buffer is likely full, so this may not get through.
-                    let _ = crate::sys::send_vectored(
-                        conn.fd,
-                        &[&frame::close(frame::close_code::POLICY, "slow consumer")],
-                    );
-                }
-                conn.cut(EndReason::SlowConsumer);
+                self.drop_slow_consumer(conn);
                 return false;
             }
             out.bytes += frame.len();
             out.queue.push_back(frame);
         }
+        self.mark_dirty(conn);
+        true
+    }
+
+    /// Hands the connection to the flusher unless it is already there or waiting to write.
+    fn mark_dirty(self: &Rc<Self>, conn: &Rc<Conn>) {
         if conn.write_state.get() == WriteState::Idle {
             conn.write_state.set(WriteState::Dirty);
             self.dirty.borrow_mut().push(conn.clone());
@@ -254,7 +256,40 @@ impl Shard {
                 glommio::spawn_local(async move { shard.flush_dirty() }).detach();
             }
         }
-        true
+    }
+
+    /// A client that does not read: drop what it has not received, queue a 1008 close in its
+    /// place (after a partly written frame, so the wire stays well-formed), and cut the socket
+    /// if even that cannot be written within a second.
+    fn drop_slow_consumer(self: &Rc<Self>, conn: &Rc<Conn>) {
+        if conn.end_reason.get().is_none() {
+            conn.end_reason.set(Some(EndReason::SlowConsumer));
+        }
+        {
+            let mut out = conn.out.borrow_mut();
+            let partial = if out.offset > 0 {
+                out.queue.pop_front()
+            } else {
+                None
+            };
+            out.queue.clear();
+            out.bytes = 0;
+            if let Some(front) = partial {
+                out.bytes = front.len() - out.offset;
+                out.queue.push_back(front);
+            }
+            let close = frame::close(frame::close_code::POLICY, "slow consumer");
+            out.bytes += close.len();
+            out.queue.push_back(close);
+            out.close_after = true;
+        }
+        self.mark_dirty(conn);
+        let conn = conn.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            conn.cut(EndReason::SlowConsumer);
+        })
+        .detach();
     }
 
     /// Queues a close frame; the socket's write side is shut once it is written.
