@@ -48,7 +48,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("wspush: {e:#}");
             ExitCode::from(1)
         }
     }

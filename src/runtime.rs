@@ -12,7 +12,6 @@ use crate::shard::Shard;
 use crate::sys;
 use futures_lite::AsyncReadExt;
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::net::TcpListener;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -34,6 +33,12 @@ pub fn is_ready() -> bool {
 /// never drops.
 const MESH_CHANNEL: usize = 4096;
 
+/// Accept backlog of each core's listener (the kernel caps it at net.core.somaxconn).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// What the start-up thread hands each core: its bound listener and its shutdown doorbell.
+type CoreSockets = (std::net::TcpListener, UnixStream);
+
 /// Runs the server until SIGTERM/SIGINT. Returns an error if a core could not start.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let cpus = sys::available_cpus();
@@ -54,15 +59,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     CORES.store(cores, Ordering::Release);
 
-    // Shutdown doorbells: the signal thread writes a byte to each core's socket.
+    // Per core: its listening socket, and a shutdown doorbell the signal thread rings.
+    sys::ensure_port_free(config.http_port)
+        .map_err(|e| anyhow::anyhow!("cannot listen on HttpPort {}: {e}", config.http_port))?;
     let mut bells = Vec::with_capacity(cores);
-    let mut doors = Vec::with_capacity(cores);
+    let mut handoff = Vec::with_capacity(cores);
     for _ in 0..cores {
+        let listener = sys::reuseport_listener(config.http_port, LISTEN_BACKLOG)
+            .map_err(|e| anyhow::anyhow!("cannot listen on HttpPort {}: {e}", config.http_port))?;
         let (bell, door) = UnixStream::pair()?;
         bells.push(bell);
-        doors.push(Some(door));
+        handoff.push(Some((listener, door)));
     }
-    let doors = Arc::new(Mutex::new(doors));
+    let handoff = Arc::new(Mutex::new(handoff));
     std::thread::Builder::new()
         .name("wspush-signals".into())
         .spawn(move || wait_for_signals(bells))?;
@@ -83,8 +92,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .on_all_shards(move || {
             let config = config.clone();
             let mesh = mesh.clone();
-            let doors = doors.clone();
-            async move { run_core(config, mesh, doors, cores).await }
+            let handoff = handoff.clone();
+            async move { run_core(config, mesh, handoff, cores).await }
         })
         .map_err(|e| anyhow::anyhow!("cannot start the core executors: {e}"))?;
     let mut failed = None;
@@ -108,7 +117,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 async fn run_core(
     config: Arc<Config>,
     mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
-    doors: Arc<Mutex<Vec<Option<UnixStream>>>>,
+    handoff: Arc<Mutex<Vec<Option<CoreSockets>>>>,
     cores: usize,
 ) -> anyhow::Result<()> {
     let (senders, mut receivers) = mesh
@@ -116,12 +125,12 @@ async fn run_core(
         .await
         .map_err(|e| anyhow::anyhow!("joining the core channel mesh failed: {e}"))?;
     let shard = Rc::new(Shard::new(config.clone(), senders, cores));
-    // Start-up only: each core takes its doorbell once.
-    let door = doors
+    // Start-up only: each core takes its sockets once.
+    let (listener, door) = handoff
         .lock()
-        .map_err(|_| anyhow::anyhow!("bug: doorbell list poisoned"))?[shard.id]
+        .map_err(|_| anyhow::anyhow!("bug: socket hand-off list poisoned"))?[shard.id]
         .take()
-        .ok_or_else(|| anyhow::anyhow!("bug: doorbell {} taken twice", shard.id))?;
+        .ok_or_else(|| anyhow::anyhow!("bug: core {} sockets taken twice", shard.id))?;
 
     for (_, rx) in receivers.streams() {
         let shard = shard.clone();
@@ -133,13 +142,7 @@ async fn run_core(
         .detach();
     }
 
-    let listener = TcpListener::bind(("0.0.0.0", config.http_port)).map_err(|e| {
-        anyhow::anyhow!(
-            "core {}: cannot listen on port {}: {e}",
-            shard.id,
-            config.http_port
-        )
-    })?;
+    let listener = sys::glommio_listener(listener);
     let accept = glommio::spawn_local(listener::accept_loop(shard.clone(), listener));
     if ACCEPTING.fetch_add(1, Ordering::AcqRel) + 1 == cores {
         tracing::info!(http_port = config.http_port, cores, "wspush ready");

@@ -77,3 +77,30 @@ pub fn glommio_unix_stream(socket: std::os::unix::net::UnixStream) -> glommio::n
     // SAFETY: `into_raw_fd` gives up ownership, so the fd is owned by exactly one stream.
     unsafe { glommio::net::UnixStream::from_raw_fd(socket.into_raw_fd()) }
 }
+
+/// Binds `0.0.0.0:port` with SO_REUSEPORT and listens: one such socket per core, all made before
+/// the cores start, so a port that is taken fails the start at once and no outgoing connection
+/// can grab the port between two cores' binds.
+pub fn reuseport_listener(port: u16, backlog: i32) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// Fails if anything already listens on `0.0.0.0:port`. SO_REUSEPORT would otherwise let a
+/// second wspush (or anything of the same user) silently share the port with this one.
+pub fn ensure_port_free(port: u16) -> io::Result<()> {
+    std::net::TcpListener::bind(("0.0.0.0", port)).map(drop)
+}
+
+/// Hands a listening socket to the current glommio executor.
+pub fn glommio_listener(listener: std::net::TcpListener) -> glommio::net::TcpListener {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: `into_raw_fd` gives up ownership, so the fd is owned by exactly one listener.
+    unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) }
+}

@@ -163,3 +163,15 @@ fn sigterm_closes_clients_with_1001_and_exits_0() {
 fn sigint_closes_clients_with_1001_and_exits_0() {
     assert_signal_shuts_down(libc::SIGINT);
 }
+
+#[test]
+fn a_second_server_on_a_taken_port_refuses_to_start() {
+    // SO_REUSEPORT would let two processes share the port silently; wspush checks first.
+    let mut server = Server::start();
+    let (_, rpc_port) = free_ports();
+    let (status, stderr) = run_with_config(&config_text(server.port, rpc_port, &[]));
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("HttpPort"), "stderr: {stderr}");
+    assert!(stderr.contains("in use"), "stderr: {stderr}");
+    server.assert_serves();
+}
