@@ -16,6 +16,9 @@ REQ = (b"GET /ws?systemId=perf HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
        b"Sec-WebSocket-Version: 13\r\n\r\n")
 
 
+IP_BIND_ADDRESS_NO_PORT = 24
+
+
 def rss(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -36,8 +39,13 @@ def main():
     start = time.time()
     batch = []
     for i in range(args.n):
-        src = f"127.0.0.{2 + i // 20000}"
-        s = socket.create_connection(("127.0.0.1", args.port), source_address=(src, 0))
+        # A new source address every 5000 connections; IP_BIND_ADDRESS_NO_PORT lets the kernel
+        # pick the port at connect time (by 4-tuple), not at bind time.
+        src = f"127.0.0.{2 + i // 5000}"
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        s.bind((src, 0))
+        s.connect(("127.0.0.1", args.port))
         s.sendall(REQ)
         socks.append(s)
         batch.append(s)
