@@ -4,8 +4,12 @@
 set -euo pipefail
 
 need=()
+# protoc: the etcd client's build compiles etcd's protobuf definitions.
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 if [ "${WSPUSH_SETUP_TEST:-0}" = 1 ]; then
-  # Real components the integration tests start themselves (nginx in front of the server).
+  # Real components the integration tests start themselves: etcd for cluster membership,
+  # nginx in front of the nodes.
+  [ -x /usr/bin/etcd ] || need+=(etcd-server)
   [ -x /usr/sbin/nginx ] || need+=(nginx)
 fi
 

@@ -22,9 +22,16 @@ pub struct Config {
     pub crypto_key: String,
     /// `[etcd] Endpoints`, default empty: comma-separated `host:port` list.
     pub etcd_endpoints: Vec<String>,
-    /// `[wspush] AdvertiseHost`, default 127.0.0.1 in single-node mode: the IPv4 address peers
-    /// reach this node at; sealed into clientIds.
-    pub advertise_host: Ipv4Addr,
+    /// `[wspush] AdvertiseHost`: the IPv4 address peers reach this node at (its RPC link address
+    /// and the node sealed into clientIds). Default: in cluster mode the first non-loopback IPv4
+    /// address, as the original picks it, else 127.0.0.1. See [`Config::node_host`].
+    pub advertise_host: Option<Ipv4Addr>,
+    /// `[wspush] RpcTimeoutMs`, default 3000: deadline of every node-to-node call, so a dead or
+    /// stalled peer delays an API answer by at most this.
+    pub rpc_timeout: Duration,
+    /// `[wspush] LeaseTtl` (seconds), default 5 (the original's): the etcd lease of this node's
+    /// membership key; a node that dies leaves every peer table within it.
+    pub lease_ttl: Duration,
     /// `[wspush] Cores` / `--cores`, default 0 = every available CPU.
     pub cores: usize,
     /// `[wspush] HeartbeatInterval` (seconds), default 25: how often the server pings each socket.
@@ -63,7 +70,9 @@ impl Default for Config {
             cluster: false,
             crypto_key: "Adba723b7fe06819".to_string(),
             etcd_endpoints: Vec::new(),
-            advertise_host: Ipv4Addr::LOCALHOST,
+            advertise_host: None,
+            rpc_timeout: Duration::from_millis(3000),
+            lease_ttl: Duration::from_secs(5),
             cores: 0,
             heartbeat_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(60),
@@ -75,6 +84,19 @@ impl Default for Config {
             head_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Config {
+    /// The host this node advertises: the configured one, or the original's default.
+    pub fn node_host(&self) -> Ipv4Addr {
+        match self.advertise_host {
+            Some(host) => host,
+            None if self.cluster => {
+                crate::sys::first_non_loopback_ipv4().unwrap_or(Ipv4Addr::LOCALHOST)
+            }
+            None => Ipv4Addr::LOCALHOST,
         }
     }
 }
@@ -136,11 +158,17 @@ impl Config {
                         .map(String::from)
                         .collect()
                 }
-                ("wspush", "advertisehost") => {
-                    c.advertise_host = value
-                        .parse()
-                        .map_err(|_| err(&full, format!("{value:?} is not an IPv4 address")))?
+                ("wspush", "advertisehost") if !value.is_empty() => {
+                    c.advertise_host = Some(
+                        value
+                            .parse()
+                            .map_err(|_| err(&full, format!("{value:?} is not an IPv4 address")))?,
+                    )
                 }
+                ("wspush", "rpctimeoutms") => {
+                    c.rpc_timeout = Duration::from_millis(number(&full, value)? as u64)
+                }
+                ("wspush", "leasettl") => c.lease_ttl = seconds(&full, value)?,
                 ("wspush", "cores") => c.cores = number(&full, value)?,
                 ("wspush", "heartbeatinterval") => c.heartbeat_interval = seconds(&full, value)?,
                 ("wspush", "pongtimeout") => c.pong_timeout = seconds(&full, value)?,
@@ -173,11 +201,20 @@ impl Config {
         if self.rpc_port == 0 {
             return Err(err("common.RPCPort", "must be between 1 and 65535"));
         }
-        if self.cluster {
+        if self.cluster && self.etcd_endpoints.is_empty() {
             return Err(err(
-                "common.Cluster",
-                "cluster mode is not implemented in this version of wspush yet; set Cluster = false",
+                "etcd.Endpoints",
+                "Cluster = true needs at least one etcd endpoint (host:port, comma-separated)",
             ));
+        }
+        if self.cluster && self.rpc_port == self.http_port {
+            return Err(err("common.RPCPort", "must differ from HttpPort"));
+        }
+        if self.rpc_timeout.is_zero() {
+            return Err(err("wspush.RpcTimeoutMs", "must be at least 1 ms"));
+        }
+        if self.lease_ttl.as_secs() < 2 {
+            return Err(err("wspush.LeaseTtl", "must be at least 2 seconds"));
         }
         if self.heartbeat_interval.is_zero() {
             return Err(err("wspush.HeartbeatInterval", "must be at least 1 second"));

@@ -29,6 +29,7 @@
 //! 4. **Group push**: origin core -> one `GroupPush` per other core -> each core -> its members.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod ids;
 pub mod net;

@@ -1,45 +1,109 @@
 //! Starting the cores and stopping them in order.
 //!
 //! `--cores N` glommio executors, pinned one per CPU when there are enough CPUs (unpinned, with a
-//! warning, when there are not). They are joined by a full channel mesh for cross-core work.
-//! A side thread waits for SIGTERM/SIGINT and rings each core's doorbell (a Unix socket pair);
-//! each core then stops accepting, closes its clients with 1001 and drains for ShutdownGrace.
+//! warning, when there are not), joined by a full channel mesh for cross-core work. Every core
+//! gets its listening sockets (HTTP, and RPC in cluster mode) bound before the cores start, and a
+//! control inbox: a lock-free queue plus a doorbell socket, through which the signal thread and
+//! the etcd thread reach it. In cluster mode the etcd side thread keeps this node's membership
+//! and pushes the peer table and the registered systems to every core.
 
+use crate::cluster::link;
+use crate::cluster::membership::{self, CoreNotifier, EtcdRequest, Membership, ToCores};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::net::listener;
 use crate::shard::inbox::CoreMsg;
 use crate::shard::Shard;
 use crate::sys;
+use crossbeam_queue::SegQueue;
 use futures_lite::AsyncReadExt;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use std::io::Write;
+use std::net::SocketAddrV4;
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Cores whose listener is bound and accepting, and how many there are in all. Read by `/readyz`.
+/// Cores whose listener is accepting, and how many there are in all. Read by `/readyz`.
 static ACCEPTING: AtomicUsize = AtomicUsize::new(0);
 static CORES: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// Cluster mode: whether etcd membership is established. Always true on a single node.
+static MEMBERSHIP: AtomicBool = AtomicBool::new(true);
 
-/// True once every core accepts and none is draining.
+/// True once every core accepts, none is draining, and (cluster) membership is established.
 pub fn is_ready() -> bool {
     ACCEPTING.load(Ordering::Acquire) == CORES.load(Ordering::Acquire)
+        && MEMBERSHIP.load(Ordering::Acquire)
+}
+
+/// Whether etcd membership is established (always true on a single node).
+pub fn membership_ready() -> bool {
+    MEMBERSHIP.load(Ordering::Acquire)
 }
 
 /// Capacity of each core-to-core channel. A full channel makes the sender wait (backpressure),
 /// never drops.
 const MESH_CHANNEL: usize = 4096;
 
-/// Accept backlog of each core's listener (the kernel caps it at net.core.somaxconn).
+/// Accept backlog of each core's listeners (the kernel caps it at net.core.somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// What the start-up thread hands each core: its bound listener and its shutdown doorbell.
-type CoreSockets = (std::net::TcpListener, UnixStream);
+/// What reaches a core from outside the executors.
+#[derive(Debug, Clone)]
+pub enum Control {
+    Shutdown,
+    Peers(Vec<SocketAddrV4>),
+    Systems(Vec<String>),
+}
 
-/// Runs the server until SIGTERM/SIGINT. Returns an error if a core could not start.
+/// A core's control inbox: any thread may push; the core drains it when its doorbell rings.
+pub struct ControlInbox {
+    queue: SegQueue<Control>,
+    bell: UnixStream,
+}
+
+impl ControlInbox {
+    pub fn send(&self, msg: Control) {
+        self.queue.push(msg);
+        // A full doorbell buffer already holds a pending wake-up: nothing is lost by skipping.
+        let _ = (&self.bell).write(&[1]);
+    }
+}
+
+/// Fans etcd news out to every core.
+struct Notifier {
+    inboxes: Vec<Arc<ControlInbox>>,
+}
+
+impl CoreNotifier for Notifier {
+    fn notify(&self, msg: ToCores) {
+        match msg {
+            ToCores::EtcdConnected(up) => MEMBERSHIP.store(up, Ordering::Release),
+            ToCores::Peers(peers) => {
+                for inbox in &self.inboxes {
+                    inbox.send(Control::Peers(peers.clone()));
+                }
+            }
+            ToCores::SystemsAdded(systems) => {
+                for inbox in &self.inboxes {
+                    inbox.send(Control::Systems(systems.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// What the start-up thread hands each core.
+struct CoreStart {
+    http: std::net::TcpListener,
+    rpc: Option<std::net::TcpListener>,
+    door: UnixStream,
+}
+
+/// Runs the server until SIGTERM/SIGINT. Returns an error if it could not start.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let cpus = sys::available_cpus();
     let cores = if config.cores == 0 {
@@ -58,23 +122,63 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         PoolPlacement::Unbound(cores)
     };
     CORES.store(cores, Ordering::Release);
+    let node = SocketAddrV4::new(config.node_host(), config.rpc_port);
 
-    // Per core: its listening socket, and a shutdown doorbell the signal thread rings.
     sys::ensure_port_free(config.http_port)
         .map_err(|e| anyhow::anyhow!("cannot listen on HttpPort {}: {e}", config.http_port))?;
-    let mut bells = Vec::with_capacity(cores);
-    let mut handoff = Vec::with_capacity(cores);
-    for _ in 0..cores {
-        let listener = sys::reuseport_listener(config.http_port, LISTEN_BACKLOG)
-            .map_err(|e| anyhow::anyhow!("cannot listen on HttpPort {}: {e}", config.http_port))?;
-        let (bell, door) = UnixStream::pair()?;
-        bells.push(bell);
-        handoff.push(Some((listener, door)));
+    if config.cluster {
+        sys::ensure_port_free(config.rpc_port)
+            .map_err(|e| anyhow::anyhow!("cannot listen on RPCPort {}: {e}", config.rpc_port))?;
     }
-    let handoff = Arc::new(Mutex::new(handoff));
-    std::thread::Builder::new()
-        .name("wspush-signals".into())
-        .spawn(move || wait_for_signals(bells))?;
+    let mut inboxes = Vec::with_capacity(cores);
+    let mut starts = Vec::with_capacity(cores);
+    for _ in 0..cores {
+        let http = sys::reuseport_listener(config.http_port, LISTEN_BACKLOG)
+            .map_err(|e| anyhow::anyhow!("cannot listen on HttpPort {}: {e}", config.http_port))?;
+        let rpc = if config.cluster {
+            Some(
+                sys::reuseport_listener(config.rpc_port, LISTEN_BACKLOG).map_err(|e| {
+                    anyhow::anyhow!("cannot listen on RPCPort {}: {e}", config.rpc_port)
+                })?,
+            )
+        } else {
+            None
+        };
+        let (bell, door) = UnixStream::pair()?;
+        bell.set_nonblocking(true)?;
+        inboxes.push(Arc::new(ControlInbox {
+            queue: SegQueue::new(),
+            bell,
+        }));
+        starts.push(Some(CoreStart { http, rpc, door }));
+    }
+    let starts = Arc::new(Mutex::new(starts));
+
+    let membership = if config.cluster {
+        MEMBERSHIP.store(false, Ordering::Release);
+        let m = membership::spawn(
+            membership::MembershipConfig {
+                endpoints: config.etcd_endpoints.clone(),
+                self_addr: node,
+                lease_ttl_secs: config.lease_ttl.as_secs() as i64,
+                request_timeout: config.rpc_timeout.min(Duration::from_secs(2)),
+            },
+            Arc::new(Notifier {
+                inboxes: inboxes.clone(),
+            }),
+        )?;
+        Some(m)
+    } else {
+        None
+    };
+
+    {
+        let inboxes = inboxes.clone();
+        let membership = membership.clone();
+        std::thread::Builder::new()
+            .name("wspush-signals".into())
+            .spawn(move || wait_for_signals(inboxes, membership))?;
+    }
 
     let mesh = MeshBuilder::<CoreMsg, _>::full(cores, MESH_CHANNEL);
     let config = Arc::new(config);
@@ -82,6 +186,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         http_port = config.http_port,
         cores,
         pinned = cores <= cpus,
+        cluster = config.cluster,
+        node = %node,
         version = env!("CARGO_PKG_VERSION"),
         "wspush starting"
     );
@@ -92,8 +198,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .on_all_shards(move || {
             let config = config.clone();
             let mesh = mesh.clone();
-            let handoff = handoff.clone();
-            async move { run_core(config, mesh, handoff, cores).await }
+            let starts = starts.clone();
+            let inboxes = inboxes.clone();
+            let membership = membership.clone();
+            async move { run_core(config, mesh, starts, inboxes, membership, cores, node).await }
         })
         .map_err(|e| anyhow::anyhow!("cannot start the core executors: {e}"))?;
     let mut failed = None;
@@ -117,20 +225,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 async fn run_core(
     config: Arc<Config>,
     mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
-    handoff: Arc<Mutex<Vec<Option<CoreSockets>>>>,
+    starts: Arc<Mutex<Vec<Option<CoreStart>>>>,
+    inboxes: Vec<Arc<ControlInbox>>,
+    membership: Option<Membership>,
     cores: usize,
+    node: SocketAddrV4,
 ) -> anyhow::Result<()> {
     let (senders, mut receivers) = mesh
         .join()
         .await
         .map_err(|e| anyhow::anyhow!("joining the core channel mesh failed: {e}"))?;
-    let shard = Rc::new(Shard::new(config.clone(), senders, cores));
+    let shard = Rc::new(Shard::new(config.clone(), senders, cores, node));
     // Start-up only: each core takes its sockets once.
-    let (listener, door) = handoff
+    let start = starts
         .lock()
         .map_err(|_| anyhow::anyhow!("bug: socket hand-off list poisoned"))?[shard.id]
         .take()
         .ok_or_else(|| anyhow::anyhow!("bug: core {} sockets taken twice", shard.id))?;
+    let inbox = inboxes[shard.id].clone();
+    drop(inboxes);
 
     for (_, rx) in receivers.streams() {
         let shard = shard.clone();
@@ -142,13 +255,34 @@ async fn run_core(
         .detach();
     }
 
-    let listener = sys::glommio_listener(listener);
-    let accept = glommio::spawn_local(listener::accept_loop(shard.clone(), listener));
-    if ACCEPTING.fetch_add(1, Ordering::AcqRel) + 1 == cores {
-        tracing::info!(http_port = config.http_port, cores, "wspush ready");
+    let mut tasks = Vec::new();
+    if let (Some(membership), Some(rpc)) = (membership, start.rpc) {
+        shard.set_cluster(Rc::new(Cluster::new(
+            node,
+            shard.id,
+            config.rpc_timeout,
+            membership,
+        )));
+        tasks.push(glommio::spawn_local(rpc_accept_loop(
+            shard.clone(),
+            sys::glommio_listener(rpc),
+        )));
     }
 
-    let heartbeat = {
+    let http = sys::glommio_listener(start.http);
+    tasks.push(glommio::spawn_local(listener::accept_loop(
+        shard.clone(),
+        http,
+    )));
+    if ACCEPTING.fetch_add(1, Ordering::AcqRel) + 1 == cores {
+        tracing::info!(
+            http_port = config.http_port,
+            cores,
+            "wspush accepting on every core"
+        );
+    }
+
+    tasks.push({
         let shard = shard.clone();
         glommio::spawn_local(async move {
             loop {
@@ -156,18 +290,64 @@ async fn run_core(
                 shard.heartbeat();
             }
         })
-    };
+    });
 
-    let mut door = sys::glommio_unix_stream(door);
-    let mut byte = [0u8; 1];
-    let _ = door.read(&mut byte).await;
+    control_loop(&shard, &inbox, start.door).await;
 
     ACCEPTING.fetch_sub(1, Ordering::AcqRel);
     shard.draining.set(true);
-    accept.cancel().await;
-    heartbeat.cancel().await;
+    for task in tasks {
+        task.cancel().await;
+    }
     drain(&shard).await;
     Ok(())
+}
+
+/// Applies control messages until Shutdown.
+async fn control_loop(shard: &Rc<Shard>, inbox: &ControlInbox, door: UnixStream) {
+    let mut door = sys::glommio_unix_stream(door);
+    let mut bytes = [0u8; 64];
+    loop {
+        while let Some(msg) = inbox.queue.pop() {
+            match msg {
+                Control::Shutdown => return,
+                Control::Peers(peers) => {
+                    if let Some(cluster) = shard.cluster() {
+                        cluster.set_peers(&peers);
+                    }
+                }
+                Control::Systems(systems) => shard.add_systems(&systems),
+            }
+        }
+        match door.read(&mut bytes).await {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+/// Accepts peer nodes' links on RPCPort; each runs requests on this node.
+async fn rpc_accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                backoff = Duration::from_millis(5);
+                let shard = shard.clone();
+                let core = shard.id;
+                glommio::spawn_local(link::serve_peer(stream, core, move |op| {
+                    let shard = shard.clone();
+                    async move { shard.execute_remote(op).await }
+                }))
+                .detach();
+            }
+            Err(e) => {
+                tracing::warn!(core = shard.id, error = %e, "RPC accept failed, backing off {:?}", backoff);
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 /// Closes every client with 1001 and waits up to ShutdownGrace for them to go.
@@ -193,8 +373,9 @@ async fn drain(shard: &Rc<Shard>) {
     }
 }
 
-/// The signal thread: first SIGTERM/SIGINT starts the drain, a second one exits at once.
-fn wait_for_signals(bells: Vec<UnixStream>) {
+/// The signal thread: the first SIGTERM/SIGINT leaves etcd (so peers stop routing here at once)
+/// and starts the drain; a second one exits at once.
+fn wait_for_signals(inboxes: Vec<Arc<ControlInbox>>, membership: Option<Membership>) {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,
@@ -211,8 +392,16 @@ fn wait_for_signals(bells: Vec<UnixStream>) {
         }
         seen = true;
         tracing::info!(signal, "shutdown requested");
-        for mut bell in &bells {
-            let _ = bell.write_all(&[1]);
+        if let Some(membership) = &membership {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            membership.send(EtcdRequest::Shutdown { reply: tx });
+            // The etcd thread answers within its request deadline, or drops the sender.
+            let _ = rx.blocking_recv();
+            MEMBERSHIP.store(false, Ordering::Release);
+            tracing::info!("left the cluster (etcd lease revoked)");
+        }
+        for inbox in &inboxes {
+            inbox.send(Control::Shutdown);
         }
     }
 }

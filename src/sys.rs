@@ -104,3 +104,35 @@ pub fn glommio_listener(listener: std::net::TcpListener) -> glommio::net::TcpLis
     // SAFETY: `into_raw_fd` gives up ownership, so the fd is owned by exactly one listener.
     unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) }
 }
+
+/// The first IPv4 address of an interface that is up and not loopback, as the original picks
+/// its advertised host.
+pub fn first_non_loopback_ipv4() -> Option<std::net::Ipv4Addr> {
+    let mut found = None;
+    // SAFETY: getifaddrs fills a list we only read and then free with freeifaddrs; every pointer
+    // is checked for null before use and the list is not used after it is freed.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut list) != 0 {
+            return None;
+        }
+        let mut cur = list;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            let up = ifa.ifa_flags & libc::IFF_UP as u32 != 0;
+            let loopback = ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
+            if up
+                && !loopback
+                && !ifa.ifa_addr.is_null()
+                && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET
+            {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                found = Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                break;
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    found
+}

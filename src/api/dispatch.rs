@@ -1,10 +1,14 @@
 //! Resolving clientIds: the one function that knows whether a client is on this core, another
-//! core of this node, or (cluster mode) another node.
+//! core of this node, or another node, and the calls that go there.
 
+use crate::cluster::proto::{RemoteOp, RemoteReply, Target as RemoteTarget};
 use crate::ids::ClientAddr;
-use crate::shard::inbox::Op;
+use crate::shard::inbox::{Op, Reply};
 use crate::shard::Shard;
 use crate::ws::frame::SharedFrame;
+use futures_util::future::join_all;
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -16,29 +20,51 @@ pub enum Target {
         slot: u32,
         generation: u32,
     },
-    /// Not a client of this cluster: forged, tampered, or sealed by another key. Behaves as an
-    /// unknown client.
+    /// A client of a peer node in the current peer table.
+    Node {
+        addr: SocketAddrV4,
+        target: RemoteTarget,
+    },
+    /// Not a client anyone can reach: forged, tampered, sealed by another key, or owned by a node
+    /// that is no longer in the cluster. Behaves as an unknown client.
     Nowhere,
 }
 
 pub fn resolve(shard: &Shard, client_id: &str) -> Target {
-    match shard.ids.open(client_id) {
-        Some(ClientAddr {
-            node,
-            core,
-            slot,
-            generation,
-        }) if node == shard.node && (core as usize) < shard.nr_cores => Target::Core {
-            core: core as usize,
-            slot,
-            generation,
+    let Some(ClientAddr {
+        node,
+        core,
+        slot,
+        generation,
+    }) = shard.ids.open(client_id)
+    else {
+        return Target::Nowhere;
+    };
+    if node == shard.node {
+        if (core as usize) < shard.nr_cores {
+            return Target::Core {
+                core: core as usize,
+                slot,
+                generation,
+            };
+        }
+        return Target::Nowhere;
+    }
+    match shard.cluster() {
+        Some(cluster) if cluster.is_peer(&node) => Target::Node {
+            addr: node,
+            target: RemoteTarget {
+                core,
+                slot,
+                generation,
+            },
         },
         _ => Target::Nowhere,
     }
 }
 
-/// Queues `frame` to every listed client of `system`: one message per core that owns some.
-/// Returns how many were reached.
+/// Queues `frame` to every listed client of `system`: one message per core and one per node
+/// that owns some. Returns how many were reached.
 pub async fn deliver<'a>(
     shard: &Rc<Shard>,
     system: &Arc<str>,
@@ -46,31 +72,88 @@ pub async fn deliver<'a>(
     frame: SharedFrame,
 ) -> usize {
     let mut per_core: Vec<Vec<(u32, u32)>> = vec![Vec::new(); shard.nr_cores];
+    let mut per_node: HashMap<SocketAddrV4, Vec<RemoteTarget>> = HashMap::new();
     for id in client_ids {
-        if let Target::Core {
+        match resolve(shard, id) {
+            Target::Core {
+                core,
+                slot,
+                generation,
+            } => per_core[core].push((slot, generation)),
+            Target::Node { addr, target } => per_node.entry(addr).or_default().push(target),
+            Target::Nowhere => {}
+        }
+    }
+    let local = per_core
+        .into_iter()
+        .enumerate()
+        .filter(|(_, targets)| !targets.is_empty())
+        .map(|(core, targets)| {
+            shard.call(
+                core,
+                Op::Deliver {
+                    targets,
+                    system: system.clone(),
+                    frame: frame.clone(),
+                },
+            )
+        });
+    let remote = per_node.into_iter().map(|(addr, targets)| {
+        let op = RemoteOp::Deliver {
+            system: system.to_string(),
+            targets,
+            frame: frame.to_vec(),
+        };
+        async move {
+            match shard.cluster() {
+                Some(cluster) => match cluster.call(addr, op).await {
+                    Ok(RemoteReply::Count(n)) => n as usize,
+                    Ok(_) => 0,
+                    Err(e) => {
+                        tracing::warn!(peer = %addr, core = shard.id, error = %e, "push to a peer failed");
+                        0
+                    }
+                },
+                None => 0,
+            }
+        }
+    });
+    let (local, remote) = futures_util::future::join(join_all(local), join_all(remote)).await;
+    let local: usize = local
+        .into_iter()
+        .map(|r| if let Reply::Count(n) = r { n } else { 0 })
+        .sum();
+    local + remote.into_iter().sum::<usize>()
+}
+
+/// Runs a per-client op where the client lives. False when it was not found or not reachable.
+async fn on_client(
+    shard: &Rc<Shard>,
+    client_id: &str,
+    local: impl FnOnce(u32, u32) -> Op,
+    remote: impl FnOnce(RemoteTarget) -> RemoteOp,
+) -> bool {
+    match resolve(shard, client_id) {
+        Target::Core {
             core,
             slot,
             generation,
-        } = resolve(shard, id)
-        {
-            per_core[core].push((slot, generation));
+        } => shard.call(core, local(slot, generation)).await.found(),
+        Target::Node { addr, target } => {
+            let Some(cluster) = shard.cluster() else {
+                return false;
+            };
+            match cluster.call(addr, remote(target)).await {
+                Ok(RemoteReply::Done(found)) => found,
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::warn!(peer = %addr, core = shard.id, error = %e, "request to a peer failed");
+                    false
+                }
+            }
         }
+        Target::Nowhere => false,
     }
-    let mut reached = 0;
-    for (core, targets) in per_core.into_iter().enumerate() {
-        if targets.is_empty() {
-            continue;
-        }
-        let op = Op::Deliver {
-            targets,
-            system: system.clone(),
-            frame: frame.clone(),
-        };
-        if let crate::shard::inbox::Reply::Count(n) = shard.call(core, op).await {
-            reached += n;
-        }
-    }
-    reached
 }
 
 pub async fn bind(
@@ -81,46 +164,45 @@ pub async fn bind(
     user_id: String,
     extend: String,
 ) -> bool {
-    match resolve(shard, client_id) {
-        Target::Core {
-            core,
+    let (s, g, u, e) = (
+        system.to_string(),
+        group.to_string(),
+        user_id.clone(),
+        extend.clone(),
+    );
+    on_client(
+        shard,
+        client_id,
+        |slot, generation| Op::Bind {
             slot,
             generation,
-        } => shard
-            .call(
-                core,
-                Op::Bind {
-                    slot,
-                    generation,
-                    system,
-                    group,
-                    user_id,
-                    extend,
-                },
-            )
-            .await
-            .found(),
-        Target::Nowhere => false,
-    }
+            system,
+            group,
+            user_id,
+            extend,
+        },
+        |target| RemoteOp::Bind {
+            target,
+            system: s,
+            group: g,
+            user_id: u,
+            extend: e,
+        },
+    )
+    .await
 }
 
 pub async fn close(shard: &Rc<Shard>, system: Arc<str>, client_id: &str) -> bool {
-    match resolve(shard, client_id) {
-        Target::Core {
-            core,
+    let s = system.to_string();
+    on_client(
+        shard,
+        client_id,
+        |slot, generation| Op::Close {
             slot,
             generation,
-        } => shard
-            .call(
-                core,
-                Op::Close {
-                    slot,
-                    generation,
-                    system,
-                },
-            )
-            .await
-            .found(),
-        Target::Nowhere => false,
-    }
+            system,
+        },
+        |target| RemoteOp::Close { target, system: s },
+    )
+    .await
 }

@@ -13,6 +13,9 @@ pub enum ApiError {
     Field { field: String, problem: String },
     #[error("systemId {0:?} is already registered")]
     AlreadyRegistered(String),
+    /// Cluster mode: etcd could not answer (the message says so).
+    #[error("{0}")]
+    Etcd(String),
     #[error("method not allowed: API routes take POST")]
     MethodNotAllowed,
     #[error("no such route")]

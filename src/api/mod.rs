@@ -57,10 +57,10 @@ pub async fn handle(
     if route == Route::Register {
         let req: Register = decode(body)?;
         let system = required("systemId", req.system_id)?;
-        return if shard.register(Arc::from(&*system)).await {
-            Ok(Data::EmptyList)
-        } else {
-            Err(ApiError::AlreadyRegistered(system.into_owned()))
+        return match shard.register(Arc::from(&*system)).await {
+            Ok(true) => Ok(Data::EmptyList),
+            Ok(false) => Err(ApiError::AlreadyRegistered(system.into_owned())),
+            Err(e) => Err(ApiError::Etcd(e)),
         };
     }
     // The guard of every other route, in the original's order: header present, then registered.
@@ -68,8 +68,10 @@ pub async fn handle(
         Some(s) if !s.is_empty() => s,
         _ => return Err(ApiError::MissingSystemId),
     };
-    if !shard.is_registered(system) {
-        return Err(ApiError::UnknownSystem(system.to_string()));
+    match shard.is_registered(system).await {
+        Ok(true) => {}
+        Ok(false) => return Err(ApiError::UnknownSystem(system.to_string())),
+        Err(e) => return Err(ApiError::Etcd(e)),
     }
     let system: Arc<str> = Arc::from(system);
     match route {
@@ -103,9 +105,7 @@ pub async fn handle(
             let group = required("groupName", req.group_name)?;
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
-            shard
-                .push_group_everywhere(system, Arc::from(&*group), frame)
-                .await;
+            shard.push_group(system, Arc::from(&*group), frame).await;
             Ok(Data::MessageId(message_id))
         }
         Route::BindToGroup => {

@@ -11,11 +11,14 @@ pub mod conn;
 pub mod inbox;
 pub mod registry;
 
+use crate::cluster::proto::{RemoteOp, RemoteReply};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::ids::{ClientAddr, IdCodec};
 use crate::ws::frame::{self, SharedFrame};
 use crate::ws::message;
 use conn::{Conn, EndReason, Flush, WriteState};
+use futures_util::future::join_all;
 use glommio::channels::channel_mesh::Senders;
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpStream;
@@ -62,15 +65,22 @@ pub struct Shard {
     pub scratch: RefCell<Box<[u8]>>,
     pub draining: Cell<bool>,
     ping: SharedFrame,
+    /// Cluster mode only: the peer table and links of this core.
+    cluster: std::cell::OnceCell<Rc<Cluster>>,
 }
 
 impl Shard {
-    pub fn new(config: Arc<Config>, mesh: Senders<CoreMsg>, nr_cores: usize) -> Shard {
+    pub fn new(
+        config: Arc<Config>,
+        mesh: Senders<CoreMsg>,
+        nr_cores: usize,
+        node: SocketAddrV4,
+    ) -> Shard {
         let id = mesh.peer_id();
         Shard {
             id,
             nr_cores,
-            node: SocketAddrV4::new(config.advertise_host, config.rpc_port),
+            node,
             ids: IdCodec::new(&config.crypto_key),
             config,
             registry: RefCell::new(Registry::default()),
@@ -86,6 +96,7 @@ impl Shard {
             scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
             draining: Cell::new(false),
             ping: frame::ping(),
+            cluster: std::cell::OnceCell::new(),
         }
     }
 
@@ -102,8 +113,50 @@ impl Shard {
         self.registry.borrow().len()
     }
 
-    pub fn is_registered(&self, system: &str) -> bool {
-        self.registered.borrow().contains(system)
+    pub fn set_cluster(&self, cluster: Rc<Cluster>) {
+        if self.cluster.set(cluster).is_err() {
+            tracing::error!(core = self.id, "bug: cluster set twice");
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Rc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Whether a system is registered. In cluster mode a name this core has not heard of yet is
+    /// looked up in etcd, so a request racing the watch is never wrongly refused.
+    pub async fn is_registered(self: &Rc<Self>, system: &str) -> Result<bool, String> {
+        if self.registered.borrow().contains(system) {
+            return Ok(true);
+        }
+        let Some(cluster) = self.cluster() else {
+            return Ok(false);
+        };
+        let known = cluster.is_registered(system).await?;
+        if known {
+            self.add_system_everywhere(Arc::from(system)).await;
+        }
+        Ok(known)
+    }
+
+    /// Systems learned from etcd's watch.
+    pub fn add_systems(&self, systems: &[String]) {
+        let mut registered = self.registered.borrow_mut();
+        for s in systems {
+            registered.insert(Box::from(s.as_str()));
+        }
+    }
+
+    async fn add_system_everywhere(self: &Rc<Self>, system: Arc<str>) {
+        let calls = (0..self.nr_cores).map(|core| {
+            self.call(
+                core,
+                Op::AddSystem {
+                    system: system.clone(),
+                },
+            )
+        });
+        join_all(calls).await;
     }
 
     // ---- connections -------------------------------------------------------------------------
@@ -198,7 +251,7 @@ impl Shard {
                 message::MSG_OFFLINE,
                 &data,
             );
-            self.push_group_everywhere(system.clone(), Arc::from(&*group), frame)
+            self.push_group(system.clone(), Arc::from(&*group), frame)
                 .await;
         }
     }
@@ -502,50 +555,210 @@ impl Shard {
 
     /// Queues `frame` to every member of the group on every core of this node; returns when
     /// every core has queued it.
-    pub async fn push_group_everywhere(
+    pub async fn push_group_node(
         self: &Rc<Self>,
         system: Arc<str>,
         group: Arc<str>,
         frame: SharedFrame,
     ) {
-        let mut waits = Vec::with_capacity(self.nr_cores);
-        for core in (0..self.nr_cores).filter(|&c| c != self.id) {
-            let op = Op::GroupPush {
-                system: system.clone(),
-                group: group.clone(),
-                frame: frame.clone(),
-            };
-            waits.push(self.call(core, op));
-        }
+        let remote = (0..self.nr_cores).filter(|&c| c != self.id).map(|core| {
+            self.call(
+                core,
+                Op::GroupPush {
+                    system: system.clone(),
+                    group: group.clone(),
+                    frame: frame.clone(),
+                },
+            )
+        });
+        let remote = join_all(remote);
         self.group_push_local(&system, &group, &frame);
-        for wait in waits {
-            wait.await;
+        remote.await;
+    }
+
+    /// [`Self::push_group_node`] on this node and one `GroupPush` to every peer node.
+    pub async fn push_group(
+        self: &Rc<Self>,
+        system: Arc<str>,
+        group: Arc<str>,
+        frame: SharedFrame,
+    ) {
+        let Some(cluster) = self.cluster() else {
+            return self.push_group_node(system, group, frame).await;
+        };
+        let peers = cluster.peers();
+        let (system_name, group_name) = (system.to_string(), group.to_string());
+        let remote = peers.iter().map(|&addr| {
+            cluster.call(
+                addr,
+                RemoteOp::GroupPush {
+                    system: system_name.clone(),
+                    group: group_name.clone(),
+                    frame: frame.to_vec(),
+                },
+            )
+        });
+        let (_, answers) = futures_util::future::join(
+            self.push_group_node(system, group, frame.clone()),
+            join_all(remote),
+        )
+        .await;
+        for (addr, answer) in peers.iter().zip(answers) {
+            if let Err(e) = answer {
+                tracing::warn!(peer = %addr, core = self.id, error = %e, "group push to a peer failed");
+            }
         }
     }
 
-    /// Every core's members of a group (scatter-gather).
-    pub async fn online_list(self: &Rc<Self>, system: Arc<str>, group: Arc<str>) -> Vec<String> {
-        let mut waits = Vec::with_capacity(self.nr_cores);
-        for core in (0..self.nr_cores).filter(|&c| c != self.id) {
-            let op = Op::OnlineList {
-                system: system.clone(),
-                group: group.clone(),
-            };
-            waits.push(self.call(core, op));
-        }
+    /// Every core's members of a group on this node (scatter-gather).
+    pub async fn online_list_node(
+        self: &Rc<Self>,
+        system: Arc<str>,
+        group: Arc<str>,
+    ) -> Vec<String> {
+        let remote = (0..self.nr_cores).filter(|&c| c != self.id).map(|core| {
+            self.call(
+                core,
+                Op::OnlineList {
+                    system: system.clone(),
+                    group: group.clone(),
+                },
+            )
+        });
+        let answers = join_all(remote).await;
         let mut list = self.online_list_local(&system, &group);
-        for wait in waits {
-            if let Reply::List(more) = wait.await {
+        for answer in answers {
+            if let Reply::List(more) = answer {
                 list.extend(more);
             }
         }
         list
     }
 
-    /// Registers a system: core 0 is the single writer, so two concurrent registrations of one
-    /// name cannot both succeed. Returns false if it already existed.
-    pub async fn register(self: &Rc<Self>, system: Arc<str>) -> bool {
-        self.call(0, Op::Register { system }).await.found()
+    /// Members of a group on every node; a peer that does not answer in time is logged and left
+    /// out rather than holding the answer.
+    pub async fn online_list(self: &Rc<Self>, system: Arc<str>, group: Arc<str>) -> Vec<String> {
+        let Some(cluster) = self.cluster() else {
+            return self.online_list_node(system, group).await;
+        };
+        let peers = cluster.peers();
+        let (system_name, group_name) = (system.to_string(), group.to_string());
+        let remote = peers.iter().map(|&addr| {
+            cluster.call(
+                addr,
+                RemoteOp::OnlineList {
+                    system: system_name.clone(),
+                    group: group_name.clone(),
+                },
+            )
+        });
+        let (mut list, answers) =
+            futures_util::future::join(self.online_list_node(system, group), join_all(remote))
+                .await;
+        for (addr, answer) in peers.iter().zip(answers) {
+            match answer {
+                Ok(RemoteReply::List(more)) => list.extend(more),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(peer = %addr, core = self.id, error = %e,
+                    "online list: peer left out of the answer"),
+            }
+        }
+        list
+    }
+
+    /// Runs a request from another node. Ops are node-local here: the sender addressed every
+    /// node it meant itself.
+    pub async fn execute_remote(self: &Rc<Self>, op: RemoteOp) -> RemoteReply {
+        let valid = |core: u8| (core as usize) < self.nr_cores;
+        match op {
+            RemoteOp::Deliver {
+                system,
+                targets,
+                frame,
+            } => {
+                let system: Arc<str> = Arc::from(system);
+                let frame: SharedFrame = Arc::from(frame);
+                let mut per_core: Vec<Vec<(u32, u32)>> = vec![Vec::new(); self.nr_cores];
+                for t in targets.iter().filter(|t| valid(t.core)) {
+                    per_core[t.core as usize].push((t.slot, t.generation));
+                }
+                let calls = per_core
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, t)| !t.is_empty())
+                    .map(|(core, targets)| {
+                        self.call(
+                            core,
+                            Op::Deliver {
+                                targets,
+                                system: system.clone(),
+                                frame: frame.clone(),
+                            },
+                        )
+                    });
+                let reached = join_all(calls)
+                    .await
+                    .into_iter()
+                    .map(|r| if let Reply::Count(n) = r { n } else { 0 })
+                    .sum::<usize>();
+                RemoteReply::Count(reached as u32)
+            }
+            RemoteOp::Bind {
+                target,
+                system,
+                group,
+                user_id,
+                extend,
+            } if valid(target.core) => {
+                let op = Op::Bind {
+                    slot: target.slot,
+                    generation: target.generation,
+                    system: Arc::from(system),
+                    group: Arc::from(group),
+                    user_id,
+                    extend,
+                };
+                RemoteReply::Done(self.call(target.core as usize, op).await.found())
+            }
+            RemoteOp::GroupPush {
+                system,
+                group,
+                frame,
+            } => {
+                self.push_group_node(Arc::from(system), Arc::from(group), Arc::from(frame))
+                    .await;
+                RemoteReply::Done(true)
+            }
+            RemoteOp::OnlineList { system, group } => RemoteReply::List(
+                self.online_list_node(Arc::from(system), Arc::from(group))
+                    .await,
+            ),
+            RemoteOp::Close { target, system } if valid(target.core) => {
+                let op = Op::Close {
+                    slot: target.slot,
+                    generation: target.generation,
+                    system: Arc::from(system),
+                };
+                RemoteReply::Done(self.call(target.core as usize, op).await.found())
+            }
+            RemoteOp::Bind { .. } | RemoteOp::Close { .. } => RemoteReply::Done(false),
+        }
+    }
+
+    /// Registers a system. Single node: core 0 is the single writer, so two concurrent
+    /// registrations of one name cannot both succeed. Cluster: an etcd transaction decides, then
+    /// every core here learns it at once (the watch tells the other nodes). Ok(false): it
+    /// already existed; Err: etcd could not be reached.
+    pub async fn register(self: &Rc<Self>, system: Arc<str>) -> Result<bool, String> {
+        let Some(cluster) = self.cluster() else {
+            return Ok(self.call(0, Op::Register { system }).await.found());
+        };
+        let created = cluster.register(&system).await?;
+        if created {
+            tracing::info!(system = %system, "system registered in etcd");
+            self.add_system_everywhere(system).await;
+        }
+        Ok(created)
     }
 
     /// Ops that complete without waiting; `Err(op)` for those that must.
@@ -611,7 +824,7 @@ impl Shard {
                         message::MSG_ONLINE,
                         &data,
                     );
-                    self.push_group_everywhere(system, group, frame).await;
+                    self.push_group(system, group, frame).await;
                 }
                 Reply::Done(true)
             }

@@ -8,6 +8,7 @@
 //! Each test file compiles this module on its own and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod nginx;
 
 use serde_json::{json, Value};

@@ -1,0 +1,244 @@
+//! The node-to-node protocol: length-prefixed frames whose body is an rkyv archive of [`Frame`].
+//!
+//! Wire format of one frame: `len: u32 BE` (bytes that follow), `version: u16 BE`, then the rkyv
+//! archive. Archives are validated (bytecheck) before they are used: a malformed frame is an
+//! error for that link, never a panic. Requests carry ids so answers can be matched and
+//! independent requests pipelined on one link.
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+/// Bumped whenever [`Frame`] changes shape; a peer speaking another version is refused.
+pub const PROTO_VERSION: u16 = 1;
+/// Largest frame accepted (a send_to_clients of many ids with a large `data` fits easily).
+pub const MAX_FRAME: usize = 16 << 20;
+const PREFIX: usize = 4 + 2;
+
+/// A client on the receiving node.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub core: u8,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// Work one node asks of another. Each op is node-local on the receiver: it never forwards to a
+/// third node (the sender already addressed every node it meant).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum RemoteOp {
+    /// Queue `frame` (a complete WebSocket frame) to each target of `system`.
+    Deliver {
+        system: String,
+        targets: Vec<Target>,
+        frame: Vec<u8>,
+    },
+    /// bind_to_group of a client of the receiver; it announces 1001 cluster-wide.
+    Bind {
+        target: Target,
+        system: String,
+        group: String,
+        user_id: String,
+        extend: String,
+    },
+    /// Queue `frame` to the receiver's members of the group.
+    GroupPush {
+        system: String,
+        group: String,
+        frame: Vec<u8>,
+    },
+    /// The receiver's members of the group.
+    OnlineList { system: String, group: String },
+    /// close_client of a client of the receiver.
+    Close { target: Target, system: String },
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum RemoteReply {
+    Done(bool),
+    Count(u32),
+    List(Vec<String>),
+    /// The receiver could not run the op (it is shutting down, say).
+    Failed(String),
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Request { id: u64, op: RemoteOp },
+    Response { id: u64, reply: RemoteReply },
+}
+
+/// Why a link's byte stream cannot be read; the link is closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    #[error("peer speaks protocol version {0}, this node {PROTO_VERSION}")]
+    Version(u16),
+    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Appends one encoded frame to `out`.
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    let body = rkyv::to_bytes::<rancor::Error>(frame)
+        .expect("bug: serializing a Frame into memory cannot fail");
+    out.extend_from_slice(&((body.len() + 2) as u32).to_be_bytes());
+    out.extend_from_slice(&PROTO_VERSION.to_be_bytes());
+    out.extend_from_slice(&body);
+}
+
+/// Decodes the first frame of `buf`. `Ok(None)`: incomplete, read more. `Ok(Some((frame, n)))`:
+/// the frame used `n` bytes.
+pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtoError> {
+    if buf.len() < PREFIX {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(ProtoError::TooLarge(len));
+    }
+    if len < 2 {
+        return Err(ProtoError::Malformed(
+            "frame shorter than its version".into(),
+        ));
+    }
+    let version = u16::from_be_bytes([buf[4], buf[5]]);
+    if version != PROTO_VERSION {
+        return Err(ProtoError::Version(version));
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    // rkyv reads archives in place and needs them aligned: copy into an aligned buffer.
+    let mut aligned = AlignedVec::<16>::with_capacity(len - 2);
+    aligned.extend_from_slice(&buf[PREFIX..4 + len]);
+    let frame = rkyv::from_bytes::<Frame, rancor::Error>(&aligned)
+        .map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    Ok(Some((frame, 4 + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Frame> {
+        let target = Target {
+            core: 1,
+            slot: 42,
+            generation: 7,
+        };
+        vec![
+            Frame::Request {
+                id: 1,
+                op: RemoteOp::Deliver {
+                    system: "sys".into(),
+                    targets: vec![target, target],
+                    frame: b"\x81\x02hi".to_vec(),
+                },
+            },
+            Frame::Request {
+                id: 2,
+                op: RemoteOp::Bind {
+                    target,
+                    system: "s".into(),
+                    group: "g".into(),
+                    user_id: "u".into(),
+                    extend: "e".repeat(300),
+                },
+            },
+            Frame::Request {
+                id: 3,
+                op: RemoteOp::GroupPush {
+                    system: "s".into(),
+                    group: "g".into(),
+                    frame: vec![0; 70_000],
+                },
+            },
+            Frame::Request {
+                id: 4,
+                op: RemoteOp::OnlineList {
+                    system: "s".into(),
+                    group: "g".into(),
+                },
+            },
+            Frame::Request {
+                id: 5,
+                op: RemoteOp::Close {
+                    target,
+                    system: "s".into(),
+                },
+            },
+            Frame::Response {
+                id: 6,
+                reply: RemoteReply::List(vec!["a".into(), "b".into()]),
+            },
+            Frame::Response {
+                id: u64::MAX,
+                reply: RemoteReply::Count(3),
+            },
+            Frame::Response {
+                id: 0,
+                reply: RemoteReply::Failed("x".into()),
+            },
+            Frame::Response {
+                id: 9,
+                reply: RemoteReply::Done(true),
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trips_pipelined_frames() {
+        let mut wire = Vec::new();
+        for f in samples() {
+            encode(&f, &mut wire);
+        }
+        let mut at = 0;
+        for expected in samples() {
+            let (frame, used) = decode(&wire[at..]).unwrap().unwrap();
+            assert_eq!(frame, expected);
+            at += used;
+        }
+        assert_eq!(at, wire.len());
+    }
+
+    #[test]
+    fn truncated_frames_wait_for_more() {
+        let mut wire = Vec::new();
+        encode(&samples()[1], &mut wire);
+        for cut in 0..wire.len() {
+            assert_eq!(decode(&wire[..cut]).unwrap(), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_version_size_and_garbage() {
+        let mut wire = Vec::new();
+        encode(&samples()[0], &mut wire);
+        let mut other = wire.clone();
+        other[5] = 99;
+        assert_eq!(decode(&other).unwrap_err(), ProtoError::Version(99));
+        let huge = [0xff, 0xff, 0xff, 0xff, 0, 1];
+        assert!(matches!(decode(&huge), Err(ProtoError::TooLarge(_))));
+        let tiny = [0, 0, 0, 1, 0, 1];
+        assert!(matches!(decode(&tiny), Err(ProtoError::Malformed(_))));
+        let mut garbage = vec![0, 0, 0, 34, 0, 1];
+        garbage.extend_from_slice(&[0xAB; 32]);
+        assert!(matches!(decode(&garbage), Err(ProtoError::Malformed(_))));
+    }
+
+    #[test]
+    fn corrupted_frames_never_panic() {
+        // Flip every byte of the body of each sample in turn: decoding must answer, not panic;
+        // whatever it accepts must be a well-formed Frame.
+        for f in samples().into_iter().take(6) {
+            let mut wire = Vec::new();
+            encode(&f, &mut wire);
+            for i in PREFIX..wire.len().min(PREFIX + 400) {
+                let mut bad = wire.clone();
+                bad[i] ^= 0x5a;
+                let _ = decode(&bad);
+            }
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! A real etcd (apt `etcd-server`, installed by `scripts/setup.sh`) and wspush nodes in cluster
+//! mode registered in it.
+//!
+//! As in the rest of the harness nothing sleeps to wait for a state: etcd is polled on
+//! `/health`, nodes on `/readyz`, and [`converge`] polls until every node reaches every other
+//! through the real API.
+
+use super::{api, free_ports, temp_dir, try_http, unique, Server, Ws, BIN};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+use std::fs::{File, OpenOptions};
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+
+pub const ETCD: &str = "/usr/bin/etcd";
+/// How long etcd gets to answer `{"health":"true"}` on `/health`.
+pub const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// `[wspush] RpcTimeoutMs` of every test node: the deadline of one node-to-node call.
+pub const RPC_TIMEOUT_MS: u64 = 1000;
+/// The membership lease TTL the nodes use (API.md).
+pub const LEASE_TTL: Duration = Duration::from_secs(5);
+/// How long [`converge`] waits for every node to reach every other.
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A single-member etcd on free ports with its own data dir. Killed (and its dir removed) on
+/// drop; when the dropping thread panics its log is printed and the dir is kept.
+pub struct Etcd {
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it is healthy (a leader is elected).
+    pub fn start() -> Etcd {
+        assert!(
+            Path::new(ETCD).exists(),
+            "{ETCD} is missing: the cluster tests need a real etcd \
+             (apt-get install etcd-server, or WSPUSH_SETUP_TEST=1 ./scripts/setup.sh)"
+        );
+        let mut last_log = String::new();
+        // A port picked free can be taken again before etcd binds it: retry on that only.
+        for _attempt in 0..3 {
+            let (client_port, peer_port) = free_ports();
+            let mut etcd = Etcd {
+                client_port,
+                peer_port,
+                dir: temp_dir("etcd"),
+                child: None,
+            };
+            match etcd.launch() {
+                Ok(()) => return etcd,
+                Err(why) => {
+                    last_log = etcd.log();
+                    etcd.stop();
+                    if !last_log.to_ascii_lowercase().contains("in use") {
+                        panic!("etcd did not start: {why}\n--- etcd log ---\n{last_log}");
+                    }
+                }
+            }
+        }
+        panic!("etcd could not bind free ports three times\n--- etcd log ---\n{last_log}");
+    }
+
+    fn launch(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "etcd is already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .unwrap();
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(ETCD)
+            .arg("--name")
+            .arg("default")
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            // A single member: shorter raft timers make a restart elect itself sooner.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {ETCD}: {e}"));
+        self.child = Some(child);
+        self.wait_healthy()
+    }
+
+    /// Polls `GET /health` until it answers `"health":"true"`, etcd exits, or
+    /// [`ETCD_READY_TIMEOUT`] passes.
+    fn wait_healthy(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + ETCD_READY_TIMEOUT;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return Err(format!("etcd exited early with {status}"));
+            }
+            if let Ok(resp) = try_http(self.client_port, "GET", "/health", &[], b"") {
+                if resp.status == 200 && resp.text().contains("\"health\":\"true\"") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("/health not true within {ETCD_READY_TIMEOUT:?}"));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// `127.0.0.1:<client port>`, the form `[etcd] Endpoints` takes.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// SIGKILLs etcd and reaps it; the data dir is kept for [`Etcd::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data dir and waits until it is healthy.
+    pub fn restart(&mut self) {
+        if let Err(why) = self.launch() {
+            panic!(
+                "etcd did not restart: {why}\n--- etcd log ---\n{}",
+                self.log()
+            );
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+    }
+
+    /// Every key under `prefix` with its value, read through etcd's v3 JSON gateway.
+    pub fn get_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().expect("a non-empty prefix") += 1;
+        let body = json!({ "key": B64.encode(prefix), "range_end": B64.encode(&end) });
+        let resp = try_http(
+            self.client_port,
+            "POST",
+            "/v3/kv/range",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("etcd range {prefix:?}: {e}"));
+        assert_eq!(resp.status, 200, "etcd range {prefix:?}: {}", resp.text());
+        let v: Value = resp.json();
+        let decode = |x: &Value| {
+            String::from_utf8_lossy(&B64.decode(x.as_str().unwrap_or_default()).unwrap())
+                .into_owned()
+        };
+        v["kvs"]
+            .as_array()
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| (decode(&kv["key"]), decode(&kv["value"])))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The keys under `prefix`, sorted.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.get_prefix(prefix).into_iter().map(|kv| kv.0).collect();
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        if std::env::var_os("WSPUSH_TEST_KEEP").is_some() {
+            eprintln!("etcd test dir kept in {}", self.dir.display());
+        } else if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!(
+                "--- etcd log tail ({}) ---\n{}\n--- end of etcd log ---",
+                self.dir.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The cluster config of one node: the original's keys with `Cluster = true`, then `[wspush]`
+/// with the advertised host, the test's short RPC deadline and `extra`.
+pub fn node_config_text(http_port: u16, rpc_port: u16, endpoints: &str, extra: &[&str]) -> String {
+    let mut text = format!(
+        "[common]\n\
+         HttpPort = {http_port}\n\
+         RPCPort = {rpc_port}\n\
+         # 是否集群,单机则设为false\n\
+         Cluster = true\n\
+         CryptoKey = Adba723b7fe06819\n\
+         \n\
+         [etcd]\n\
+         Endpoints = {endpoints}\n\
+         \n\
+         [wspush]\n\
+         AdvertiseHost = 127.0.0.1\n\
+         RpcTimeoutMs = {RPC_TIMEOUT_MS}\n"
+    );
+    for line in extra {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+/// A wspush node in cluster mode (`--cores 2`): a [`Server`] (so `port`, `signal`, `wait_exit`,
+/// `ws`, ... work on it) plus its RPC port.
+pub struct Node {
+    pub server: Server,
+    pub rpc_port: u16,
+}
+
+impl Deref for Node {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.server
+    }
+}
+
+impl Node {
+    /// Starts a node registered in `etcd` whose `[wspush]` section ends with `extra`; returns
+    /// once `/readyz` is 200 (every core accepts and the node is registered under its lease).
+    pub fn start(etcd: &Etcd, extra: &[&str]) -> Node {
+        Node::start_with_endpoints(&etcd.endpoint(), extra)
+    }
+
+    pub fn start_with_endpoints(endpoints: &str, extra: &[&str]) -> Node {
+        let mut last_log = String::new();
+        for _attempt in 0..3 {
+            let (port, rpc_port) = free_ports();
+            let dir = temp_dir("node");
+            let config = dir.join("app.ini");
+            std::fs::write(&config, node_config_text(port, rpc_port, endpoints, extra)).unwrap();
+            let log = File::create(dir.join("server.log")).unwrap();
+            let child = Command::new(BIN)
+                .arg("-c")
+                .arg(&config)
+                .args(["--cores", "2"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("spawn wspush");
+            let mut server = Server {
+                port,
+                dir,
+                child,
+                exited: None,
+            };
+            match server.wait_ready() {
+                Ok(()) => return Node { server, rpc_port },
+                Err(why) => {
+                    last_log = server.stderr_log();
+                    if !last_log.to_ascii_lowercase().contains("in use") {
+                        panic!(
+                            "cluster node (http {port}, rpc {rpc_port}) did not become ready: \
+                             {why}\n--- node log ---\n{last_log}"
+                        );
+                    }
+                }
+            }
+        }
+        panic!("cluster node could not bind free ports three times\n--- node log ---\n{last_log}");
+    }
+
+    /// Starts `n` nodes at once (each waits for its own `/readyz`).
+    pub fn start_many(etcd: &Etcd, n: usize, extra: &[&str]) -> Vec<Node> {
+        let endpoint = etcd.endpoint();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|_| s.spawn(|| Node::start_with_endpoints(&endpoint, extra)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    }
+
+    /// `127.0.0.1:<RPCPort>`, the node's address in etcd and to its peers.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.rpc_port)
+    }
+
+    /// The etcd key the node registers itself under.
+    pub fn member_key(&self) -> String {
+        format!("/wsServers/{}", self.addr())
+    }
+}
+
+/// Registers a fresh system through `port`, retrying (with a new id each time, since a failed
+/// attempt may still have been stored) until it succeeds; panics with the last answer once
+/// `deadline` has passed.
+pub fn register_fresh(port: u16, tag: &str, deadline: Instant) -> String {
+    loop {
+        let system = unique(tag);
+        let v = api(port, None, "/api/register", &json!({ "systemId": system }));
+        if v["code"] == 0 {
+            return system;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "register through :{port} still fails: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The sorted `get_online_list` of `group`, or the whole answer when it is not code 0.
+pub fn try_online_list(port: u16, system: &str, group: &str) -> Result<Vec<String>, Value> {
+    let v = api(
+        port,
+        Some(system),
+        "/api/get_online_list",
+        &json!({ "groupName": group }),
+    );
+    if v["code"] != 0 {
+        return Err(v);
+    }
+    let list = v["data"]["list"]
+        .as_array()
+        .unwrap_or_else(|| panic!("data.list is not an array: {v}"));
+    assert_eq!(
+        v["data"]["count"].as_u64(),
+        Some(list.len() as u64),
+        "count must match list: {v}"
+    );
+    let mut ids: Vec<String> = list
+        .iter()
+        .map(|x| x.as_str().expect("list of strings").to_string())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Waits (≤ [`CONVERGE_TIMEOUT`]) until every node reaches every other: one probe client per
+/// node, all bound into one group, until `get_online_list` through every node lists all of them
+/// (group fan-out sees every peer), then, for each ordered pair (A, B), `send_to_client` through
+/// A to B's probe until the push arrives. The probes use a system of their own and are dropped
+/// at the end.
+pub fn converge<'a>(nodes: impl IntoIterator<Item = &'a Node>) {
+    let nodes: Vec<&Node> = nodes.into_iter().collect();
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    let system = register_fresh(nodes[0].port, "converge", deadline);
+    let mut probes: Vec<Ws> = nodes.iter().map(|n| n.ws(&system)).collect();
+    let mut want: Vec<String> = probes.iter().map(|p| p.client_id.clone()).collect();
+    want.sort();
+
+    for (i, node) in nodes.iter().enumerate() {
+        loop {
+            let v = api(
+                node.port,
+                Some(&system),
+                "/api/bind_to_group",
+                &json!({"clientId": probes[i].client_id, "groupName": "everyone", "userId": format!("probe{i}"), "extend": ""}),
+            );
+            if v["code"] == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not converge within {CONVERGE_TIMEOUT:?}: bind through node {i} \
+                 (:{}) fails: {v}",
+                node.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        loop {
+            let got = try_online_list(node.port, &system, "everyone");
+            if got.as_ref() == Ok(&want) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not converge within {CONVERGE_TIMEOUT:?}: get_online_list through \
+                 node {i} (:{}) answers {got:?}, want all probes {want:?}",
+                node.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for (a, from) in nodes.iter().enumerate() {
+        for b in 0..nodes.len() {
+            if a == b {
+                continue;
+            }
+            let mut tries = 0;
+            'pair: loop {
+                tries += 1;
+                let v = api(
+                    from.port,
+                    Some(&system),
+                    "/api/send_to_client",
+                    &json!({"clientId": probes[b].client_id, "sendUserId": "", "code": 4242, "msg": "probe", "data": {"from": a}}),
+                );
+                if v["code"] == 0 {
+                    let until = Instant::now() + Duration::from_millis(300);
+                    while let Some(left) = until.checked_duration_since(Instant::now()) {
+                        match probes[b].read_within(left) {
+                            Ok(Some(Message::Text(t))) => {
+                                let m: Value = serde_json::from_str(&t).unwrap_or_default();
+                                if m["code"] == 4242 && m["data"]["from"] == a {
+                                    break 'pair;
+                                }
+                            }
+                            Ok(Some(_)) => {}
+                            Ok(None) => break,
+                            Err(e) => panic!("probe client on node {b} failed: {e}"),
+                        }
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster did not converge within {CONVERGE_TIMEOUT:?}: send_to_client \
+                     through node {a} (:{}) to a client on node {b} (:{}) never arrived \
+                     ({tries} tries, last answer {v})",
+                    from.port,
+                    nodes[b].port
+                );
+            }
+        }
+    }
+}
