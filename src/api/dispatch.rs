@@ -110,7 +110,7 @@ pub async fn deliver<'a>(
                     Ok(RemoteReply::Count(n)) => n as usize,
                     Ok(_) => 0,
                     Err(e) => {
-                        tracing::warn!(peer = %addr, core = shard.id, error = %e, "push to a peer failed");
+                        tracing::debug!(peer = %addr, core = shard.id, error = %e, "push to a peer failed");
                         0
                     }
                 },
@@ -147,7 +147,7 @@ async fn on_client(
                 Ok(RemoteReply::Done(found)) => found,
                 Ok(_) => false,
                 Err(e) => {
-                    tracing::warn!(peer = %addr, core = shard.id, error = %e, "request to a peer failed");
+                    tracing::debug!(peer = %addr, core = shard.id, error = %e, "request to a peer failed");
                     false
                 }
             }

@@ -106,10 +106,16 @@ impl Cluster {
         self.membership.send(make(tx));
         // The etcd thread answers every request within its own deadline; this one only guards
         // against the thread being gone.
-        match glommio::timer::timeout(self.timeout * 2, async { Ok(rx.await) }).await {
+        let answer = match glommio::timer::timeout(self.timeout * 2, async { Ok(rx.await) }).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err("etcd unreachable: the membership thread is gone".into()),
-            Err(_) => Err("etcd unreachable: no answer in time".into()),
-        }
+            Ok(Err(_)) => Err("the membership thread is gone".into()),
+            Err(_) => Err("no answer in time".into()),
+        };
+        // The caller gets a short reason; the detail (often a long gRPC error) goes to the log.
+        answer.map_err(|detail| {
+            tracing::warn!(core = self.core, error = %detail, "etcd request failed");
+            "etcd unreachable: systems cannot be registered or looked up until it is back"
+                .to_string()
+        })
     }
 }

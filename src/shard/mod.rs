@@ -605,7 +605,7 @@ impl Shard {
         .await;
         for (addr, answer) in peers.iter().zip(answers) {
             if let Err(e) = answer {
-                tracing::warn!(peer = %addr, core = self.id, error = %e, "group push to a peer failed");
+                tracing::debug!(peer = %addr, core = self.id, error = %e, "group push to a peer failed");
             }
         }
     }
@@ -659,7 +659,8 @@ impl Shard {
             match answer {
                 Ok(RemoteReply::List(more)) => list.extend(more),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(peer = %addr, core = self.id, error = %e,
+                // The link logs its loss once; a line per request would flood.
+                Err(e) => tracing::debug!(peer = %addr, core = self.id, error = %e,
                     "online list: peer left out of the answer"),
             }
         }
