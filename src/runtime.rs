@@ -231,17 +231,30 @@ async fn run_core(
     cores: usize,
     node: SocketAddrV4,
 ) -> anyhow::Result<()> {
-    let (senders, mut receivers) = mesh
-        .join()
-        .await
-        .map_err(|e| anyhow::anyhow!("joining the core channel mesh failed: {e}"))?;
-    let shard = Rc::new(Shard::new(config.clone(), senders, cores, node));
-    // Start-up only: each core takes its sockets once.
-    let start = starts
-        .lock()
-        .map_err(|_| anyhow::anyhow!("bug: socket hand-off list poisoned"))?[shard.id]
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("bug: core {} sockets taken twice", shard.id))?;
+    let joined = async {
+        let (senders, receivers) = mesh
+            .join()
+            .await
+            .map_err(|e| anyhow::anyhow!("joining the core channel mesh failed: {e}"))?;
+        let shard = Rc::new(Shard::new(config.clone(), senders, cores, node));
+        // Start-up only: each core takes its sockets once.
+        let start = starts
+            .lock()
+            .map_err(|_| anyhow::anyhow!("bug: socket hand-off list poisoned"))?[shard.id]
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("bug: core {} sockets taken twice", shard.id))?;
+        anyhow::Ok((shard, receivers, start))
+    }
+    .await;
+    let (shard, mut receivers, start) = match joined {
+        Ok(parts) => parts,
+        Err(e) => {
+            // The other cores may be waiting for this one in the mesh and cannot be stopped
+            // from here; a node missing a core must not run half-alive: exit now, loudly.
+            tracing::error!("core failed to start: {e:#}");
+            std::process::exit(1);
+        }
+    };
     let inbox = inboxes[shard.id].clone();
     drop(inboxes);
 

@@ -352,34 +352,38 @@ fn groups_span_nodes() {
 fn a_registration_is_visible_through_every_node_at_once() {
     let c = cluster(3);
     let n = &c.nodes;
-    for round in 0..6 {
+    for round in 0..12 {
         let via = round % 3;
+        let (a, b) = ((via + 1) % 3, (via + 2) % 3);
         let system = unique("reg");
         let v = register(n[via].port, &system);
         assert_eq!(v["code"], 0, "register through node {via}: {v}");
+        // The very next requests, through the two other nodes, with no retry: whoever wins the
+        // race with the watch, the system is valid there.
+        for other in [a, b] {
+            let v = api(
+                n[other].port,
+                Some(&system),
+                "/api/get_online_list",
+                &json!({"groupName": "g"}),
+            );
+            assert_eq!(
+                v["code"], 0,
+                "system registered through node {via}, used at once through node {other}: {v}"
+            );
+        }
+        // A client on one of them, a push through the other.
+        let mut listener = n[a].ws(&system);
+        let v = send_to_client(n[b].port, &system, &listener.client_id, json!(round));
+        let id = message_id(&v);
+        expect_push(&mut listener, &id, &json!(round));
+        // Stored where the original stores it.
         assert!(
             c.etcd
                 .keys("ws/account/")
                 .contains(&format!("ws/account/{system}")),
             "register through node {via} did not store ws/account/{system}: {:?}",
             c.etcd.get_prefix("ws/account/")
-        );
-        // Immediately, with no retry, the system is usable through the two other nodes: a
-        // client on one of them, a push through the other.
-        let (a, b) = ((via + 1) % 3, (via + 2) % 3);
-        let mut listener = n[a].ws(&system);
-        let v = send_to_client(n[b].port, &system, &listener.client_id, json!(round));
-        let id = message_id(&v);
-        expect_push(&mut listener, &id, &json!(round));
-        let v = api(
-            n[a].port,
-            Some(&system),
-            "/api/get_online_list",
-            &json!({"groupName": "g"}),
-        );
-        assert_eq!(
-            v["code"], 0,
-            "system registered through node {via}, used through node {a}: {v}"
         );
 
         // Registering it again, through either other node, fails.
@@ -843,4 +847,72 @@ fn sigterm_leaves_etcd_first_so_peers_drop_the_node_at_once() {
     let m = recv_skipping_presence(&mut c1);
     assert_eq!(m["messageId"], id, "{m}");
     drop(c0);
+}
+
+#[test]
+fn a_node_that_stops_answering_costs_one_rpc_deadline_then_leaves_and_rejoins() {
+    // SIGSTOP: the paused node's sockets stay open and its links accept bytes, but nothing
+    // answers, so only the RPC deadline keeps requests from hanging (a SIGKILLed node on
+    // localhost is refused at once and does not exercise it).
+    let mut c = cluster(3);
+    let system = unique("stop");
+    assert_eq!(register(c.nodes[0].port, &system)["code"], 0);
+    let (p0, p1) = (c.nodes[0].port, c.nodes[1].port);
+    let mut c0 = c.nodes[0].ws(&system);
+    let mut c1 = c.nodes[1].ws(&system);
+    let c2 = c.nodes[2].ws(&system);
+    for ws in [&c0, &c1, &c2] {
+        bind(p1, &system, ws, "room", "u", "");
+    }
+    assert_eq!(
+        online_list(p0, &system, "room"),
+        sorted(&[&c0.client_id, &c1.client_id, &c2.client_id])
+    );
+    let paused_key = c.nodes[2].member_key();
+
+    c.nodes[2].signal(libc::SIGSTOP);
+    let paused = Instant::now();
+    let live = sorted(&[&c0.client_id, &c1.client_id]);
+    let (v, took) = timed(|| send_to_client(p0, &system, &c2.client_id, json!("paused")));
+    assert_eq!(
+        v["code"], 0,
+        "send_to_client to a paused node's client: {v}"
+    );
+    assert!(
+        took <= prompt(),
+        "send_to_client to a paused node's client took {took:?}"
+    );
+    let (got, took) = timed(|| try_online_list(p1, &system, "room"));
+    assert!(
+        took <= prompt(),
+        "get_online_list with a paused member node took {took:?}"
+    );
+    assert_eq!(got, Ok(live.clone()), "answered from the live nodes");
+    let (v, took) = timed(|| send_to_group(p0, &system, "room", json!("live ones")));
+    let id = message_id(&v);
+    assert!(
+        took <= prompt(),
+        "send_to_group with a paused member node took {took:?}"
+    );
+    for ws in [&mut c0, &mut c1] {
+        let m = recv_skipping_presence(ws);
+        assert_eq!(m["messageId"], id, "{m}");
+    }
+    // Its lease is no longer kept alive: it leaves etcd within the TTL, and the lists.
+    while c.etcd.keys("/wsServers/").contains(&paused_key) {
+        assert!(
+            paused.elapsed() < LEASE_TTL + Duration::from_secs(3),
+            "{paused_key} still in etcd {:?} after SIGSTOP",
+            paused.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_online_list(p0, &system, "room", &live, paused, Duration::from_secs(8));
+
+    // Resumed, it finds its lease gone and registers again by itself: the three converge.
+    c.nodes[2].signal(libc::SIGCONT);
+    converge(&c.nodes);
+    assert!(c.etcd.keys("/wsServers/").contains(&paused_key));
+    c.nodes[2].assert_alive();
+    drop(c2);
 }

@@ -44,7 +44,6 @@ impl Etcd {
              (apt-get install etcd-server, or WSPUSH_SETUP_TEST=1 ./scripts/setup.sh)"
         );
         let mut last_log = String::new();
-        // A port picked free can be taken again before etcd binds it: retry on that only.
         for _attempt in 0..3 {
             let (client_port, peer_port) = free_ports();
             let mut etcd = Etcd {
@@ -56,15 +55,19 @@ impl Etcd {
             match etcd.launch() {
                 Ok(()) => return etcd,
                 Err(why) => {
-                    last_log = etcd.log();
+                    last_log = format!("{why}\n--- etcd log ---\n{}", etcd.log());
                     etcd.stop();
-                    if !last_log.to_ascii_lowercase().contains("in use") {
-                        panic!("etcd did not start: {why}\n--- etcd log ---\n{last_log}");
+                    // Retried: a port picked free and taken again before etcd bound it, or etcd
+                    // killed by a signal before it served (seen once under load: SIGKILL from
+                    // outside the test, empty log). Anything else fails at once.
+                    let killed = why.contains("signal");
+                    if !killed && !last_log.to_ascii_lowercase().contains("in use") {
+                        panic!("etcd did not start: {last_log}");
                     }
                 }
             }
         }
-        panic!("etcd could not bind free ports three times\n--- etcd log ---\n{last_log}");
+        panic!("etcd did not start in three attempts; the last: {last_log}");
     }
 
     fn launch(&mut self) -> Result<(), String> {
