@@ -1,0 +1,348 @@
+//! # wspush-loadgen
+//!
+//! Drives a running wspush over real sockets and reports what the performance issue asks for:
+//! idle memory per connection, handshakes/s, group fan-out deliveries/s, API requests/s, push
+//! delay percentiles, and the server's CPU time per operation. See `perf/README.md`.
+//!
+//! ## Layout
+//! - [`sys`]: `/proc` (server RSS and CPU), getrusage, the clock, source-address sockets.
+//! - [`stats`]: per-thread counters and log-linear latency histograms; snapshots that add up.
+//! - [`shards`]: one thread per `--threads`, each a current-thread tokio runtime.
+//! - [`ws`]: handshake, frame parsing from a per-thread scratch buffer, code/stamp search.
+//! - [`http`]: the API client (keep-alive or `Connection: close`).
+//! - [`fleet`]: the receiving connections, in this process or in worker processes.
+//! - [`scenarios`]: idle, connect, fanout, unicast, batch.
+
+mod fleet;
+mod http;
+mod scenarios;
+mod shards;
+mod stats;
+mod sys;
+mod ws;
+
+use clap::{Args, Parser, Subcommand};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "wspush-loadgen",
+    about = "Load generator for wspush: idle memory, handshakes/s, fan-out, unicast and batch pushes",
+    after_help = "Results: a human summary on stdout, or with --json a summary on stderr and one JSON line on stdout."
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Server address (IP or name).
+    #[arg(long, global = true, default_value = "127.0.0.1")]
+    host: String,
+    /// Server HTTP/WebSocket port (`HttpPort`).
+    #[arg(long, global = true, default_value_t = 7800)]
+    port: u16,
+    /// The systemId used (registered first; "already registered" is fine).
+    #[arg(long, global = true, default_value = "perf")]
+    system: String,
+    /// The server's pid: its VmRSS (idle) and CPU time per operation are reported.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// Print one JSON line of results on stdout (the human summary goes to stderr).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Threads per process, each a current-thread runtime. Default: the CPUs this process
+    /// may run on (1 under `taskset -c 1`).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Processes holding the WebSockets. Default: 1 while they fit under the open-files limit,
+    /// else enough workers of ~19,000 connections each.
+    #[arg(long, global = true)]
+    procs: Option<usize>,
+    /// Handshakes in flight while opening a scenario's connections.
+    #[arg(long, global = true, default_value_t = 256)]
+    connect_inflight: usize,
+    /// The push `code` counted as a delivery (1001 presence frames never count).
+    #[arg(long, global = true, default_value_t = 7, allow_negative_numbers = true)]
+    code: i64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Open N connections and measure the server's memory per connection.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        conns: usize,
+        /// Seconds to wait after the last welcome frame before reading VmRSS again.
+        #[arg(long, default_value_t = 1.0)]
+        settle: f64,
+        /// Seconds to keep the connections open after measuring.
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
+    },
+    /// Handshake rate: connect, wait for the welcome frame, close; INFLIGHT at a time.
+    Connect {
+        #[arg(long, default_value_t = 20_000)]
+        total: usize,
+        #[arg(long, default_value_t = 32)]
+        inflight: usize,
+        /// Upper bound on the run in seconds.
+        #[arg(long, default_value_t = 120.0)]
+        max_secs: f64,
+    },
+    /// Group fan-out: MEMBERS of CONNS connections in one group, send_to_group for DURATION.
+    Fanout {
+        #[arg(long, default_value_t = 10_000)]
+        conns: usize,
+        #[arg(long, default_value_t = 1_000)]
+        members: usize,
+        /// Seconds of pushing.
+        #[arg(long, default_value_t = 8.0)]
+        duration: f64,
+        /// send_to_group requests outstanding (one keep-alive connection each).
+        #[arg(long, default_value_t = 2)]
+        inflight: usize,
+        /// Pushes per second in all (default: as fast as INFLIGHT allows).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Parallel bind_to_group requests while building the group.
+        #[arg(long, default_value_t = 32)]
+        bind_workers: usize,
+        /// Binds per chunk; each chunk's presence flood is drained before the next.
+        #[arg(long, default_value_t = 500)]
+        bind_chunk: usize,
+        /// Give up if building the group (binds + presence flood) takes longer (seconds).
+        #[arg(long, default_value_t = 600.0)]
+        presence_cap: f64,
+        /// A stream that delivers nothing for this long (seconds) counts as drained.
+        #[arg(long, default_value_t = 3.0)]
+        quiet: f64,
+    },
+    /// send_to_client to random clients from WORKERS HTTP workers for DURATION.
+    Unicast {
+        #[arg(long, default_value_t = 1_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 64)]
+        workers: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// HTTP/1.0 + Connection: close, a new TCP connection per request (as nginx sends).
+        #[arg(long)]
+        close: bool,
+        /// Requests per second in all (default: as fast as the workers go).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 3.0)]
+        quiet: f64,
+    },
+    /// send_to_clients with IDS_PER_REQUEST consecutive clients from a random start.
+    Batch {
+        #[arg(long, default_value_t = 1_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 100)]
+        ids_per_request: usize,
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long)]
+        close: bool,
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 3.0)]
+        quiet: f64,
+    },
+    /// (internal) A worker process: opens its share of connections, answers `snap` on stdin.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        conns: usize,
+        #[arg(long, default_value_t = 0)]
+        conn_offset: usize,
+    },
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+fn resolve(c: &Common) -> anyhow::Result<Arc<ws::Target>> {
+    let server: SocketAddr = (c.host.as_str(), c.port)
+        .to_socket_addrs()?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| anyhow::anyhow!("{} has no IPv4 address", c.host))?;
+    Ok(Arc::new(ws::Target {
+        server,
+        host: format!("{}:{}", c.host, c.port),
+        system: c.system.clone(),
+        spread_sources: server.ip().is_loopback(),
+    }))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let c = cli.common.clone();
+    let nofile = sys::raise_nofile();
+    let threads = c
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let target = match resolve(&c) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    if let Cmd::Worker { conns, conn_offset } = cli.cmd {
+        let spec = fleet::Spec {
+            conns,
+            conn_offset,
+            code: c.code,
+            connect_inflight: c.connect_inflight,
+        };
+        if let Err(e) = fleet::worker_main(threads, target, spec) {
+            eprintln!("worker error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let name = match &cli.cmd {
+        Cmd::Idle { .. } => "idle",
+        Cmd::Connect { .. } => "connect",
+        Cmd::Fanout { .. } => "fanout",
+        Cmd::Unicast { .. } => "unicast",
+        Cmd::Batch { .. } => "batch",
+        Cmd::Worker { .. } => unreachable!(),
+    };
+    let shards = match shards::Shards::start(threads) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("error: starting threads: {e}");
+            std::process::exit(2);
+        }
+    };
+    let ctx = scenarios::Ctx {
+        target,
+        shards: shards.clone(),
+        server: sys::Server(c.server_pid),
+        procs: c.procs,
+        nofile,
+        worker_args: vec![
+            "--host".into(),
+            c.host.clone(),
+            "--port".into(),
+            c.port.to_string(),
+            "--system".into(),
+            c.system.clone(),
+            "--threads".into(),
+            threads.to_string(),
+        ],
+        code: c.code,
+        connect_inflight: c.connect_inflight,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let result = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Idle {
+                conns,
+                settle,
+                hold,
+            } => scenarios::idle(&ctx, conns, secs(settle), secs(hold)).await,
+            Cmd::Connect {
+                total,
+                inflight,
+                max_secs,
+            } => scenarios::connect(&ctx, total, inflight, secs(max_secs)).await,
+            Cmd::Fanout {
+                conns,
+                members,
+                duration,
+                inflight,
+                rate,
+                bind_workers,
+                bind_chunk,
+                presence_cap,
+                quiet,
+            } => {
+                let a = scenarios::FanoutArgs {
+                    conns,
+                    members,
+                    duration: secs(duration),
+                    inflight,
+                    rate,
+                    bind_workers,
+                    bind_chunk,
+                    presence_cap: secs(presence_cap),
+                    quiet: secs(quiet),
+                };
+                scenarios::fanout(&ctx, &a).await
+            }
+            Cmd::Unicast {
+                clients,
+                workers,
+                duration,
+                close,
+                rate,
+                quiet,
+            } => {
+                let a = scenarios::UnicastArgs {
+                    clients,
+                    workers,
+                    duration: secs(duration),
+                    close,
+                    rate,
+                    ids_per_request: 0,
+                    quiet: secs(quiet),
+                };
+                scenarios::unicast(&ctx, &a).await
+            }
+            Cmd::Batch {
+                clients,
+                ids_per_request,
+                workers,
+                duration,
+                close,
+                rate,
+                quiet,
+            } => {
+                let a = scenarios::UnicastArgs {
+                    clients,
+                    workers,
+                    duration: secs(duration),
+                    close,
+                    rate,
+                    ids_per_request: ids_per_request.max(1),
+                    quiet: secs(quiet),
+                };
+                scenarios::unicast(&ctx, &a).await
+            }
+            Cmd::Worker { .. } => unreachable!(),
+        }
+    });
+    // Stop the shards (closing every connection) before reading the children's CPU time.
+    drop(ctx);
+    drop(shards);
+    let total_cpu = (sys::self_cpu_ns() + sys::children_cpu_ns()) as f64 / 1e9;
+    match result {
+        Ok(mut report) => {
+            report.total_cpu(total_cpu);
+            report.print(c.json);
+        }
+        Err(e) => {
+            if c.json {
+                println!("{}", scenarios::failure(name, &e));
+            }
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

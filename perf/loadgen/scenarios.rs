@@ -1,0 +1,930 @@
+//! The scenarios: each opens what it needs, measures one window, and fills a [`Report`].
+//!
+//! Common shape: register the system, open the receivers ([`Load`]), take a [`Window`] start
+//! (counters, the server's CPU time, the load generator's own CPU time), run the senders for
+//! the duration, wait until what was sent has arrived (or the stream went quiet), take the
+//! window end. Every loop is bounded by a count and a deadline.
+
+use crate::fleet::{self, Load, Opened, Spec};
+use crate::http::{self, api_ok, json_str, HttpClient};
+use crate::shards::Shards;
+use crate::stats::{bump, Latency, Snapshot, Stats};
+use crate::sys::{self, Server};
+use crate::ws::{self, Target};
+use anyhow::bail;
+use serde_json::{json, Map, Value};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What every scenario gets from `main`.
+pub struct Ctx {
+    pub target: Arc<Target>,
+    pub shards: Arc<Shards>,
+    pub server: Server,
+    /// `--procs`, or `None` for automatic.
+    pub procs: Option<usize>,
+    pub nofile: u64,
+    /// Flags each worker process gets (host, port, system, threads).
+    pub worker_args: Vec<String>,
+    pub code: i64,
+    pub connect_inflight: usize,
+}
+
+impl Ctx {
+    fn procs_for(&self, conns: usize) -> usize {
+        self.procs
+            .unwrap_or_else(|| fleet::procs_for(conns, self.nofile))
+            .max(1)
+    }
+
+    async fn open(&self, conns: usize) -> anyhow::Result<(Load, Opened, Duration)> {
+        let spec = Spec {
+            conns,
+            conn_offset: 0,
+            code: self.code,
+            connect_inflight: self.connect_inflight,
+        };
+        let procs = self.procs_for(conns);
+        let t0 = Instant::now();
+        let (load, opened) = Load::open(
+            self.shards.clone(),
+            &self.target,
+            &spec,
+            procs,
+            &self.worker_args,
+        )
+        .await?;
+        let elapsed = t0.elapsed();
+        if opened.failed > 0 {
+            eprintln!(
+                "warning: {} of {conns} connections failed; first error: {}",
+                opened.failed,
+                opened.first_error.as_deref().unwrap_or("?")
+            );
+        }
+        if opened.ids.is_empty() && conns > 0 {
+            bail!(
+                "no connection could be opened: {}",
+                opened.first_error.as_deref().unwrap_or("?")
+            );
+        }
+        Ok((load, opened, elapsed))
+    }
+}
+
+/// One scenario's results: a JSON object and the human lines.
+pub struct Report {
+    json: Map<String, Value>,
+    lines: Vec<String>,
+}
+
+impl Report {
+    fn new(scenario: &str) -> Report {
+        let mut json = Map::new();
+        json.insert("scenario".into(), scenario.into());
+        Report {
+            json,
+            lines: vec![format!("== {scenario}")],
+        }
+    }
+
+    fn set(&mut self, key: &str, value: impl Into<Value>) {
+        self.json.insert(key.into(), value.into());
+    }
+
+    fn line(&mut self, s: String) {
+        self.lines.push(s);
+    }
+
+    fn latency(&mut self, prefix: &str, l: &Latency) {
+        self.set(&format!("{prefix}p50_ms"), round3(l.p50_ms));
+        self.set(&format!("{prefix}p99_ms"), round3(l.p99_ms));
+        self.set(&format!("{prefix}p999_ms"), round3(l.p999_ms));
+        self.set(&format!("{prefix}max_ms"), round3(l.max_ms));
+    }
+
+    /// The load generator's CPU time over the whole run: getrusage of itself and of its
+    /// (waited-for) worker processes.
+    pub fn total_cpu(&mut self, s: f64) {
+        self.set("loadgen_cpu_total_s", round3(s));
+        self.line(format!(
+            "load generator CPU over the whole run (self + worker processes): {s:.2} s"
+        ));
+    }
+
+    /// Human summary on stdout; with `json`, the summary goes to stderr and stdout gets exactly
+    /// one JSON line (what `perf/run.sh` reads).
+    pub fn print(&self, json: bool) {
+        let text = self.lines.join("\n");
+        if json {
+            eprintln!("{text}");
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", Value::Object(self.json.clone()));
+        } else {
+            println!("{text}");
+        }
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    if d.is_zero() {
+        0.0
+    } else {
+        (n as f64 / d.as_secs_f64()).round()
+    }
+}
+
+/// `1234567` -> `1,234,567`.
+fn grouped(v: f64) -> String {
+    let s = format!("{:.0}", v);
+    let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{sign}{out}")
+}
+
+/// Start of a measured window.
+struct Window {
+    t0: Instant,
+    t0_ns: u64,
+    server_cpu: Option<u64>,
+    snap: Snapshot,
+}
+
+/// What happened in a window.
+struct Measured {
+    wall: Duration,
+    delta: Snapshot,
+    server_cpu_ns: Option<u64>,
+    loadgen_cpu_ns: u64,
+}
+
+impl Window {
+    async fn start(load: &mut Load, server: Server) -> anyhow::Result<Window> {
+        Ok(Window {
+            snap: load.snapshot().await?,
+            server_cpu: server.cpu_ns(),
+            t0: Instant::now(),
+            t0_ns: sys::now_ns(),
+        })
+    }
+
+    async fn end(&self, load: &mut Load, server: Server) -> anyhow::Result<Measured> {
+        let server_cpu = server.cpu_ns();
+        let wall = self.t0.elapsed();
+        let snap = load.snapshot().await?;
+        Ok(Measured {
+            wall,
+            delta: snap.since(&self.snap),
+            server_cpu_ns: server_cpu.zip(self.server_cpu).map(|(b, a)| b.saturating_sub(a)),
+            loadgen_cpu_ns: snap.cpu_ns.saturating_sub(self.snap.cpu_ns),
+        })
+    }
+
+    /// From the window start to the latest delivery (the sending time if nothing arrived).
+    fn delivery_span(&self, m: &Measured, fallback: Duration) -> Duration {
+        if m.delta.delivered > 0 && m.delta.last_delivery_ns > self.t0_ns {
+            Duration::from_nanos(m.delta.last_delivery_ns - self.t0_ns)
+        } else {
+            fallback
+        }
+    }
+}
+
+/// Server and load-generator CPU over the window; `ops` operations of kind `op`.
+fn cpu_figures(r: &mut Report, m: &Measured, ops: u64, op: &str) {
+    let wall = m.wall.as_secs_f64().max(1e-9);
+    let lg = m.loadgen_cpu_ns as f64 / 1e9;
+    r.set("loadgen_cpu_s", round3(lg));
+    r.set("loadgen_cpu_pct", (lg / wall * 100.0).round());
+    r.set("op", op);
+    let mut line = format!(
+        "load generator CPU {:.2} s over {:.2} s ({:.0}% of one core)",
+        lg,
+        wall,
+        lg / wall * 100.0
+    );
+    if let Some(ns) = m.server_cpu_ns {
+        let s = ns as f64 / 1e9;
+        r.set("server_cpu_s", round3(s));
+        r.set("server_cpu_pct", (s / wall * 100.0).round());
+        if ops > 0 {
+            let us = ns as f64 / 1e3 / ops as f64;
+            r.set("server_cpu_us_per_op", round3(us));
+            line = format!(
+                "server CPU {s:.2} s ({:.0}% of one core), {} us per {op}; {line}",
+                s / wall * 100.0,
+                round3(us)
+            );
+        }
+    }
+    r.line(line);
+}
+
+/// Polls until `field(snapshot) - field(base) >= want`, or it stopped moving for `quiet`, or
+/// `cap` passed. Returns the last snapshot and whether `want` was reached.
+async fn wait_for(
+    load: &mut Load,
+    base: &Snapshot,
+    field: fn(&Snapshot) -> u64,
+    want: u64,
+    quiet: Duration,
+    cap: Duration,
+) -> anyhow::Result<(Snapshot, bool)> {
+    let start = Instant::now();
+    let mut last = u64::MAX;
+    let mut moved = Instant::now();
+    let poll = if load.workers.is_some() {
+        Duration::from_millis(50)
+    } else {
+        Duration::from_millis(10)
+    };
+    loop {
+        let s = load.snapshot().await?;
+        let got = field(&s).saturating_sub(field(base));
+        if got >= want {
+            return Ok((s, true));
+        }
+        if got != last {
+            last = got;
+            moved = Instant::now();
+        }
+        if moved.elapsed() >= quiet || start.elapsed() >= cap {
+            return Ok((s, false));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Holds the first failure message seen by any sender.
+#[derive(Clone, Default)]
+struct FirstError(Arc<Mutex<Option<String>>>);
+
+impl FirstError {
+    fn note(&self, e: impl FnOnce() -> String) {
+        let mut g = self.0.lock().expect("not poisoned");
+        if g.is_none() {
+            *g = Some(e());
+        }
+    }
+    fn get(&self) -> Option<String> {
+        self.0.lock().expect("not poisoned").clone()
+    }
+}
+
+/// Paces one of `workers` senders so that together they send `rate` requests per second:
+/// sender `w` sends its k-th request at `start + (k * workers + w) / rate`.
+struct Pacer {
+    start: tokio::time::Instant,
+    period: Duration,
+    offset: Duration,
+    k: u32,
+}
+
+impl Pacer {
+    fn new(rate: f64, workers: usize, w: usize) -> Pacer {
+        Pacer {
+            start: tokio::time::Instant::now(),
+            period: Duration::from_secs_f64(workers as f64 / rate),
+            offset: Duration::from_secs_f64(w as f64 / rate),
+            k: 0,
+        }
+    }
+
+    async fn wait(&mut self) {
+        let at = self.start + self.offset + self.period * self.k;
+        self.k += 1;
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// xorshift64*: a cheap per-sender generator for picking clients.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as usize % n.max(1)
+    }
+}
+
+/// Appends the fields every push carries, `data` stamped with the time now (last, just
+/// before the request is written).
+fn push_tail(body: &mut Vec<u8>, code: i64) {
+    let _ = write!(
+        body,
+        ",\"sendUserId\":\"perf\",\"code\":{code},\"msg\":\"perf\",\"data\":\"t{}\"}}",
+        sys::now_ns()
+    );
+}
+
+/// The senders of a window: `workers` loops posting to `path` until `duration` is over, each
+/// with its own HTTP client, spread over the shards. `make` writes one request body.
+#[allow(clippy::too_many_arguments)]
+fn spawn_senders<M>(
+    ctx: &Ctx,
+    workers: usize,
+    close: bool,
+    path: &'static str,
+    duration: Duration,
+    rate: Option<f64>,
+    errors: &FirstError,
+    make: M,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    M: Fn(&mut Vec<u8>, &mut Rng) + Clone + Send + 'static,
+{
+    let deadline = tokio::time::Instant::now() + duration;
+    (0..workers)
+        .map(|w| {
+            let target = ctx.target.clone();
+            let make = make.clone();
+            let errors = errors.clone();
+            ctx.shards.spawn(w, move |stats: Arc<Stats>| async move {
+                let mut client = HttpClient::new(target, close, sys::http_source(w));
+                let mut pacer = rate.map(|r| Pacer::new(r, workers, w));
+                let mut rng = Rng::new(w as u64 + 1 + sys::now_ns());
+                let mut body = Vec::with_capacity(256);
+                while tokio::time::Instant::now() < deadline {
+                    if let Some(p) = &mut pacer {
+                        p.wait().await;
+                        if tokio::time::Instant::now() >= deadline {
+                            break;
+                        }
+                    }
+                    body.clear();
+                    make(&mut body, &mut rng);
+                    let t0 = Instant::now();
+                    match client.post(path, &body).await {
+                        Ok((status, resp)) if api_ok(status, resp) => {
+                            stats.record_request(t0.elapsed().as_nanos() as u64)
+                        }
+                        Ok((status, resp)) => {
+                            bump(&stats.requests_failed, 1);
+                            errors.note(|| {
+                                format!("{path}: {status} {}", String::from_utf8_lossy(resp))
+                            });
+                        }
+                        Err(e) => {
+                            bump(&stats.requests_failed, 1);
+                            errors.note(|| format!("{path}: {e:#}"));
+                            // Do not spin on a dead server.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+fn opened_line(r: &mut Report, conns: usize, opened: &Opened, elapsed: Duration, procs: usize) {
+    r.set("conns", conns);
+    r.set("opened", opened.ids.len());
+    r.set("connect_failed", opened.failed);
+    r.set("procs", procs);
+    r.line(format!(
+        "{} of {conns} WebSockets open in {:.2} s ({} /s) from {procs} process(es){}",
+        opened.ids.len(),
+        elapsed.as_secs_f64(),
+        grouped(rate(opened.ids.len() as u64, elapsed)),
+        if opened.failed > 0 {
+            format!(", {} failed", opened.failed)
+        } else {
+            String::new()
+        }
+    ));
+}
+
+/// `idle`: N connections, the server's RSS before and after.
+pub async fn idle(ctx: &Ctx, conns: usize, settle: Duration, hold: Duration) -> anyhow::Result<Report> {
+    let mut r = Report::new("idle");
+    http::register(&ctx.target).await?;
+    let rss_before = ctx.server.rss();
+    let cpu_before = ctx.server.cpu_ns();
+    let lg_before = ctx.shards.snapshot().cpu_ns;
+    let (mut load, opened, elapsed) = ctx.open(conns).await?;
+    let cpu_after = ctx.server.cpu_ns();
+    let procs = ctx.procs_for(conns);
+    opened_line(&mut r, conns, &opened, elapsed, procs);
+    r.set("connect_s", round3(elapsed.as_secs_f64()));
+    r.set("connects_per_s", rate(opened.ids.len() as u64, elapsed));
+    tokio::time::sleep(settle).await;
+    let rss_after = ctx.server.rss();
+    let snap = load.snapshot().await?;
+    if let (Some(a), Some(b)) = (rss_before, rss_after) {
+        let per = (b as f64 - a as f64) / opened.ids.len().max(1) as f64;
+        r.set("rss_before", a);
+        r.set("rss_after", b);
+        r.set("rss_per_conn", per.round());
+        r.line(format!(
+            "server VmRSS {} -> {} bytes: {} bytes per connection (after {:.1} s settling)",
+            grouped(a as f64),
+            grouped(b as f64),
+            grouped(per),
+            settle.as_secs_f64()
+        ));
+    } else {
+        r.line("server VmRSS: not measured (give --server-pid)".into());
+    }
+    if snap.closed > 0 {
+        r.line(format!("{} connections were closed by the server", snap.closed));
+    }
+    r.set("closed", snap.closed);
+    let m = Measured {
+        wall: elapsed,
+        delta: Snapshot::default(),
+        server_cpu_ns: cpu_after.zip(cpu_before).map(|(b, a)| b.saturating_sub(a)),
+        loadgen_cpu_ns: snap.cpu_ns.saturating_sub(lg_before),
+    };
+    cpu_figures(&mut r, &m, opened.ids.len() as u64, "connection");
+    if !hold.is_zero() {
+        tokio::time::sleep(hold).await;
+    }
+    load.stop();
+    Ok(r)
+}
+
+/// `connect`: `total` connections, `inflight` handshakes at a time, each closed after its
+/// welcome frame.
+pub async fn connect(
+    ctx: &Ctx,
+    total: usize,
+    inflight: usize,
+    max: Duration,
+) -> anyhow::Result<Report> {
+    let mut r = Report::new("connect");
+    http::register(&ctx.target).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = FirstError::default();
+    let before = ctx.shards.snapshot();
+    let server_cpu = ctx.server.cpu_ns();
+    let t0 = Instant::now();
+    let deadline = tokio::time::Instant::now() + max;
+    let loops: Vec<_> = (0..inflight.max(1))
+        .map(|i| {
+            let next = next.clone();
+            let target = ctx.target.clone();
+            let errors = errors.clone();
+            ctx.shards.spawn(i, move |stats: Arc<Stats>| async move {
+                let close = ws::close_frame();
+                loop {
+                    let idx = next.fetch_add(1, Ordering::Relaxed);
+                    if idx >= total || tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    let t = Instant::now();
+                    let res = tokio::time::timeout(
+                        fleet::CONNECT_TIMEOUT,
+                        ws::open(&target, sys::ws_source(idx)),
+                    )
+                    .await;
+                    match res {
+                        Ok(Ok(conn)) => {
+                            stats.record_request(t.elapsed().as_nanos() as u64);
+                            // Say goodbye and drop: the slot is free for the next handshake.
+                            let _ = conn.stream.try_write(&close);
+                        }
+                        Ok(Err(e)) => {
+                            bump(&stats.requests_failed, 1);
+                            errors.note(|| format!("{e:#}"));
+                        }
+                        Err(_) => {
+                            bump(&stats.requests_failed, 1);
+                            errors.note(|| "handshake timed out".into());
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for l in loops {
+        l.await?;
+    }
+    let wall = t0.elapsed();
+    let after = ctx.shards.snapshot();
+    let m = Measured {
+        wall,
+        delta: after.since(&before),
+        server_cpu_ns: ctx.server.cpu_ns().zip(server_cpu).map(|(b, a)| b.saturating_sub(a)),
+        loadgen_cpu_ns: after.cpu_ns.saturating_sub(before.cpu_ns),
+    };
+    let ok = m.delta.requests_ok;
+    let hs = Latency::of(&m.delta.request_hist);
+    r.set("total", total);
+    r.set("inflight", inflight);
+    r.set("handshakes", ok);
+    r.set("failed", m.delta.requests_failed);
+    r.set("elapsed_s", round3(wall.as_secs_f64()));
+    r.set("handshakes_per_s", rate(ok, wall));
+    r.latency("handshake_", &hs);
+    r.line(format!(
+        "{} handshakes in {:.2} s: {} handshakes/s with {inflight} in flight; {} failed",
+        ok,
+        wall.as_secs_f64(),
+        grouped(rate(ok, wall)),
+        m.delta.requests_failed
+    ));
+    r.line(format!("connect to welcome frame: {}", hs.human()));
+    if let Some(e) = errors.get() {
+        r.line(format!("first error: {e}"));
+        r.set("first_error", e);
+    }
+    cpu_figures(&mut r, &m, ok, "handshake");
+    Ok(r)
+}
+
+/// Flags of `fanout`.
+pub struct FanoutArgs {
+    pub conns: usize,
+    pub members: usize,
+    pub duration: Duration,
+    pub inflight: usize,
+    pub rate: Option<f64>,
+    pub bind_workers: usize,
+    pub bind_chunk: usize,
+    pub presence_cap: Duration,
+    pub quiet: Duration,
+}
+
+/// `fanout`: `members` of `conns` connections in one group, `send_to_group` for the duration.
+pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
+    let mut r = Report::new("fanout");
+    http::register(&ctx.target).await?;
+    let (mut load, opened, elapsed) = ctx.open(a.conns).await?;
+    opened_line(&mut r, a.conns, &opened, elapsed, ctx.procs_for(a.conns));
+    let n = opened.ids.len();
+    let m = a.members.min(n);
+    // Members spread evenly over the connections (so over source addresses and processes).
+    let members: Vec<String> = (0..m).map(|i| json_str(&opened.ids[i * n / m.max(1)])).collect();
+    let group = format!("perf-{}-{}", std::process::id(), sys::now_ns());
+    let group_json = json_str(&group);
+
+    // Build the group. Every bind pushes a 1001 to every member already bound and to the new
+    // one: k binds cost k(k+1)/2 frames. Binding in chunks and waiting for each chunk's flood
+    // keeps every member's server-side queue below the chunk size (QueueFrames cuts slow
+    // consumers).
+    let base = load.snapshot().await?;
+    let t_bind = Instant::now();
+    let server_cpu0 = ctx.server.cpu_ns();
+    let members = Arc::new(members);
+    let errors = FirstError::default();
+    let mut bound = 0u64;
+    let mut presence_complete = true;
+    for chunk_start in (0..m).step_by(a.bind_chunk.max(1)) {
+        let chunk_end = (chunk_start + a.bind_chunk.max(1)).min(m);
+        let next = Arc::new(AtomicUsize::new(chunk_start));
+        let binders: Vec<_> = (0..a.bind_workers.max(1))
+            .map(|w| {
+                let next = next.clone();
+                let members = members.clone();
+                let target = ctx.target.clone();
+                let group_json = group_json.clone();
+                let errors = errors.clone();
+                ctx.shards.spawn(w, move |_stats| async move {
+                    let mut client = HttpClient::new(target, false, sys::http_source(w));
+                    let mut ok = 0u64;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= chunk_end {
+                            break;
+                        }
+                        let body = format!(
+                            "{{\"clientId\":{},\"groupName\":{group_json},\"userId\":\"u{i}\",\"extend\":\"perf\"}}",
+                            members[i]
+                        );
+                        match client.post("/api/bind_to_group", body.as_bytes()).await {
+                            Ok((s, b)) if api_ok(s, b) => ok += 1,
+                            Ok((s, b)) => errors.note(|| {
+                                format!("bind_to_group: {s} {}", String::from_utf8_lossy(b))
+                            }),
+                            Err(e) => errors.note(|| format!("bind_to_group: {e:#}")),
+                        }
+                    }
+                    ok
+                })
+            })
+            .collect();
+        for b in binders {
+            bound += b.await?;
+        }
+        let want = bound * (bound + 1) / 2;
+        let left = a.presence_cap.saturating_sub(t_bind.elapsed());
+        let (_, reached) =
+            wait_for(&mut load, &base, |s| s.presence, want, a.quiet, left).await?;
+        if !reached {
+            presence_complete = false;
+            if t_bind.elapsed() >= a.presence_cap {
+                bail!(
+                    "building the group took over {:?} (--presence-cap); {bound} bound",
+                    a.presence_cap
+                );
+            }
+        }
+    }
+    let bind_wall = t_bind.elapsed();
+    let after_bind = load.snapshot().await?;
+    let presence = after_bind.presence - base.presence;
+    let want = bound * (bound + 1) / 2;
+    let bind_cpu = ctx
+        .server
+        .cpu_ns()
+        .zip(server_cpu0)
+        .map(|(b, a)| b.saturating_sub(a));
+    r.set("members", m);
+    r.set("bound", bound);
+    r.set("presence_frames", presence);
+    r.set("presence_expected", want);
+    r.set("bind_s", round3(bind_wall.as_secs_f64()));
+    r.set("presence_per_s", rate(presence, bind_wall));
+    r.line(format!(
+        "group of {bound} built in {:.2} s: {} of {} presence (1001) frames drained, {} frames/s{}",
+        bind_wall.as_secs_f64(),
+        grouped(presence as f64),
+        grouped(want as f64),
+        grouped(rate(presence, bind_wall)),
+        bind_cpu.map_or(String::new(), |ns| format!(
+            ", server CPU {:.3} us per frame",
+            ns as f64 / 1e3 / presence.max(1) as f64
+        ))
+    ));
+    if !presence_complete {
+        r.line(format!(
+            "warning: the presence stream went quiet {:?} before every 1001 frame arrived",
+            a.quiet
+        ));
+    }
+    if bound < m as u64 {
+        r.line(format!(
+            "warning: {} binds failed: {}",
+            m as u64 - bound,
+            errors.get().unwrap_or_default()
+        ));
+    }
+
+    // The pushes.
+    let w = Window::start(&mut load, ctx.server).await?;
+    let code = ctx.code;
+    let senders = spawn_senders(
+        ctx,
+        a.inflight.max(1),
+        false,
+        "/api/send_to_group",
+        a.duration,
+        a.rate,
+        &errors,
+        move |body, _| {
+            body.extend_from_slice(b"{\"groupName\":");
+            body.extend_from_slice(group_json.as_bytes());
+            push_tail(body, code);
+        },
+    );
+    for s in senders {
+        s.await?;
+    }
+    let send_wall = w.t0.elapsed();
+    let sent = load.snapshot().await?.since(&w.snap);
+    let expected = sent.requests_ok * bound;
+    let (_, complete) = wait_for(
+        &mut load,
+        &w.snap,
+        |s| s.delivered,
+        expected,
+        a.quiet,
+        a.duration + Duration::from_secs(60),
+    )
+    .await?;
+    let mm = w.end(&mut load, ctx.server).await?;
+    let d = &mm.delta;
+    let span = w.delivery_span(&mm, send_wall);
+    let lat = Latency::of(&d.delivery_hist);
+    let api = Latency::of(&d.request_hist);
+    r.set("duration_s", round3(send_wall.as_secs_f64()));
+    r.set("inflight", a.inflight);
+    if let Some(rt) = a.rate {
+        r.set("rate", rt);
+    }
+    r.set("pushes", d.requests_ok);
+    r.set("push_failed", d.requests_failed);
+    r.set("deliveries", d.delivered);
+    r.set("deliveries_expected", expected);
+    r.set("pushes_per_s", rate(d.requests_ok, send_wall));
+    r.set("deliveries_per_s", rate(d.delivered, span));
+    r.set("delivery_span_s", round3(span.as_secs_f64()));
+    r.set("closed", d.closed);
+    r.latency("", &lat);
+    r.latency("api_", &api);
+    r.line(format!(
+        "{} pushes in {:.2} s ({} /s, {} in flight{}) -> {} of {} deliveries in {:.2} s: {} deliveries/s",
+        grouped(d.requests_ok as f64),
+        send_wall.as_secs_f64(),
+        grouped(rate(d.requests_ok, send_wall)),
+        a.inflight,
+        a.rate.map_or(String::new(), |r| format!(", paced at {r} /s")),
+        grouped(d.delivered as f64),
+        grouped(expected as f64),
+        span.as_secs_f64(),
+        grouped(rate(d.delivered, span)),
+    ));
+    r.line(format!("push to receipt: {}", lat.human()));
+    r.line(format!("send_to_group round trip: {}", api.human()));
+    if !complete {
+        r.line(format!(
+            "warning: {} deliveries missing when the stream went quiet",
+            expected.saturating_sub(d.delivered)
+        ));
+    }
+    if d.closed > 0 {
+        r.line(format!(
+            "warning: the server closed {} connections (slow consumer?)",
+            d.closed
+        ));
+    }
+    if d.requests_failed > 0 {
+        r.line(format!(
+            "warning: {} pushes failed: {}",
+            d.requests_failed,
+            errors.get().unwrap_or_default()
+        ));
+    }
+    cpu_figures(&mut r, &mm, d.delivered, "delivery");
+    load.stop();
+    Ok(r)
+}
+
+/// Flags of `unicast` and `batch`.
+pub struct UnicastArgs {
+    pub clients: usize,
+    pub workers: usize,
+    pub duration: Duration,
+    pub close: bool,
+    pub rate: Option<f64>,
+    /// `batch`: ids per `send_to_clients`; 0: `send_to_client`.
+    pub ids_per_request: usize,
+    pub quiet: Duration,
+}
+
+/// `unicast` (`send_to_client` to random clients) and `batch` (`send_to_clients` with
+/// `ids_per_request` consecutive clients from a random start).
+pub async fn unicast(ctx: &Ctx, a: &UnicastArgs) -> anyhow::Result<Report> {
+    let batch = a.ids_per_request > 0;
+    let mut r = Report::new(if batch { "batch" } else { "unicast" });
+    http::register(&ctx.target).await?;
+    let (mut load, opened, elapsed) = ctx.open(a.clients).await?;
+    opened_line(&mut r, a.clients, &opened, elapsed, ctx.procs_for(a.clients));
+    let ids: Arc<Vec<String>> = Arc::new(opened.ids.iter().map(|s| json_str(s)).collect());
+    let per_request = if batch {
+        a.ids_per_request.min(ids.len()) as u64
+    } else {
+        1
+    };
+    let code = ctx.code;
+    let errors = FirstError::default();
+    let w = Window::start(&mut load, ctx.server).await?;
+    let senders = if batch {
+        let k = per_request as usize;
+        let ids = ids.clone();
+        spawn_senders(
+            ctx,
+            a.workers,
+            a.close,
+            "/api/send_to_clients",
+            a.duration,
+            a.rate,
+            &errors,
+            move |body, rng| {
+                let start = rng.below(ids.len());
+                body.extend_from_slice(b"{\"clientIds\":[");
+                for j in 0..k {
+                    if j > 0 {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(ids[(start + j) % ids.len()].as_bytes());
+                }
+                body.push(b']');
+                push_tail(body, code);
+            },
+        )
+    } else {
+        let ids = ids.clone();
+        spawn_senders(
+            ctx,
+            a.workers,
+            a.close,
+            "/api/send_to_client",
+            a.duration,
+            a.rate,
+            &errors,
+            move |body, rng| {
+                body.extend_from_slice(b"{\"clientId\":");
+                body.extend_from_slice(ids[rng.below(ids.len())].as_bytes());
+                push_tail(body, code);
+            },
+        )
+    };
+    for s in senders {
+        s.await?;
+    }
+    let send_wall = w.t0.elapsed();
+    let sent = load.snapshot().await?.since(&w.snap);
+    let expected = sent.requests_ok * per_request;
+    let (_, complete) = wait_for(
+        &mut load,
+        &w.snap,
+        |s| s.delivered,
+        expected,
+        a.quiet,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let mm = w.end(&mut load, ctx.server).await?;
+    let d = &mm.delta;
+    let span = w.delivery_span(&mm, send_wall);
+    let lat = Latency::of(&d.delivery_hist);
+    let api = Latency::of(&d.request_hist);
+    r.set("clients", a.clients);
+    r.set("workers", a.workers);
+    r.set("http", if a.close { "1.0-close" } else { "1.1-keepalive" });
+    if batch {
+        r.set("ids_per_request", per_request);
+    }
+    if let Some(rt) = a.rate {
+        r.set("rate", rt);
+    }
+    r.set("duration_s", round3(send_wall.as_secs_f64()));
+    r.set("requests", d.requests_ok);
+    r.set("requests_failed", d.requests_failed);
+    r.set("requests_per_s", rate(d.requests_ok, send_wall));
+    r.set("deliveries", d.delivered);
+    r.set("deliveries_expected", expected);
+    r.set("deliveries_per_s", rate(d.delivered, span));
+    r.set("closed", d.closed);
+    r.latency("", &lat);
+    r.latency("api_", &api);
+    r.line(format!(
+        "{} {} requests in {:.2} s by {} workers ({}{}): {} requests/s; {} of {} deliveries, {} deliveries/s",
+        grouped(d.requests_ok as f64),
+        if batch { "send_to_clients" } else { "send_to_client" },
+        send_wall.as_secs_f64(),
+        a.workers,
+        if a.close { "HTTP/1.0, Connection: close" } else { "HTTP/1.1 keep-alive" },
+        a.rate.map_or(String::new(), |r| format!(", paced at {r} /s")),
+        grouped(rate(d.requests_ok, send_wall)),
+        grouped(d.delivered as f64),
+        grouped(expected as f64),
+        grouped(rate(d.delivered, span)),
+    ));
+    r.line(format!("push to receipt: {}", lat.human()));
+    r.line(format!("API round trip: {}", api.human()));
+    if !complete {
+        r.line(format!(
+            "warning: {} deliveries missing when the stream went quiet",
+            expected.saturating_sub(d.delivered)
+        ));
+    }
+    if d.requests_failed > 0 {
+        r.line(format!(
+            "warning: {} requests failed: {}",
+            d.requests_failed,
+            errors.get().unwrap_or_default()
+        ));
+    }
+    if d.closed > 0 {
+        r.line(format!("warning: the server closed {} connections", d.closed));
+    }
+    let (ops, op) = if batch {
+        (d.delivered, "delivery")
+    } else {
+        (d.requests_ok, "request")
+    };
+    cpu_figures(&mut r, &mm, ops, op);
+    if batch {
+        if let Some(ns) = mm.server_cpu_ns {
+            let per_req = ns as f64 / 1e3 / d.requests_ok.max(1) as f64;
+            r.set("server_cpu_us_per_request", round3(per_req));
+        }
+    }
+    load.stop();
+    Ok(r)
+}
+
+/// The JSON line of a failed run, so `perf/run.sh` sees why.
+pub fn failure(scenario: &str, e: &anyhow::Error) -> Value {
+    json!({"scenario": scenario, "error": format!("{e:#}")})
+}
