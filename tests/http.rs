@@ -535,3 +535,53 @@ fn many_short_connections_in_a_row() {
     );
     let _ = TcpStream::connect(("127.0.0.1", server.port)).expect("still accepting");
 }
+
+#[test]
+fn chunked_bodies_are_decoded_and_bounded() {
+    let mut server = Server::start_with(&["MaxBodyBytes = 200"]);
+    let system = unique("chunked");
+    server.register(&system);
+    let mut ws = server.ws(&system);
+    let body = json!({ "clientId": ws.client_id, "data": "in chunks" }).to_string();
+    let (a, b) = body.split_at(10);
+    let chunked = format!(
+        "{:x}\r\n{a}\r\n{:x};ext=1\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    let headers = [
+        ("Transfer-Encoding", "chunked"),
+        ("SystemId", system.as_str()),
+    ];
+    let resp = http(
+        server.port,
+        "POST",
+        "/api/send_to_client",
+        &headers,
+        chunked.as_bytes(),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["code"], 0, "{}", resp.text());
+    assert_eq!(ws.recv_json()["data"], "in chunks");
+
+    let big = "x".repeat(300);
+    let over = format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len());
+    let resp = http(
+        server.port,
+        "POST",
+        "/api/send_to_client",
+        &headers,
+        over.as_bytes(),
+    );
+    assert_eq!(resp.status, 413, "{}", resp.text());
+
+    let resp = http(
+        server.port,
+        "POST",
+        "/api/send_to_client",
+        &headers,
+        b"zz\r\nnope\r\n",
+    );
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    server.assert_serves();
+}

@@ -1,8 +1,8 @@
 //! HTTP/1.x request heads (httparse) and responses, for the API and the WebSocket upgrade.
 //!
 //! Only what the routes need is copied out of a head, so the read buffer can be reused at once.
-//! Bodies are `Content-Length` only: the original's clients (PHP curl, Go, nginx) all send it;
-//! chunked bodies get 411.
+//! Bodies come with `Content-Length` (what the original's clients, PHP curl and nginx, send) or
+//! `Transfer-Encoding: chunked` (streaming clients), both bounded by MaxBodyBytes.
 
 use std::fmt::Write as _;
 
@@ -136,6 +136,61 @@ fn has_token(value: &str, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Why a chunked body cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkError {
+    Malformed,
+    TooLarge,
+}
+
+/// Decodes a complete chunked body at the front of `buf` (RFC 9112 section 7.1). `Ok(None)`:
+/// incomplete. `Ok(Some((body, used)))`: the body and the bytes it took, trailers included.
+pub fn dechunk(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, ChunkError> {
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(eol) = find_crlf(&buf[at..]) else {
+            // A size line longer than this is not a size line.
+            return if buf.len() - at > 1024 {
+                Err(ChunkError::Malformed)
+            } else {
+                Ok(None)
+            };
+        };
+        let line = std::str::from_utf8(&buf[at..at + eol]).map_err(|_| ChunkError::Malformed)?;
+        let size_text = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| ChunkError::Malformed)?;
+        at += eol + 2;
+        if size == 0 {
+            // Trailer fields until an empty line; they are read and ignored.
+            loop {
+                let Some(eol) = find_crlf(&buf[at..]) else {
+                    return Ok(None);
+                };
+                at += eol + 2;
+                if eol == 0 {
+                    return Ok(Some((body, at)));
+                }
+            }
+        }
+        if body.len() + size > max_body {
+            return Err(ChunkError::TooLarge);
+        }
+        if buf.len() < at + size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&buf[at..at + size]);
+        if &buf[at + size..at + size + 2] != b"\r\n" {
+            return Err(ChunkError::Malformed);
+        }
+        at += size + 2;
+    }
+}
+
+fn find_crlf(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(2).position(|w| w == b"\r\n")
+}
+
 pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
@@ -216,6 +271,20 @@ mod tests {
         assert_eq!(head.query, "systemId=a%20b&x=1");
         assert!(head.upgrade_websocket && head.connection_upgrade);
         assert_eq!(head.ws_version.as_deref(), Some("13"));
+    }
+
+    #[test]
+    fn dechunks_bodies() {
+        let raw = b"4\r\n{\"a\"\r\n3;ext=1\r\n:1}\r\n0\r\nX-Trailer: y\r\n\r\nNEXT";
+        let (body, used) = dechunk(raw, 100).unwrap().unwrap();
+        assert_eq!(body, b"{\"a\":1}");
+        assert_eq!(&raw[used..], b"NEXT");
+        for cut in 0..used {
+            assert_eq!(dechunk(&raw[..cut], 100), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(dechunk(raw, 5), Err(ChunkError::TooLarge));
+        assert_eq!(dechunk(b"zz\r\n", 100), Err(ChunkError::Malformed));
+        assert_eq!(dechunk(b"2\r\nabX\r\n", 100), Err(ChunkError::Malformed));
     }
 
     #[test]

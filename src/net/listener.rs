@@ -92,43 +92,58 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         }
 
         let route = api::route(&head.path);
-        if head.chunked {
-            return reject(
+        // The body: with Content-Length it stays in `buf`; a chunked one is decoded out of it.
+        let (chunked_body, consumed) = if head.chunked {
+            match read_chunked(
+                &shard,
                 &mut stream,
-                &mut out,
-                411,
-                "chunked bodies are not supported; send Content-Length",
+                &mut buf,
+                head_len,
+                head.expect_continue,
             )
-            .await;
-        }
-        let length = head.content_length.unwrap_or(0);
-        if length > config.max_body_bytes as u64 {
-            tracing::info!(%peer, core = shard.id, length, "request body over MaxBodyBytes refused");
-            return reject(&mut stream, &mut out, 413, "request body too large").await;
-        }
-        let length = length as usize;
-        if head.expect_continue
-            && buf.len() < head_len + length
-            && stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            {
+                Ok((body, used)) => (Some(body), head_len + used),
+                Err(status) => {
+                    let why = match status {
+                        413 => "request body too large",
+                        408 => "timed out reading the request body",
+                        _ => "malformed chunked body",
+                    };
+                    return reject(&mut stream, &mut out, status, why).await;
+                }
+            }
+        } else {
+            let length = head.content_length.unwrap_or(0);
+            if length > config.max_body_bytes as u64 {
+                tracing::info!(%peer, core = shard.id, length, "request body over MaxBodyBytes refused");
+                return reject(&mut stream, &mut out, 413, "request body too large").await;
+            }
+            let length = length as usize;
+            if head.expect_continue
+                && buf.len() < head_len + length
+                && stream
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+            if read_body(&shard, &mut stream, &mut buf, head_len + length)
                 .await
                 .is_err()
-        {
-            return;
-        }
-        if read_body(&shard, &mut stream, &mut buf, head_len + length)
-            .await
-            .is_err()
-        {
-            return reject(
-                &mut stream,
-                &mut out,
-                408,
-                "timed out reading the request body",
-            )
-            .await;
-        }
-        let body = &buf[head_len..head_len + length];
+            {
+                return reject(
+                    &mut stream,
+                    &mut out,
+                    408,
+                    "timed out reading the request body",
+                )
+                .await;
+            }
+            (None, head_len + length)
+        };
+        let body = chunked_body.as_deref().unwrap_or(&buf[head_len..consumed]);
 
         let result = match route {
             Some(route) => api::handle(&shard, route, &head, body).await,
@@ -148,7 +163,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             &envelope(&result),
             head.close,
         );
-        buf.drain(..head_len + length);
+        buf.drain(..consumed);
         if stream.write_all(&out).await.is_err() || head.close {
             return;
         }
@@ -160,10 +175,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
 
 async fn reject(stream: &mut TcpStream, out: &mut Vec<u8>, status: u16, why: &str) {
     out.clear();
-    let body = crate::api::error::envelope(&Err(crate::api::error::ApiError::Field {
-        field: "request".into(),
-        problem: why.into(),
-    }));
+    let body = envelope(&Err(api::error::ApiError::Request(why.to_string())));
     http::write_response(out, status, http::JSON, "", &body, true);
     let _ = stream.write_all(out).await;
 }
@@ -227,6 +239,43 @@ async fn read_head(
                 ))
             }
             Err(ReadTimeout::Failed) => return Err(ReadEnd::Closed),
+        }
+    }
+}
+
+/// Reads a chunked body that starts at `buf[start..]`, within HeadTimeout. Returns the body and
+/// the bytes it took after `start`, or the status to refuse it with.
+async fn read_chunked(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    start: usize,
+    expect_continue: bool,
+) -> Result<(Vec<u8>, usize), u16> {
+    let deadline = std::time::Instant::now() + shard.config.head_timeout;
+    let mut continued = !expect_continue;
+    loop {
+        match http::dechunk(&buf[start..], shard.config.max_body_bytes) {
+            Ok(Some(done)) => return Ok(done),
+            Ok(None) => {}
+            Err(http::ChunkError::TooLarge) => return Err(413),
+            Err(http::ChunkError::Malformed) => return Err(400),
+        }
+        if !continued {
+            continued = true;
+            // A client that sent `Expect: 100-continue` waits for this before the body.
+            if stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return Err(400);
+            }
+        }
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        match read_some(stream, buf, wait).await {
+            Ok(n) if n > 0 => {}
+            _ => return Err(408),
         }
     }
 }
