@@ -74,7 +74,8 @@ pub struct Conn {
     pub peer: SocketAddr,
     pub fd: RawFd,
     pub stream: RefCell<TcpStream>,
-    pub info: RefCell<ClientInfo>,
+    /// Set by the first bind_to_group; most connections never need it, so it is boxed.
+    pub info: RefCell<Option<Box<ClientInfo>>>,
     pub last_seen: Cell<Instant>,
     pub out: RefCell<Outbound>,
     pub write_state: Cell<WriteState>,
@@ -94,6 +95,15 @@ pub enum Flush {
 }
 
 impl Conn {
+    /// The `data` of this client's 1001/1002 pushes.
+    pub fn member_event_data(&self) -> String {
+        let info = self.info.borrow();
+        let (user_id, extend) = info
+            .as_ref()
+            .map_or(("", ""), |i| (i.user_id.as_str(), i.extend.as_str()));
+        crate::ws::message::member_event_data(&self.client_id, user_id, extend)
+    }
+
     /// Ends the connection from the server side: the reader wakes with EOF and cleans up.
     pub fn cut(&self, reason: EndReason) {
         if self.end_reason.get().is_none() {

@@ -209,7 +209,13 @@ impl Shard {
         self.registry
             .borrow_mut()
             .remove(conn.slot, conn.generation);
-        let groups = std::mem::take(&mut conn.info.borrow_mut().groups);
+        // userId/extend stay: the 1002 pushes that follow carry them.
+        let groups = conn
+            .info
+            .borrow_mut()
+            .as_mut()
+            .map(|info| std::mem::take(&mut info.groups))
+            .unwrap_or_default();
         let mut systems = self.systems.borrow_mut();
         if let Some(state) = systems.get_mut(&conn.system) {
             state.clients.swap_remove(&conn.slot);
@@ -232,16 +238,11 @@ impl Shard {
     /// remaining members (1002) on every core.
     pub async fn end_conn(self: &Rc<Self>, conn: &Rc<Conn>, reason: EndReason) {
         let groups = self.remove_conn(conn);
-        let connected = conn.last_seen.get();
         tracing::debug!(client = %conn.client_id, peer = %conn.peer, core = self.id, ?reason, groups = groups.len(), "client disconnected");
-        let _ = connected;
         if groups.is_empty() {
             return;
         }
-        let data = {
-            let info = conn.info.borrow();
-            message::member_event_data(&conn.client_id, &info.user_id, &info.extend)
-        };
+        let data = conn.member_event_data();
         let system: Arc<str> = Arc::from(&*conn.system);
         for group in groups {
             let frame = message::push_frame(
@@ -502,6 +503,7 @@ impl Shard {
     ) -> Option<(Rc<Conn>, bool)> {
         let conn = self.find(slot, generation, system)?;
         let mut info = conn.info.borrow_mut();
+        let info = info.get_or_insert_with(Box::default);
         // As the original: the latest bind's userId/extend win, even for a group already joined.
         info.user_id = user_id;
         info.extend = extend;
@@ -520,8 +522,7 @@ impl Shard {
             .or_default()
             .insert(conn.slot, conn.clone());
         info.groups.push(group);
-        drop(info);
-        Some((conn, true))
+        Some((conn.clone(), true))
     }
 
     // ---- cross-core --------------------------------------------------------------------------
@@ -814,10 +815,7 @@ impl Shard {
                     return Reply::Done(false);
                 };
                 if first {
-                    let data = {
-                        let info = conn.info.borrow();
-                        message::member_event_data(&conn.client_id, &info.user_id, &info.extend)
-                    };
+                    let data = conn.member_event_data();
                     let frame = message::push_frame(
                         &self.message_id(),
                         "",
