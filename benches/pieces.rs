@@ -1,0 +1,581 @@
+//! Criterion benches of wspush's pieces, each against a mock sink: no sockets, no runtime.
+//!
+//! `cargo bench --bench pieces` (the run itself takes under two minutes on a 2-core machine);
+//! `cargo bench --bench pieces -- fanout` runs one group. The whole system is measured by the
+//! load generator in `perf/`; these benches find which piece moved when a figure there does.
+//!
+//! Every group says in a comment what regression it guards. Inputs are built outside the timed
+//! closures and each result goes through `black_box`, so the optimizer can neither hoist the
+//! work out of the loop nor drop it.
+
+use criterion::measurement::WallTime;
+use criterion::{
+    black_box, criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
+};
+use indexmap::IndexMap;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::SocketAddrV4;
+use std::rc::Rc;
+use std::time::Duration;
+use wspush::api::request::{self, Push, PushToClients};
+use wspush::cluster::proto::{self, Frame, RemoteOp, RemoteReply, Target};
+use wspush::config::Config;
+use wspush::ids::{ClientAddr, IdCodec, CLIENT_ID_LEN};
+use wspush::net::{handshake, http};
+use wspush::shard::conn::{Conn, Outbound, WriteState};
+use wspush::shard::registry::Registry;
+use wspush::sys::MAX_IOV;
+use wspush::ws::frame::SharedFrame;
+use wspush::ws::message;
+
+// The server runs on mimalloc (src/main.rs); allocation-heavy pieces must be measured on it too.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The original's default CryptoKey (conf/app.ini).
+const CRYPTO_KEY: &str = "Adba723b7fe06819";
+const MESSAGE_ID: &str = "3f9c2a7b81d04e56";
+const NODE: &str = "10.1.2.3:7900";
+
+/// Short warm-up and measurement: about 30 benches must finish in well under three minutes.
+fn quick<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.warm_up_time(Duration::from_millis(800));
+    g.measurement_time(Duration::from_secs(2));
+    g
+}
+
+fn addr(slot: u32) -> ClientAddr {
+    ClientAddr {
+        node: NODE.parse::<SocketAddrV4>().unwrap(),
+        core: (slot % 2) as u8,
+        slot,
+        generation: 3,
+    }
+}
+
+/// `n` clientIds as the server seals them.
+fn client_ids(n: u32) -> Vec<String> {
+    let codec = IdCodec::new(CRYPTO_KEY);
+    (0..n).map(|slot| codec.seal(&addr(slot))).collect()
+}
+
+/// A JSON string literal of exactly `len` bytes (quotes included): a pushed `data` of that size.
+fn json_string(len: usize) -> String {
+    assert!(len >= 2);
+    format!("\"{}\"", "x".repeat(len - 2))
+}
+
+// ---- 1. WebSocket accept key --------------------------------------------------------------------
+
+/// Guards the per-handshake hashing (SHA-1 + base64): the handshakes/s target (30,000 per core)
+/// leaves ~33 us per connect for everything, and this should stay well under 1 us of it.
+fn accept_key(c: &mut Criterion) {
+    // RFC 6455 section 1.3's sample.
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    assert_eq!(handshake::accept_key(key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    let mut g = quick(c, "accept_key");
+    g.bench_function("rfc6455_sample", |b| {
+        b.iter(|| handshake::accept_key(black_box(key)))
+    });
+    g.finish();
+}
+
+// ---- 2. HTTP head parse -------------------------------------------------------------------------
+
+/// Guards `parse_head`, paid once per API request (keep-alive or nginx's one request per
+/// connection) and once per WebSocket upgrade: the 150,000 req/s target leaves ~6.7 us per request,
+/// of which a head should take a few hundred ns at most. A regression here is usually an extra
+/// allocation or a header copied that no route reads.
+fn http_head(c: &mut Criterion) {
+    let body_len = 118;
+    let api = format!(
+        "POST /api/send_to_client HTTP/1.1\r\n\
+         Host: ws.example.com:666\r\n\
+         User-Agent: GuzzleHttp/7\r\n\
+         Accept: */*\r\n\
+         Content-Type: application/json\r\n\
+         SystemId: order-system\r\n\
+         Content-Length: {body_len}\r\n\r\n"
+    );
+    // What nginx's `location /api` block (conf/nginx.conf) sends upstream: HTTP/1.0, its
+    // Connection: close, and the proxy_set_header lines ahead of the client's own headers.
+    let nginx = format!(
+        "POST /api/send_to_client HTTP/1.0\r\n\
+         X-Forwarded-For: 203.0.113.7\r\n\
+         Host: ws.example.com:660\r\n\
+         Connection: close\r\n\
+         Content-Length: {body_len}\r\n\
+         User-Agent: GuzzleHttp/7\r\n\
+         Accept: */*\r\n\
+         Content-Type: application/json\r\n\
+         SystemId: order-system\r\n\r\n"
+    );
+    // The /ws upgrade as nginx's `location /ws` block forwards it.
+    let upgrade = "GET /ws?systemId=order-system HTTP/1.1\r\n\
+         Upgrade: websocket\r\n\
+         Connection: upgrade\r\n\
+         X-Forwarded-For: 203.0.113.7\r\n\
+         Host: ws_cluster\r\n\
+         Sec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+         User-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0 Safari/537.36\r\n\
+         Origin: https://ws.example.com\r\n\r\n"
+        .to_string();
+
+    let max_head = Config::default().max_head_bytes;
+    let mut g = quick(c, "http_head");
+    for (name, head) in [
+        ("api_post_http11", &api),
+        ("nginx_post_http10", &nginx),
+        ("ws_upgrade", &upgrade),
+    ] {
+        let (parsed, used) = http::parse_head(head.as_bytes(), max_head)
+            .unwrap()
+            .unwrap();
+        assert_eq!(used, head.len());
+        assert!(parsed.path == "/api/send_to_client" || parsed.path == "/ws");
+        g.throughput(Throughput::Bytes(head.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| http::parse_head(black_box(head.as_bytes()), max_head))
+        });
+    }
+    g.finish();
+}
+
+// ---- 3. API body decode -------------------------------------------------------------------------
+
+/// Guards the JSON decode of push requests (serde_json through serde_path_to_error, strings
+/// borrowed, `data` kept raw): per request for send_to_client, per batch for send_to_clients.
+/// A regression is typically a field that stopped borrowing (a copy per id) or `data` being
+/// parsed into a Value instead of kept as raw text.
+fn api_decode(c: &mut Criterion) {
+    let ids = client_ids(100);
+    let data = concat!(
+        r#"{"orderId":"20240518-000731","status":"shipped","#,
+        r#""items":[{"sku":"A-17","qty":2}],"note":"leave at the door"}"#
+    );
+    let rest = format!(r#""sendUserId":"admin-7","code":0,"msg":"order update","data":{data}}}"#);
+    let push = format!(r#"{{"clientId":"{}",{rest}"#, ids[0]);
+    let quoted: Vec<String> = ids.iter().map(|id| format!("\"{id}\"")).collect();
+    let push_many = format!(r#"{{"clientIds":[{}],{rest}"#, quoted.join(","));
+    let p: Push = request::decode(push.as_bytes()).unwrap();
+    assert_eq!(p.client_id.as_deref(), Some(ids[0].as_str()));
+    assert_eq!(p.fields.data.unwrap().get(), data);
+    let p: PushToClients = request::decode(push_many.as_bytes()).unwrap();
+    assert_eq!(p.client_ids.as_ref().map(Vec::len), Some(100));
+
+    let mut g = quick(c, "api_decode");
+    g.throughput(Throughput::Bytes(push.len() as u64));
+    g.bench_function("push", |b| {
+        b.iter(|| request::decode::<Push>(black_box(push.as_bytes())).is_ok())
+    });
+    g.throughput(Throughput::Bytes(push_many.len() as u64));
+    g.bench_function("push_to_clients_100_ids", |b| {
+        b.iter(|| request::decode::<PushToClients>(black_box(push_many.as_bytes())).is_ok())
+    });
+    g.finish();
+}
+
+// ---- 4. Pushed frame encoding -------------------------------------------------------------------
+
+/// Guards `push_frame`, run once per pushed message whatever the number of recipients: its cost
+/// should be a small constant plus about one copy of `data`. `one_copy_floor` is the bare
+/// `Arc<[u8]>` of the same bytes, the least any encoding can do; the gap between the two is the
+/// encoder's own overhead (today: a JSON buffer, a frame buffer, then the `Arc`, so three copies).
+///
+/// On AMD Zen 3 (this machine class) glibc's `memcpy` uses `rep movsb` for copies of 2,112 bytes
+/// and more, which is many times slower there for some source/destination alignments; the 16 KiB
+/// figures are then mostly that. To see the copies without it, run with
+/// `GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1000000000`.
+fn push_frame(c: &mut Criterion) {
+    let mut g = quick(c, "push_frame");
+    for size in [64usize, 1024, 16 * 1024] {
+        let data = json_string(size);
+        let f = message::push_frame(MESSAGE_ID, "admin-7", 0, "order update", &data);
+        assert!(f.len() > size && f[0] == 0x81);
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("{size}B"), |b| {
+            b.iter(|| {
+                message::push_frame(
+                    black_box(MESSAGE_ID),
+                    black_box("admin-7"),
+                    black_box(0),
+                    black_box("order update"),
+                    black_box(&data),
+                )
+            })
+        });
+        g.bench_function(format!("{size}B/one_copy_floor"), |b| {
+            b.iter(|| SharedFrame::from(black_box(data.as_bytes())))
+        });
+    }
+    g.finish();
+}
+
+// ---- 5. clientId seal and open ------------------------------------------------------------------
+
+/// Guards the AES-256-GCM-SIV seal (once per connect) and open (once per clientId named by an
+/// API call: send_to_clients with 1,000 ids opens 1,000). Rejecting a forged id must cost no
+/// more than opening a good one (the tag check fails, nothing is decoded), and a wrong-length id
+/// must be refused before any crypto.
+fn client_id(c: &mut Criterion) {
+    let codec = IdCodec::new(CRYPTO_KEY);
+    let a = addr(123_456);
+    let id = codec.seal(&a);
+    assert_eq!(id.len(), CLIENT_ID_LEN);
+    assert_eq!(codec.open(&id), Some(a));
+    // One character changed in the ciphertext: right length, valid base64, wrong tag.
+    let mut forged = id.clone().into_bytes();
+    forged[30] = if forged[30] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert_eq!(codec.open(&forged), None);
+    let short = &id[..40];
+
+    let mut g = quick(c, "client_id");
+    g.bench_function("seal", |b| b.iter(|| codec.seal(black_box(&a))));
+    g.bench_function("open", |b| b.iter(|| codec.open(black_box(&id))));
+    g.bench_function("open_forged_rejected", |b| {
+        b.iter(|| codec.open(black_box(&forged)))
+    });
+    g.bench_function("open_wrong_length_rejected", |b| {
+        b.iter(|| codec.open(black_box(short)))
+    });
+    g.finish();
+}
+
+// ---- 6. Registry --------------------------------------------------------------------------------
+
+/// A value the size of a real connection, so `insert` pays the same `Rc` allocation.
+type ConnSized = [u8; std::mem::size_of::<Conn>()];
+
+/// Guards the slot table: insert (one `Rc` allocation, a free-list pop or a push), lookup by
+/// (slot, generation) on every API send (a bounds check and a compare: a few ns even in random
+/// order over 10,000), and the remove/reinsert churn of clients reconnecting. A regression here is
+/// a hash map or a scan sneaking into what must stay an index.
+fn registry(c: &mut Criterion) {
+    const N: u32 = 10_000;
+    let mut reg: Registry<ConnSized> = Registry::default();
+    let mut keys: Vec<(u32, u32)> = (0..N)
+        .map(|_| {
+            let mut key = (0, 0);
+            reg.insert(|s, gen| {
+                key = (s, gen);
+                [0; std::mem::size_of::<Conn>()]
+            });
+            key
+        })
+        .collect();
+    keys.shuffle(&mut StdRng::seed_from_u64(7));
+    assert_eq!(reg.len(), N as usize);
+
+    let mut g = quick(c, "registry");
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("insert_10000", |b| {
+        b.iter_batched(
+            Registry::<ConnSized>::default,
+            |mut r| {
+                for _ in 0..N {
+                    r.insert(|_, _| [0; std::mem::size_of::<Conn>()]);
+                }
+                r
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("get_10000_random_order", |b| {
+        b.iter(|| {
+            let mut hits = 0u32;
+            for &(slot, gen) in &keys {
+                hits += reg.get(black_box(slot), black_box(gen)).is_some() as u32;
+            }
+            assert_eq!(hits, N);
+        })
+    });
+    g.bench_function("get_10000_stale_generation", |b| {
+        b.iter(|| {
+            let mut hits = 0u32;
+            for &(slot, gen) in &keys {
+                hits += reg.get(black_box(slot), black_box(gen + 1)).is_some() as u32;
+            }
+            assert_eq!(hits, 0);
+        })
+    });
+    // Each element: one client leaves and another takes its slot, as in a reconnect storm.
+    g.bench_function("remove_reinsert_10000", |b| {
+        b.iter(|| {
+            for key in keys.iter_mut() {
+                let old = reg.remove(key.0, key.1);
+                debug_assert!(old.is_some());
+                drop(black_box(old));
+                reg.insert(|s, gen| {
+                    *key = (s, gen);
+                    [0; std::mem::size_of::<Conn>()]
+                });
+            }
+        })
+    });
+    g.finish();
+    assert_eq!(reg.len(), N as usize);
+}
+
+// ---- 7. Group fan-out ---------------------------------------------------------------------------
+
+/// The part of [`Conn`] the push path touches (a real `Conn` needs a connected socket).
+struct MockConn {
+    out: RefCell<Outbound>,
+    write_state: Cell<WriteState>,
+}
+
+/// The part of the shard the push path touches, with its steps copied from `src/shard/mod.rs`
+/// (`group_push_local`, `enqueue`, `mark_dirty`, `flush_dirty`) and `src/shard/conn.rs`
+/// (`flush_now`), a mock sink in place of `sendmsg`. Keep them in step with the real ones.
+struct MockShard {
+    group: IndexMap<u32, Rc<MockConn>>,
+    dirty: RefCell<Vec<Rc<MockConn>>>,
+    flush_scheduled: Cell<bool>,
+    queue_frames: usize,
+    queue_bytes: usize,
+    /// What the sink "wrote", and how many gathers it took.
+    written: Cell<u64>,
+    writes: Cell<u64>,
+}
+
+impl MockShard {
+    fn new(members: u32) -> MockShard {
+        let config = Config::default();
+        MockShard {
+            group: (0..members)
+                .map(|slot| {
+                    let conn = MockConn {
+                        out: RefCell::new(Outbound::default()),
+                        write_state: Cell::new(WriteState::Idle),
+                    };
+                    (slot, Rc::new(conn))
+                })
+                .collect(),
+            dirty: RefCell::new(Vec::new()),
+            flush_scheduled: Cell::new(false),
+            queue_frames: config.queue_frames,
+            queue_bytes: config.queue_bytes,
+            written: Cell::new(0),
+            writes: Cell::new(0),
+        }
+    }
+
+    /// `Shard::group_push_local`.
+    fn group_push_local(&self, f: &SharedFrame) -> usize {
+        let members: Vec<Rc<MockConn>> = self.group.values().cloned().collect();
+        for conn in &members {
+            self.enqueue(conn, f.clone());
+        }
+        members.len()
+    }
+
+    /// `Shard::enqueue` (no member is ever a slow consumer here).
+    fn enqueue(&self, conn: &Rc<MockConn>, frame: SharedFrame) -> bool {
+        if conn.write_state.get() == WriteState::Dead {
+            return false;
+        }
+        {
+            let mut out = conn.out.borrow_mut();
+            if out.close_after {
+                return false;
+            }
+            if out.queue.len() >= self.queue_frames || out.bytes + frame.len() > self.queue_bytes {
+                unreachable!("bug: the bench never fills a queue");
+            }
+            out.bytes += frame.len();
+            out.queue.push_back(frame);
+        }
+        self.mark_dirty(conn);
+        true
+    }
+
+    /// `Shard::mark_dirty`; the real one spawns the flusher task once per batch.
+    fn mark_dirty(&self, conn: &Rc<MockConn>) {
+        if conn.write_state.get() == WriteState::Idle {
+            conn.write_state.set(WriteState::Dirty);
+            self.dirty.borrow_mut().push(conn.clone());
+            self.flush_scheduled.set(true);
+        }
+    }
+
+    /// `Shard::flush_dirty`; the mock sink always drains.
+    fn flush_dirty(&self) {
+        self.flush_scheduled.set(false);
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        for conn in dirty {
+            if conn.write_state.get() != WriteState::Dirty {
+                continue;
+            }
+            self.flush_now(&conn);
+            conn.write_state.set(WriteState::Idle);
+        }
+    }
+
+    /// `Conn::flush_now` with a sink that takes every byte offered in one call.
+    fn flush_now(&self, conn: &MockConn) {
+        let mut out = conn.out.borrow_mut();
+        loop {
+            if out.queue.is_empty() {
+                if out.close_after {
+                    out.close_after = false;
+                }
+                out.queue = VecDeque::new();
+                return;
+            }
+            let mut slices: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
+            let mut count = 0;
+            for (i, frame) in out.queue.iter().take(MAX_IOV).enumerate() {
+                slices[i] = if i == 0 { &frame[out.offset..] } else { frame };
+                count += 1;
+            }
+            let written = sink(&slices[..count]);
+            self.written.set(self.written.get() + written as u64);
+            self.writes.set(self.writes.get() + 1);
+            out.advance(written);
+        }
+    }
+}
+
+/// The mock `sendmsg`: accepts everything and reports it written.
+#[inline(never)]
+fn sink(bufs: &[&[u8]]) -> usize {
+    black_box(bufs).iter().map(|b| b.len()).sum()
+}
+
+/// Guards the per-recipient cost of a group push without sockets: an `Arc` clone, a queue push,
+/// the dirty list, one gather of the queued slices and `advance`, per member. It is the part of
+/// the 1,000,000 deliveries/s/core target the server controls besides `sendmsg` itself, so it
+/// must stay far under 1 us per delivery. `4_pushes_per_flush` queues four messages before the
+/// flusher runs (a burst): they must leave in one gather per member.
+fn fanout(c: &mut Criterion) {
+    const MEMBERS: u32 = 10_000;
+    let data = r#"{"orderId":"20240518-000731","status":"shipped","eta":"2024-05-19T10:00:00Z"}"#;
+    let shard = MockShard::new(MEMBERS);
+    let frame_len = message::push_frame(MESSAGE_ID, "admin-7", 0, "order update", data).len();
+
+    let mut g = quick(c, "fanout");
+    g.sample_size(30);
+    g.measurement_time(Duration::from_secs(3));
+    for pushes in [1usize, 4] {
+        // Check once that every byte reaches the sink, in one gather per member.
+        let (w0, n0) = (shard.written.get(), shard.writes.get());
+        for _ in 0..pushes {
+            let f = message::push_frame(MESSAGE_ID, "admin-7", 0, "order update", data);
+            assert_eq!(shard.group_push_local(&f), MEMBERS as usize);
+        }
+        shard.flush_dirty();
+        assert_eq!(
+            shard.written.get() - w0,
+            (pushes * frame_len) as u64 * MEMBERS as u64
+        );
+        assert_eq!(shard.writes.get() - n0, MEMBERS as u64);
+        assert!(shard.group.values().all(|m| m.out.borrow().bytes == 0));
+
+        g.throughput(Throughput::Elements(pushes as u64 * MEMBERS as u64));
+        let name = if pushes == 1 {
+            "10000_members".to_string()
+        } else {
+            format!("10000_members/{pushes}_pushes_per_flush")
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for _ in 0..pushes {
+                    let f = message::push_frame(
+                        MESSAGE_ID,
+                        "admin-7",
+                        0,
+                        "order update",
+                        black_box(data),
+                    );
+                    shard.group_push_local(&f);
+                }
+                shard.flush_dirty();
+            })
+        });
+    }
+    g.finish();
+}
+
+// ---- 8. Node-link codec -------------------------------------------------------------------------
+
+/// Guards the rkyv node-link codec (serialize, length prefix, validated decode through an aligned
+/// copy): one Deliver per peer node per cross-node send, one GroupPush per peer per group push,
+/// one List reply per peer per online-list. A regression is usually validation or copying growing
+/// with the payload faster than it should.
+fn cluster_proto(c: &mut Criterion) {
+    let frame_1k =
+        message::push_frame(MESSAGE_ID, "admin-7", 0, "order update", &json_string(1000));
+    let deliver = Frame::Request {
+        id: 41,
+        op: RemoteOp::Deliver {
+            system: "order-system".into(),
+            targets: (0..10)
+                .map(|i| Target {
+                    core: (i % 2) as u8,
+                    slot: 1000 + i,
+                    generation: 3,
+                })
+                .collect(),
+            frame: frame_1k.to_vec(),
+        },
+    };
+    let group_push = Frame::Request {
+        id: 42,
+        op: RemoteOp::GroupPush {
+            system: "order-system".into(),
+            group: "warehouse-east".into(),
+            frame: frame_1k.to_vec(),
+        },
+    };
+    let online_list = Frame::Response {
+        id: 43,
+        reply: RemoteReply::List(client_ids(1000)),
+    };
+
+    let mut g = quick(c, "cluster_proto");
+    for (name, frame) in [
+        ("deliver_1KiB_10_targets", &deliver),
+        ("group_push_1KiB", &group_push),
+        ("online_list_1000_ids", &online_list),
+    ] {
+        let mut wire = Vec::new();
+        proto::encode(frame, &mut wire);
+        let (back, used) = proto::decode(&wire).unwrap().unwrap();
+        assert_eq!((&back, used), (frame, wire.len()));
+        g.throughput(Throughput::Bytes(wire.len() as u64));
+        // The link appends to one outbox buffer that its writer takes; reuse one the same way.
+        let mut out = Vec::with_capacity(wire.len());
+        g.bench_function(format!("{name}/encode"), |b| {
+            b.iter(|| {
+                out.clear();
+                proto::encode(black_box(frame), &mut out);
+                out.len()
+            })
+        });
+        g.bench_function(format!("{name}/decode"), |b| {
+            b.iter(|| proto::decode(black_box(&wire)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    pieces,
+    accept_key,
+    http_head,
+    api_decode,
+    push_frame,
+    client_id,
+    registry,
+    fanout,
+    cluster_proto
+);
+criterion_main!(pieces);
