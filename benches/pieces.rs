@@ -17,7 +17,6 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 use std::rc::Rc;
 use std::time::Duration;
@@ -334,7 +333,8 @@ struct MockConn {
 
 /// The part of the shard the push path touches, with its steps copied from `src/shard/mod.rs`
 /// (`group_push_local`, `enqueue`, `mark_dirty`, `flush_dirty`) and `src/shard/conn.rs`
-/// (`flush_now`), a mock sink in place of `sendmsg`. Keep them in step with the real ones.
+/// (`flush_now`), a mock sink in place of `sendmsg`. The queue itself is the real `Outbound`
+/// (`push`, `gather`, `advance`); keep the glue in step with the real one.
 struct MockShard {
     group: IndexMap<u32, Rc<MockConn>>,
     dirty: RefCell<Vec<Rc<MockConn>>>,
@@ -387,11 +387,9 @@ impl MockShard {
             if out.close_after {
                 return false;
             }
-            if out.queue.len() >= self.queue_frames || out.bytes + frame.len() > self.queue_bytes {
+            if !out.push(frame, self.queue_frames, self.queue_bytes) {
                 unreachable!("bug: the bench never fills a queue");
             }
-            out.bytes += frame.len();
-            out.queue.push_back(frame);
         }
         self.mark_dirty(conn);
         true
@@ -423,19 +421,14 @@ impl MockShard {
     fn flush_now(&self, conn: &MockConn) {
         let mut out = conn.out.borrow_mut();
         loop {
-            if out.queue.is_empty() {
+            if out.is_empty() {
                 if out.close_after {
                     out.close_after = false;
                 }
-                out.queue = VecDeque::new();
                 return;
             }
             let mut slices: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
-            let mut count = 0;
-            for (i, frame) in out.queue.iter().take(MAX_IOV).enumerate() {
-                slices[i] = if i == 0 { &frame[out.offset..] } else { frame };
-                count += 1;
-            }
+            let count = out.gather(&mut slices);
             let written = sink(&slices[..count]);
             self.written.set(self.written.get() + written as u64);
             self.writes.set(self.writes.get() + 1);

@@ -55,9 +55,13 @@ pub enum WriteState {
     Dead,
 }
 
+/// A connection's unsent frames. The first lives inline: a connection rarely has more than one
+/// frame waiting, so queuing and draining allocate nothing; the overflow `VecDeque` exists only
+/// while two or more are queued, and its storage is released once drained.
 #[derive(Default)]
 pub struct Outbound {
-    pub queue: VecDeque<SharedFrame>,
+    first: Option<SharedFrame>,
+    rest: VecDeque<SharedFrame>,
     /// Bytes of the front frame already written.
     pub offset: usize,
     /// Bytes queued, minus `offset`.
@@ -110,10 +114,7 @@ impl Conn {
             self.end_reason.set(Some(reason));
         }
         self.write_state.set(WriteState::Dead);
-        let mut out = self.out.borrow_mut();
-        out.queue = VecDeque::new();
-        out.bytes = 0;
-        out.offset = 0;
+        self.out.borrow_mut().clear();
         sys::shutdown(self.fd, Shutdown::Both);
     }
 
@@ -122,21 +123,15 @@ impl Conn {
     pub fn flush_now(&self) -> Flush {
         let mut out = self.out.borrow_mut();
         loop {
-            if out.queue.is_empty() {
+            if out.is_empty() {
                 if out.close_after {
                     out.close_after = false;
                     sys::shutdown(self.fd, Shutdown::Write);
                 }
-                // Give the storage back: an idle connection holds no buffer.
-                out.queue = VecDeque::new();
                 return Flush::Drained;
             }
             let mut slices: [&[u8]; sys::MAX_IOV] = [&[]; sys::MAX_IOV];
-            let mut count = 0;
-            for (i, frame) in out.queue.iter().take(sys::MAX_IOV).enumerate() {
-                slices[i] = if i == 0 { &frame[out.offset..] } else { frame };
-                count += 1;
-            }
+            let count = out.gather(&mut slices);
             match sys::send_vectored(self.fd, &slices[..count]) {
                 Ok(written) => out.advance(written),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flush::WouldBlock,
@@ -151,19 +146,134 @@ impl Conn {
 }
 
 impl Outbound {
+    pub fn len(&self) -> usize {
+        self.first.is_some() as usize + self.rest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    pub fn front(&self) -> Option<&SharedFrame> {
+        self.first.as_ref()
+    }
+
+    /// Queues `frame` unless that would pass either limit; false when it did not fit.
+    pub fn push(&mut self, frame: SharedFrame, max_frames: usize, max_bytes: usize) -> bool {
+        if self.len() >= max_frames || self.bytes + frame.len() > max_bytes {
+            return false;
+        }
+        self.push_unbounded(frame);
+        true
+    }
+
+    /// Queues `frame` past the limits (the close frame that ends a slow consumer).
+    pub fn push_unbounded(&mut self, frame: SharedFrame) {
+        self.bytes += frame.len();
+        if self.first.is_none() {
+            self.first = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<SharedFrame> {
+        let front = self.first.take();
+        self.first = self.rest.pop_front();
+        front
+    }
+
+    /// Drops everything except a partly written front frame (so the wire stays well-formed).
+    pub fn truncate_to_partial(&mut self) {
+        let offset = self.offset;
+        let keep = if offset > 0 { self.first.take() } else { None };
+        self.clear();
+        if let Some(front) = keep {
+            self.bytes = front.len() - offset;
+            self.offset = offset;
+            self.first = Some(front);
+        }
+    }
+
+    /// Drops everything and releases the storage.
+    pub fn clear(&mut self) {
+        self.first = None;
+        self.rest = VecDeque::new();
+        self.bytes = 0;
+        self.offset = 0;
+    }
+
+    /// Fills `slices` with what to write next (the front frame from `offset`, then whole frames,
+    /// at most [`sys::MAX_IOV`]); returns how many it filled.
+    pub fn gather<'a>(&'a self, slices: &mut [&'a [u8]; sys::MAX_IOV]) -> usize {
+        let Some(first) = &self.first else {
+            return 0;
+        };
+        slices[0] = &first[self.offset..];
+        let mut count = 1;
+        for frame in self.rest.iter().take(sys::MAX_IOV - 1) {
+            slices[count] = frame;
+            count += 1;
+        }
+        count
+    }
+
     /// Drops `written` bytes from the front of the queue.
     pub fn advance(&mut self, mut written: usize) {
         self.bytes -= written;
         while written > 0 {
-            let front_left = self.queue[0].len() - self.offset;
+            let Some(front) = &self.first else {
+                debug_assert!(false, "bug: advanced past the queue");
+                return;
+            };
+            let front_left = front.len() - self.offset;
             if written >= front_left {
                 written -= front_left;
                 self.offset = 0;
-                self.queue.pop_front();
+                self.pop_front();
             } else {
                 self.offset += written;
                 written = 0;
             }
         }
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            self.rest = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn frame(bytes: &[u8]) -> SharedFrame {
+        Arc::from(bytes)
+    }
+
+    #[test]
+    fn outbound_queues_gathers_and_advances() {
+        let mut out = Outbound::default();
+        assert!(out.push(frame(b"abc"), 3, 100));
+        assert!(out.push(frame(b"defg"), 3, 100));
+        assert!(out.push(frame(b"h"), 3, 100));
+        assert!(!out.push(frame(b"i"), 3, 100), "frame limit");
+        assert_eq!((out.len(), out.bytes), (3, 8));
+        let mut slices: [&[u8]; sys::MAX_IOV] = [&[]; sys::MAX_IOV];
+        assert_eq!(out.gather(&mut slices), 3);
+        assert_eq!(&slices[..3], &[&b"abc"[..], b"defg", b"h"]);
+        out.advance(5); // "abc" and "de"
+        assert_eq!((out.len(), out.offset, out.bytes), (2, 2, 3));
+        let mut slices: [&[u8]; sys::MAX_IOV] = [&[]; sys::MAX_IOV];
+        assert_eq!(out.gather(&mut slices), 2);
+        assert_eq!(&slices[..2], &[&b"fg"[..], b"h"]);
+        // A slow consumer keeps only the partly written frame, then the close.
+        out.truncate_to_partial();
+        assert_eq!((out.len(), out.bytes), (1, 2));
+        out.push_unbounded(frame(b"CLOSE"));
+        out.advance(7);
+        assert!(out.is_empty());
+        assert_eq!(out.bytes, 0);
+        assert!(!out.push(frame(&[0; 101]), 3, 100), "byte limit");
     }
 }

@@ -283,18 +283,14 @@ impl Shard {
                 // A close frame is queued: nothing may follow it on the wire.
                 return false;
             }
-            if out.queue.len() >= self.config.queue_frames
-                || out.bytes + frame.len() > self.config.queue_bytes
-            {
-                let (frames, bytes) = (out.queue.len(), out.bytes);
+            if !out.push(frame, self.config.queue_frames, self.config.queue_bytes) {
+                let (frames, bytes) = (out.len(), out.bytes);
                 drop(out);
                 tracing::warn!(client = %conn.client_id, peer = %conn.peer, core = self.id, frames, bytes,
                     "slow consumer: outbound queue full, closing with 1008");
                 self.drop_slow_consumer(conn);
                 return false;
             }
-            out.bytes += frame.len();
-            out.queue.push_back(frame);
         }
         self.mark_dirty(conn);
         true
@@ -321,20 +317,8 @@ impl Shard {
         }
         {
             let mut out = conn.out.borrow_mut();
-            let partial = if out.offset > 0 {
-                out.queue.pop_front()
-            } else {
-                None
-            };
-            out.queue.clear();
-            out.bytes = 0;
-            if let Some(front) = partial {
-                out.bytes = front.len() - out.offset;
-                out.queue.push_back(front);
-            }
-            let close = frame::close(frame::close_code::POLICY, "slow consumer");
-            out.bytes += close.len();
-            out.queue.push_back(close);
+            out.truncate_to_partial();
+            out.push_unbounded(frame::close(frame::close_code::POLICY, "slow consumer"));
             out.close_after = true;
         }
         self.mark_dirty(conn);
@@ -384,7 +368,7 @@ impl Shard {
             let wrote = futures_lite::future::poll_fn(|cx| {
                 let front = {
                     let out = conn.out.borrow();
-                    match out.queue.front() {
+                    match out.front() {
                         Some(f) => (f.clone(), out.offset),
                         None => return Poll::Ready(Ok(0)),
                     }

@@ -18,6 +18,9 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
 
 /// One pushed message as a complete text frame, built once for all its recipients.
 /// `data` must be valid JSON (it comes from a parsed request or from [`member_event_data`]).
+///
+/// The fields before `data` are written to a small buffer first, so the frame's length is known
+/// and header, fields and `data` go into one allocation of the exact size.
 pub fn push_frame(
     message_id: &str,
     send_user_id: &str,
@@ -25,22 +28,22 @@ pub fn push_frame(
     msg: &str,
     data: &str,
 ) -> SharedFrame {
-    let mut json =
-        Vec::with_capacity(64 + message_id.len() + send_user_id.len() + msg.len() + data.len());
-    json.extend_from_slice(b"{\"messageId\":");
-    write_json_str(&mut json, message_id);
-    json.extend_from_slice(b",\"sendUserId\":");
-    write_json_str(&mut json, send_user_id);
-    json.extend_from_slice(b",\"code\":");
-    json.extend_from_slice(code.to_string().as_bytes());
-    json.extend_from_slice(b",\"msg\":");
-    write_json_str(&mut json, msg);
-    json.extend_from_slice(b",\"data\":");
-    json.extend_from_slice(data.as_bytes());
-    json.push(b'}');
-    let mut out = Vec::with_capacity(frame::text_header_len(json.len()) + json.len());
-    frame::text_header(json.len(), &mut out);
-    out.extend_from_slice(&json);
+    let mut head = Vec::with_capacity(64 + message_id.len() + send_user_id.len() + msg.len());
+    head.extend_from_slice(b"{\"messageId\":");
+    write_json_str(&mut head, message_id);
+    head.extend_from_slice(b",\"sendUserId\":");
+    write_json_str(&mut head, send_user_id);
+    head.extend_from_slice(b",\"code\":");
+    head.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+    head.extend_from_slice(b",\"msg\":");
+    write_json_str(&mut head, msg);
+    head.extend_from_slice(b",\"data\":");
+    let json_len = head.len() + data.len() + 1;
+    let mut out = Vec::with_capacity(frame::text_header_len(json_len) + json_len);
+    frame::text_header(json_len, &mut out);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(data.as_bytes());
+    out.push(b'}');
     out.into()
 }
 
