@@ -33,6 +33,8 @@ pub struct Spec {
     pub code: i64,
     /// Handshakes in flight at once while opening.
     pub connect_inflight: usize,
+    /// Pause of each reader after a read (see `ws::read_loop`); zero: read on readiness.
+    pub read_interval: Duration,
 }
 
 /// What opening gave.
@@ -72,10 +74,15 @@ pub async fn open_local(shards: &Shards, target: &Arc<Target>, spec: &Spec) -> O
     let sem = Arc::new(Semaphore::new(spec.connect_inflight.max(1)));
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Result<String, String>)>();
     for i in 0..spec.conns {
-        let permit = sem.clone().acquire_owned().await.expect("bug: never closed");
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("bug: never closed");
         let tx = tx.clone();
         let target = target.clone();
         let code = spec.code;
+        let interval = spec.read_interval;
         let source = sys::ws_source(spec.conn_offset + i);
         shards.spawn(i, move |stats| async move {
             let r = tokio::time::timeout(CONNECT_TIMEOUT, ws::open(&target, source)).await;
@@ -83,7 +90,8 @@ pub async fn open_local(shards: &Shards, target: &Arc<Target>, spec: &Spec) -> O
             match r {
                 Ok(Ok(conn)) => {
                     let _ = tx.send((i, Ok(conn.client_id.clone())));
-                    ws::read_loop(conn, stats, code).await;
+                    drop(tx);
+                    ws::read_loop(conn, stats, code, interval).await;
                 }
                 Ok(Err(e)) => {
                     let _ = tx.send((i, Err(format!("{e:#}"))));
@@ -97,7 +105,10 @@ pub async fn open_local(shards: &Shards, target: &Arc<Target>, spec: &Spec) -> O
     drop(tx);
     let mut ids = vec![None; spec.conns];
     let mut opened = Opened::default();
-    while let Some((i, r)) = rx.recv().await {
+    for _ in 0..spec.conns {
+        let Some((i, r)) = rx.recv().await else {
+            break;
+        };
         match r {
             Ok(id) => ids[i] = Some(id),
             Err(e) => {
@@ -112,7 +123,9 @@ pub async fn open_local(shards: &Shards, target: &Arc<Target>, spec: &Spec) -> O
 
 /// How many processes `conns` WebSockets need under this process's open-files limit.
 pub fn procs_for(conns: usize, nofile: u64) -> usize {
-    let per_proc = (nofile as usize).saturating_sub(RESERVED_FDS).clamp(100, 19_000);
+    let per_proc = (nofile as usize)
+        .saturating_sub(RESERVED_FDS)
+        .clamp(100, 19_000);
     conns.div_ceil(per_proc).max(1)
 }
 
@@ -141,7 +154,11 @@ impl Workers {
     /// Starts `procs` workers, each opening its share of `spec.conns` (worker `k` is told the
     /// index of its first connection, so the source addresses continue across processes).
     /// `args` are the common flags each worker gets (host, port, system, threads, ...).
-    pub async fn start(args: &[String], spec: &Spec, procs: usize) -> anyhow::Result<(Workers, Opened)> {
+    pub async fn start(
+        args: &[String],
+        spec: &Spec,
+        procs: usize,
+    ) -> anyhow::Result<(Workers, Opened)> {
         let exe = std::env::current_exe().context("finding my own executable")?;
         let mut workers = Workers { procs: Vec::new() };
         let mut offset = spec.conn_offset;
@@ -159,6 +176,8 @@ impl Workers {
                     spec.code.to_string(),
                     "--connect-inflight".into(),
                     (spec.connect_inflight / procs).max(8).to_string(),
+                    "--read-interval-ms".into(),
+                    (spec.read_interval.as_secs_f64() * 1e3).to_string(),
                 ])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -200,7 +219,10 @@ impl Workers {
     /// Every worker's counters added up, `cpu_ns` holding the sum of their CPU times.
     pub async fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
         for w in &mut self.procs {
-            let stdin = w.stdin.as_mut().ok_or_else(|| anyhow!("worker already stopped"))?;
+            let stdin = w
+                .stdin
+                .as_mut()
+                .ok_or_else(|| anyhow!("worker already stopped"))?;
             stdin.write_all(b"snap\n")?;
             stdin.flush()?;
         }
@@ -315,7 +337,11 @@ pub fn worker_main(threads: usize, target: Arc<Target>, spec: Spec) -> anyhow::R
     for line in std::io::stdin().lock().lines() {
         match line?.trim() {
             "snap" => {
-                writeln!(out, "{}", json!({"ev": "snap", "snap": shards.snapshot().to_json()}))?;
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"ev": "snap", "snap": shards.snapshot().to_json()})
+                )?;
                 out.flush()?;
             }
             "" => {}

@@ -21,6 +21,7 @@ pub struct HttpClient {
     close: bool,
     source: Ipv4Addr,
     stream: Option<TcpStream>,
+    timeout: Duration,
     req: Vec<u8>,
     resp: Vec<u8>,
 }
@@ -34,14 +35,21 @@ impl HttpClient {
             close,
             source,
             stream: None,
+            timeout: REQUEST_TIMEOUT,
             req: Vec::with_capacity(512),
             resp: Vec::with_capacity(512),
         }
     }
 
+    /// Another deadline per request than [`REQUEST_TIMEOUT`].
+    pub fn with_timeout(mut self, timeout: Duration) -> HttpClient {
+        self.timeout = timeout;
+        self
+    }
+
     /// POSTs `body` (JSON) to `path` with the `SystemId` header; returns the status and the
-    /// response body. Fails on a connection error, a malformed response, or after
-    /// [`REQUEST_TIMEOUT`].
+    /// response body. Fails on a connection error, a malformed response, or after the
+    /// deadline ([`REQUEST_TIMEOUT`] unless set otherwise).
     pub async fn post(&mut self, path: &str, body: &[u8]) -> anyhow::Result<(u16, &[u8])> {
         self.req.clear();
         let (version, connection) = if self.close {
@@ -58,18 +66,17 @@ impl HttpClient {
             body.len()
         )?;
         self.req.extend_from_slice(body);
-        let (status, start, end) =
-            match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange()).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    self.stream = None;
-                    return Err(e);
-                }
-                Err(_) => {
-                    self.stream = None;
-                    bail!("no answer within {REQUEST_TIMEOUT:?}");
-                }
-            };
+        let (status, start, end) = match tokio::time::timeout(self.timeout, self.exchange()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                self.stream = None;
+                return Err(e);
+            }
+            Err(_) => {
+                self.stream = None;
+                bail!("no answer within {:?}", self.timeout);
+            }
+        };
         Ok((status, &self.resp[start..end]))
     }
 

@@ -68,8 +68,18 @@ struct Common {
     #[arg(long, global = true, default_value_t = 256)]
     connect_inflight: usize,
     /// The push `code` counted as a delivery (1001 presence frames never count).
-    #[arg(long, global = true, default_value_t = 7, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 7,
+        allow_negative_numbers = true
+    )]
     code: i64,
+    /// Milliseconds each reader pauses after a read, so one read takes many frames; adds up
+    /// to this much to the measured delay. On loopback it moves ACK work onto the server's CPU
+    /// instead of saving any (see perf/README.md). 0: read on readiness.
+    #[arg(long, global = true, default_value_t = 0.0)]
+    read_interval_ms: f64,
 }
 
 #[derive(Subcommand)]
@@ -111,7 +121,7 @@ enum Cmd {
         #[arg(long)]
         rate: Option<f64>,
         /// Parallel bind_to_group requests while building the group.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 16)]
         bind_workers: usize,
         /// Binds per chunk; each chunk's presence flood is drained before the next.
         #[arg(long, default_value_t = 500)]
@@ -205,6 +215,7 @@ fn main() {
             conn_offset,
             code: c.code,
             connect_inflight: c.connect_inflight,
+            read_interval: secs(c.read_interval_ms / 1e3),
         };
         if let Err(e) = fleet::worker_main(threads, target, spec) {
             eprintln!("worker error: {e:#}");
@@ -245,6 +256,7 @@ fn main() {
         ],
         code: c.code,
         connect_inflight: c.connect_inflight,
+        read_interval: secs(c.read_interval_ms / 1e3),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -30,6 +30,7 @@ pub struct Ctx {
     pub worker_args: Vec<String>,
     pub code: i64,
     pub connect_inflight: usize,
+    pub read_interval: Duration,
 }
 
 impl Ctx {
@@ -42,9 +43,10 @@ impl Ctx {
     async fn open(&self, conns: usize) -> anyhow::Result<(Load, Opened, Duration)> {
         let spec = Spec {
             conns,
-            conn_offset: 0,
+            conn_offset: sys::run_base() * sys::CONNS_PER_SOURCE,
             code: self.code,
             connect_inflight: self.connect_inflight,
+            read_interval: self.read_interval,
         };
         let procs = self.procs_for(conns);
         let t0 = Instant::now();
@@ -187,7 +189,9 @@ impl Window {
         Ok(Measured {
             wall,
             delta: snap.since(&self.snap),
-            server_cpu_ns: server_cpu.zip(self.server_cpu).map(|(b, a)| b.saturating_sub(a)),
+            server_cpu_ns: server_cpu
+                .zip(self.server_cpu)
+                .map(|(b, a)| b.saturating_sub(a)),
             loadgen_cpu_ns: snap.cpu_ns.saturating_sub(self.snap.cpu_ns),
         })
     }
@@ -357,7 +361,8 @@ where
             let make = make.clone();
             let errors = errors.clone();
             ctx.shards.spawn(w, move |stats: Arc<Stats>| async move {
-                let mut client = HttpClient::new(target, close, sys::http_source(w));
+                let mut client =
+                    HttpClient::new(target, close, sys::http_source(sys::run_base() + w));
                 let mut pacer = rate.map(|r| Pacer::new(r, workers, w));
                 let mut rng = Rng::new(w as u64 + 1 + sys::now_ns());
                 let mut body = Vec::with_capacity(256);
@@ -413,7 +418,12 @@ fn opened_line(r: &mut Report, conns: usize, opened: &Opened, elapsed: Duration,
 }
 
 /// `idle`: N connections, the server's RSS before and after.
-pub async fn idle(ctx: &Ctx, conns: usize, settle: Duration, hold: Duration) -> anyhow::Result<Report> {
+pub async fn idle(
+    ctx: &Ctx,
+    conns: usize,
+    settle: Duration,
+    hold: Duration,
+) -> anyhow::Result<Report> {
     let mut r = Report::new("idle");
     http::register(&ctx.target).await?;
     let rss_before = ctx.server.rss();
@@ -444,7 +454,10 @@ pub async fn idle(ctx: &Ctx, conns: usize, settle: Duration, hold: Duration) -> 
         r.line("server VmRSS: not measured (give --server-pid)".into());
     }
     if snap.closed > 0 {
-        r.line(format!("{} connections were closed by the server", snap.closed));
+        r.line(format!(
+            "{} connections were closed by the server",
+            snap.closed
+        ));
     }
     r.set("closed", snap.closed);
     let m = Measured {
@@ -456,6 +469,15 @@ pub async fn idle(ctx: &Ctx, conns: usize, settle: Duration, hold: Duration) -> 
     cpu_figures(&mut r, &m, opened.ids.len() as u64, "connection");
     if !hold.is_zero() {
         tokio::time::sleep(hold).await;
+        let end = load.snapshot().await?;
+        r.set("pings", end.pings);
+        r.set("closed", end.closed);
+        r.line(format!(
+            "held {:.0} s: {} server pings answered, {} connections closed by the server",
+            hold.as_secs_f64(),
+            end.pings,
+            end.closed
+        ));
     }
     load.stop();
     Ok(r)
@@ -477,6 +499,7 @@ pub async fn connect(
     let server_cpu = ctx.server.cpu_ns();
     let t0 = Instant::now();
     let deadline = tokio::time::Instant::now() + max;
+    let base = sys::run_base() * sys::CONNS_PER_SOURCE;
     let loops: Vec<_> = (0..inflight.max(1))
         .map(|i| {
             let next = next.clone();
@@ -492,7 +515,7 @@ pub async fn connect(
                     let t = Instant::now();
                     let res = tokio::time::timeout(
                         fleet::CONNECT_TIMEOUT,
-                        ws::open(&target, sys::ws_source(idx)),
+                        ws::open(&target, sys::ws_source(base + idx)),
                     )
                     .await;
                     match res {
@@ -522,7 +545,11 @@ pub async fn connect(
     let m = Measured {
         wall,
         delta: after.since(&before),
-        server_cpu_ns: ctx.server.cpu_ns().zip(server_cpu).map(|(b, a)| b.saturating_sub(a)),
+        server_cpu_ns: ctx
+            .server
+            .cpu_ns()
+            .zip(server_cpu)
+            .map(|(b, a)| b.saturating_sub(a)),
         loadgen_cpu_ns: after.cpu_ns.saturating_sub(before.cpu_ns),
     };
     let ok = m.delta.requests_ok;
@@ -572,7 +599,9 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
     let n = opened.ids.len();
     let m = a.members.min(n);
     // Members spread evenly over the connections (so over source addresses and processes).
-    let members: Vec<String> = (0..m).map(|i| json_str(&opened.ids[i * n / m.max(1)])).collect();
+    let members: Vec<String> = (0..m)
+        .map(|i| json_str(&opened.ids[i * n / m.max(1)]))
+        .collect();
     let group = format!("perf-{}-{}", std::process::id(), sys::now_ns());
     let group_json = json_str(&group);
 
@@ -585,8 +614,9 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
     let server_cpu0 = ctx.server.cpu_ns();
     let members = Arc::new(members);
     let errors = FirstError::default();
-    let mut bound = 0u64;
+    let mut binds_ok = 0u64;
     let mut presence_complete = true;
+    let mut progress = Instant::now();
     for chunk_start in (0..m).step_by(a.bind_chunk.max(1)) {
         let chunk_end = (chunk_start + a.bind_chunk.max(1)).min(m);
         let next = Arc::new(AtomicUsize::new(chunk_start));
@@ -598,7 +628,10 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
                 let group_json = group_json.clone();
                 let errors = errors.clone();
                 ctx.shards.spawn(w, move |_stats| async move {
-                    let mut client = HttpClient::new(target, false, sys::http_source(w));
+                    // A bind is answered after its presence push is queued to every member:
+                    // late in a big group, behind a flood, that takes seconds.
+                    let mut client = HttpClient::new(target, false, sys::http_source(sys::run_base() + w))
+                        .with_timeout(Duration::from_secs(120));
                     let mut ok = 0u64;
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -622,23 +655,43 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
             })
             .collect();
         for b in binders {
-            bound += b.await?;
+            binds_ok += b.await?;
         }
-        let want = bound * (bound + 1) / 2;
+        // Every bind sent so far counts: one whose answer failed may still have been applied.
+        let want = chunk_end as u64 * (chunk_end as u64 + 1) / 2;
         let left = a.presence_cap.saturating_sub(t_bind.elapsed());
-        let (_, reached) =
+        let (snap, reached) =
             wait_for(&mut load, &base, |s| s.presence, want, a.quiet, left).await?;
+        if progress.elapsed() >= Duration::from_secs(10) {
+            progress = Instant::now();
+            eprintln!(
+                "fanout: {chunk_end} of {m} binds sent, {} of {} presence frames, {:.0} s",
+                snap.presence - base.presence,
+                m * (m + 1) / 2,
+                t_bind.elapsed().as_secs_f64()
+            );
+        }
         if !reached {
             presence_complete = false;
             if t_bind.elapsed() >= a.presence_cap {
                 bail!(
-                    "building the group took over {:?} (--presence-cap); {bound} bound",
+                    "building the group took over {:?} (--presence-cap); {chunk_end} binds sent",
                     a.presence_cap
                 );
             }
         }
     }
     let bind_wall = t_bind.elapsed();
+    // The server's own count of the group decides how many deliveries each push owes.
+    let bound = match online_count(&ctx.target, &group).await {
+        Ok(n) => n,
+        Err(e) => {
+            r.line(format!(
+                "warning: get_online_list failed ({e:#}); using the answered binds"
+            ));
+            binds_ok
+        }
+    };
     let after_bind = load.snapshot().await?;
     let presence = after_bind.presence - base.presence;
     let want = bound * (bound + 1) / 2;
@@ -648,6 +701,9 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
         .zip(server_cpu0)
         .map(|(b, a)| b.saturating_sub(a));
     r.set("members", m);
+    if !ctx.read_interval.is_zero() {
+        r.set("read_interval_ms", ctx.read_interval.as_secs_f64() * 1e3);
+    }
     r.set("bound", bound);
     r.set("presence_frames", presence);
     r.set("presence_expected", want);
@@ -670,10 +726,10 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
             a.quiet
         ));
     }
-    if bound < m as u64 {
+    if binds_ok < m as u64 {
         r.line(format!(
-            "warning: {} binds failed: {}",
-            m as u64 - bound,
+            "warning: {} of {m} binds got no success answer ({}); the group has {bound} members",
+            m as u64 - binds_ok,
             errors.get().unwrap_or_default()
         ));
     }
@@ -768,6 +824,19 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
     Ok(r)
 }
 
+/// Members of `group` by the server's `get_online_list`.
+async fn online_count(target: &Arc<Target>, group: &str) -> anyhow::Result<u64> {
+    let mut c = HttpClient::new(target.clone(), false, sys::http_source(0))
+        .with_timeout(Duration::from_secs(60));
+    let body = json!({ "groupName": group }).to_string();
+    let (status, resp) = c.post("/api/get_online_list", body.as_bytes()).await?;
+    let v: Value = serde_json::from_slice(resp)?;
+    match v.pointer("/data/count").and_then(Value::as_u64) {
+        Some(n) if status == 200 => Ok(n),
+        _ => bail!("get_online_list answered {status}: {v}"),
+    }
+}
+
 /// Flags of `unicast` and `batch`.
 pub struct UnicastArgs {
     pub clients: usize,
@@ -787,7 +856,13 @@ pub async fn unicast(ctx: &Ctx, a: &UnicastArgs) -> anyhow::Result<Report> {
     let mut r = Report::new(if batch { "batch" } else { "unicast" });
     http::register(&ctx.target).await?;
     let (mut load, opened, elapsed) = ctx.open(a.clients).await?;
-    opened_line(&mut r, a.clients, &opened, elapsed, ctx.procs_for(a.clients));
+    opened_line(
+        &mut r,
+        a.clients,
+        &opened,
+        elapsed,
+        ctx.procs_for(a.clients),
+    );
     let ids: Arc<Vec<String>> = Arc::new(opened.ids.iter().map(|s| json_str(s)).collect());
     let per_request = if batch {
         a.ids_per_request.min(ids.len()) as u64
@@ -860,7 +935,14 @@ pub async fn unicast(ctx: &Ctx, a: &UnicastArgs) -> anyhow::Result<Report> {
     let api = Latency::of(&d.request_hist);
     r.set("clients", a.clients);
     r.set("workers", a.workers);
-    r.set("http", if a.close { "1.0-close" } else { "1.1-keepalive" });
+    r.set(
+        "http",
+        if a.close {
+            "1.0-close"
+        } else {
+            "1.1-keepalive"
+        },
+    );
     if batch {
         r.set("ids_per_request", per_request);
     }
@@ -906,7 +988,10 @@ pub async fn unicast(ctx: &Ctx, a: &UnicastArgs) -> anyhow::Result<Report> {
         ));
     }
     if d.closed > 0 {
-        r.line(format!("warning: the server closed {} connections", d.closed));
+        r.line(format!(
+            "warning: the server closed {} connections",
+            d.closed
+        ));
     }
     let (ops, op) = if batch {
         (d.delivered, "delivery")

@@ -53,10 +53,6 @@ impl Shards {
         Ok(Shards { shards })
     }
 
-    pub fn len(&self) -> usize {
-        self.shards.len()
-    }
-
     /// Runs `make(stats)` on shard `i % len`, with that shard's counters.
     pub fn spawn<F, Fut>(&self, i: usize, make: F) -> JoinHandle<Fut::Output>
     where

@@ -16,6 +16,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
@@ -212,6 +213,17 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     None
 }
 
+/// The unsigned integer at the front of `s` (up to 19 digits: nanoseconds since the epoch).
+fn leading_u64(s: &[u8]) -> Option<u64> {
+    let n = s.iter().take_while(|b| b.is_ascii_digit()).count();
+    if n == 0 || n > 19 {
+        return None;
+    }
+    s[..n].iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add((d - b'0') as u64)
+    })
+}
+
 /// The signed integer at the front of `s` (after optional spaces), if any.
 fn leading_int(s: &[u8]) -> Option<i64> {
     let s = &s[s.iter().position(|&b| b != b' ')?..];
@@ -219,13 +231,7 @@ fn leading_int(s: &[u8]) -> Option<i64> {
         Some(b'-') => (true, &s[1..]),
         _ => (false, s),
     };
-    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
-    if n == 0 || n > 18 {
-        return None;
-    }
-    let v = digits[..n]
-        .iter()
-        .fold(0i64, |acc, &d| acc * 10 + (d - b'0') as i64);
+    let v = i64::try_from(leading_u64(digits)?).ok()?;
     Some(if neg { -v } else { v })
 }
 
@@ -243,9 +249,7 @@ pub fn stamp(payload: &[u8]) -> Option<u64> {
     let at = find(payload, b"\"data\":")?;
     let rest = &payload[at + 7..];
     let rest = &rest[rest.iter().position(|&b| b != b' ')?..];
-    let digits = rest.strip_prefix(b"\"t")?;
-    let v = leading_int(digits)?;
-    u64::try_from(v).ok()
+    leading_u64(rest.strip_prefix(b"\"t")?)
 }
 
 /// The clientId of a welcome frame `{"code":0,...,"data":{"clientId":"..."}}`.
@@ -274,7 +278,11 @@ enum Step {
 /// Reads server frames until the connection ends, counting into `stats`: text frames with
 /// code `code` are deliveries (their stamp's delay goes into the histogram), 1001 frames are
 /// presence, the rest "other". Never returns while the connection is open.
-pub async fn read_loop(conn: Conn, stats: Arc<Stats>, code: i64) {
+///
+/// `interval` > 0 makes the reader pause that long after each read that brought data, so
+/// frames pile up in the socket and one read takes many: fewer wakeups and syscalls per frame
+/// (lighter client-side work), at the price of up to `interval` added to the measured delay.
+pub async fn read_loop(conn: Conn, stats: Arc<Stats>, code: i64, interval: Duration) {
     let Conn {
         mut stream,
         pending,
@@ -302,6 +310,9 @@ pub async fn read_loop(conn: Conn, stats: Arc<Stats>, code: i64) {
             break;
         }
         step = read_once(&stream, &mut pending, &mut out, &stats, code);
+        if !interval.is_zero() && matches!(step, Step::More) {
+            tokio::time::sleep(interval).await;
+        }
     }
     bump(&stats.closed, 1);
 }
@@ -439,7 +450,10 @@ mod tests {
             let payload = vec![b'x'; n];
             let f = server_frame(OP_TEXT, &payload);
             let (frame, len) = next_frame(&f).unwrap().unwrap();
-            assert_eq!((frame.opcode, frame.payload.len(), len), (OP_TEXT, n, f.len()));
+            assert_eq!(
+                (frame.opcode, frame.payload.len(), len),
+                (OP_TEXT, n, f.len())
+            );
             for cut in [0, 1, f.len() / 2, f.len() - 1] {
                 if cut < f.len() {
                     assert!(next_frame(&f[..cut]).unwrap().is_none(), "n={n} cut={cut}");
@@ -494,7 +508,10 @@ mod tests {
         assert!(matches!(step, Step::More));
         assert_eq!(used, buf.len() - 4);
         let s = stats.snapshot();
-        assert_eq!((s.delivered, s.presence, s.other_frames, s.pings), (1, 1, 1, 1));
+        assert_eq!(
+            (s.delivered, s.presence, s.other_frames, s.pings),
+            (1, 1, 1, 1)
+        );
         assert_eq!(out.len(), 6); // one empty masked pong
         let (_, step) = parse(&server_frame(OP_CLOSE, &[3, 232]), &mut out, &stats, 7);
         assert!(matches!(step, Step::Closed));
