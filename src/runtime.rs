@@ -341,26 +341,16 @@ async fn control_loop(shard: &Rc<Shard>, inbox: &ControlInbox, door: UnixStream)
 
 /// Accepts peer nodes' links on RPCPort; each runs requests on this node.
 async fn rpc_accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                backoff = Duration::from_millis(5);
-                let shard = shard.clone();
-                let core = shard.id;
-                glommio::spawn_local(link::serve_peer(stream, core, move |op| {
-                    let shard = shard.clone();
-                    async move { shard.execute_remote(op).await }
-                }))
-                .detach();
-            }
-            Err(e) => {
-                tracing::warn!(core = shard.id, error = %e, "RPC accept failed, backing off {:?}", backoff);
-                glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
+    listener::accept_each(&listener, shard.id, "RPC", |stream| {
+        let shard = shard.clone();
+        let core = shard.id;
+        glommio::spawn_local(link::serve_peer(stream, core, move |op| {
+            let shard = shard.clone();
+            async move { shard.execute_remote(op).await }
+        }))
+        .detach();
+    })
+    .await
 }
 
 /// Closes every client with 1001 and waits up to ShutdownGrace for them to go.

@@ -3,7 +3,7 @@
 
 use crate::cluster::proto::{RemoteOp, RemoteReply, Target as RemoteTarget};
 use crate::ids::ClientAddr;
-use crate::shard::inbox::{Op, Reply};
+use crate::shard::inbox::Op;
 use crate::shard::Shard;
 use crate::ws::frame::SharedFrame;
 use futures_util::future::join_all;
@@ -84,20 +84,7 @@ pub async fn deliver<'a>(
             Target::Nowhere => {}
         }
     }
-    let local = per_core
-        .into_iter()
-        .enumerate()
-        .filter(|(_, targets)| !targets.is_empty())
-        .map(|(core, targets)| {
-            shard.call(
-                core,
-                Op::Deliver {
-                    targets,
-                    system: system.clone(),
-                    frame: frame.clone(),
-                },
-            )
-        });
+    let local = shard.deliver_on_cores(per_core, system, &frame);
     let remote = per_node.into_iter().map(|(addr, targets)| {
         let op = RemoteOp::Deliver {
             system: system.to_string(),
@@ -118,11 +105,7 @@ pub async fn deliver<'a>(
             }
         }
     });
-    let (local, remote) = futures_util::future::join(join_all(local), join_all(remote)).await;
-    let local: usize = local
-        .into_iter()
-        .map(|r| if let Reply::Count(n) = r { n } else { 0 })
-        .sum();
+    let (local, remote) = futures_util::future::join(local, join_all(remote)).await;
     local + remote.into_iter().sum::<usize>()
 }
 

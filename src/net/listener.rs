@@ -16,19 +16,31 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Accepts until the task is cancelled (shutdown). Accept errors (EMFILE, ENFILE, ENOBUFS) back
-/// off and retry instead of ending the loop.
+/// Accepts HTTP connections until the task is cancelled (shutdown).
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    accept_each(&listener, shard.id, "HTTP", |stream| {
+        glommio::spawn_local(serve(shard.clone(), stream)).detach();
+    })
+    .await
+}
+
+/// Hands every accepted socket to `on_stream` until the task is cancelled. Accept errors
+/// (EMFILE, ENFILE, ENOBUFS) back off and retry instead of ending the loop.
+pub async fn accept_each(
+    listener: &TcpListener,
+    core: usize,
+    what: &str,
+    mut on_stream: impl FnMut(TcpStream),
+) {
     let mut backoff = Duration::from_millis(5);
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 backoff = Duration::from_millis(5);
-                let shard = shard.clone();
-                glommio::spawn_local(async move { serve(shard, stream).await }).detach();
+                on_stream(stream);
             }
             Err(e) => {
-                tracing::warn!(core = shard.id, error = %e, "accept failed, backing off {:?}", backoff);
+                tracing::warn!(core, error = %e, "{what} accept failed, backing off {:?}", backoff);
                 glommio::timer::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }

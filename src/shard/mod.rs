@@ -652,6 +652,35 @@ impl Shard {
         list
     }
 
+    /// Queues `frame` to the clients `per_core[core]` of `system`, one `Deliver` per core that
+    /// has any, all cores at once. Returns how many were reached.
+    pub async fn deliver_on_cores(
+        self: &Rc<Self>,
+        per_core: Vec<Vec<(u32, u32)>>,
+        system: &Arc<str>,
+        frame: &SharedFrame,
+    ) -> usize {
+        let calls = per_core
+            .into_iter()
+            .enumerate()
+            .filter(|(_, targets)| !targets.is_empty())
+            .map(|(core, targets)| {
+                self.call(
+                    core,
+                    Op::Deliver {
+                        targets,
+                        system: system.clone(),
+                        frame: frame.clone(),
+                    },
+                )
+            });
+        join_all(calls)
+            .await
+            .into_iter()
+            .map(|r| if let Reply::Count(n) = r { n } else { 0 })
+            .sum()
+    }
+
     /// Runs a request from another node. Ops are node-local here: the sender addressed every
     /// node it meant itself.
     pub async fn execute_remote(self: &Rc<Self>, op: RemoteOp) -> RemoteReply {
@@ -668,25 +697,7 @@ impl Shard {
                 for t in targets.iter().filter(|t| valid(t.core)) {
                     per_core[t.core as usize].push((t.slot, t.generation));
                 }
-                let calls = per_core
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(_, t)| !t.is_empty())
-                    .map(|(core, targets)| {
-                        self.call(
-                            core,
-                            Op::Deliver {
-                                targets,
-                                system: system.clone(),
-                                frame: frame.clone(),
-                            },
-                        )
-                    });
-                let reached = join_all(calls)
-                    .await
-                    .into_iter()
-                    .map(|r| if let Reply::Count(n) = r { n } else { 0 })
-                    .sum::<usize>();
+                let reached = self.deliver_on_cores(per_core, &system, &frame).await;
                 RemoteReply::Count(reached as u32)
             }
             RemoteOp::Bind {
