@@ -71,7 +71,8 @@ trap 'exit 130' INT TERM
 
 echo "building (cargo build --release)..." >&2
 cargo build --release --quiet
-SERVER="$ROOT/target/release/wspush"
+# WSPUSH_BIN: another server binary to measure (e.g. a build of an older commit, for before/after).
+SERVER="${WSPUSH_BIN:-$ROOT/target/release/wspush}"
 LG="$ROOT/target/release/wspush-loadgen"
 
 if [ "$BOTH" = 1 ]; then

@@ -378,17 +378,20 @@ async fn upgrade(
         let _ = stream.write_all(&out).await;
         return;
     }
-    if stream.write_all(response.as_bytes()).await.is_err() {
-        return;
-    }
-    let system_id = handshake::system_id(&head.query);
     // The session is a task of its own: nothing of the request lives as long as it does, and an
     // idle connection's memory is that small task plus its registry entry.
-    match system_id {
+    match handshake::system_id(&head.query) {
         Some(system_id) => {
             let conn = shard.add_conn(stream, &system_id, peer);
+            // The 101 goes through the connection's queue, so it leaves in the same write as
+            // the welcome frame the session queues next: one send per handshake, not two.
+            shard.enqueue(&conn, std::sync::Arc::from(response.into_bytes()));
             glommio::spawn_local(session::run(shard, conn, leftover)).detach();
         }
-        None => session::refuse_without_system_id(&shard, stream, peer).await,
+        None => {
+            if stream.write_all(response.as_bytes()).await.is_ok() {
+                session::refuse_without_system_id(&shard, stream, peer).await;
+            }
+        }
     }
 }
