@@ -916,3 +916,47 @@ fn a_node_that_stops_answering_costs_one_rpc_deadline_then_leaves_and_rejoins() 
     c.nodes[2].assert_alive();
     drop(c2);
 }
+
+/// Bytes a hostile or broken peer might send on RPCPort. Each must close that link only.
+fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
+    let mut wrong_version = vec![0, 0, 0, 10, 0, 99];
+    wrong_version.extend_from_slice(&[0u8; 8]);
+    let mut garbage_body = vec![0, 0, 0, 34, 0, 1];
+    garbage_body.extend_from_slice(&[0xAB; 32]);
+    vec![
+        (
+            "HTTP on the node port",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        ("a 4 GiB length prefix", vec![0xff, 0xff, 0xff, 0xff, 0, 1]),
+        ("another protocol version", wrong_version),
+        ("a body that is not an archive", garbage_body),
+    ]
+}
+
+#[test]
+fn garbage_on_the_node_port_closes_that_link_and_the_node_lives() {
+    use std::io::{Read, Write};
+    let etcd = Etcd::start();
+    let mut nodes = Node::start_many(&etcd, 2, &[]);
+    converge(&nodes);
+    for (what, bytes) in hostile_inputs() {
+        let mut link = std::net::TcpStream::connect(("127.0.0.1", nodes[0].rpc_port)).unwrap();
+        link.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        link.write_all(&bytes).unwrap();
+        // The node answers nothing and closes the link (EOF or reset), within the timeout.
+        let mut buf = [0u8; 64];
+        match link.read(&mut buf) {
+            Ok(0) => {}
+            Err(e)
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut => {}
+            other => panic!("{what}: the link should have been closed, got {other:?}"),
+        }
+        nodes[0].assert_alive();
+    }
+    // Both nodes still serve, and still reach each other over their own links.
+    converge(&nodes);
+    nodes[0].assert_serves();
+    nodes[1].assert_serves();
+}
