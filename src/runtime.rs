@@ -39,11 +39,6 @@ pub fn is_ready() -> bool {
         && MEMBERSHIP.load(Ordering::Acquire)
 }
 
-/// Whether etcd membership is established (always true on a single node).
-pub fn membership_ready() -> bool {
-    MEMBERSHIP.load(Ordering::Acquire)
-}
-
 /// Capacity of each core-to-core channel. A full channel makes the sender wait (backpressure),
 /// never drops.
 const MESH_CHANNEL: usize = 4096;

@@ -61,15 +61,6 @@ pub fn available_cpus() -> usize {
         .unwrap_or(1)
 }
 
-/// Current resident set size in bytes, from /proc/self/statm.
-pub fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * page.max(1) as u64)
-}
-
 /// Hands a std Unix socket to the current glommio executor (the shutdown doorbell).
 pub fn glommio_unix_stream(socket: std::os::unix::net::UnixStream) -> glommio::net::UnixStream {
     use std::os::fd::{FromRawFd, IntoRawFd};
