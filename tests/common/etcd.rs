@@ -5,7 +5,9 @@
 //! `/health`, nodes on `/readyz`, and [`converge`] polls until every node reaches every other
 //! through the real API.
 
-use super::{api, free_ports, temp_dir, try_http, unique, Server, Ws, BIN};
+use super::{
+    api, free_ports, temp_dir, try_http, unique, wait_http, Response, Server, WaitEnd, Ws, BIN,
+};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -104,23 +106,23 @@ impl Etcd {
     /// Polls `GET /health` until it answers `"health":"true"`, etcd exits, or
     /// [`ETCD_READY_TIMEOUT`] passes.
     fn wait_healthy(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + ETCD_READY_TIMEOUT;
-        let mut pause = Duration::from_millis(10);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+        let child = self.child.as_mut().unwrap();
+        let healthy = |r: &Response| r.status == 200 && r.text().contains("\"health\":\"true\"");
+        match wait_http(
+            child,
+            self.client_port,
+            "/health",
+            ETCD_READY_TIMEOUT,
+            healthy,
+        ) {
+            Ok(()) => Ok(()),
+            Err(WaitEnd::Exited(status)) => {
                 self.child = None;
-                return Err(format!("etcd exited early with {status}"));
+                Err(format!("etcd exited early with {status}"))
             }
-            if let Ok(resp) = try_http(self.client_port, "GET", "/health", &[], b"") {
-                if resp.status == 200 && resp.text().contains("\"health\":\"true\"") {
-                    return Ok(());
-                }
+            Err(WaitEnd::TimedOut) => {
+                Err(format!("/health not true within {ETCD_READY_TIMEOUT:?}"))
             }
-            if Instant::now() > deadline {
-                return Err(format!("/health not true within {ETCD_READY_TIMEOUT:?}"));
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 

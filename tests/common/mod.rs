@@ -158,23 +158,15 @@ impl Server {
     /// Polls `GET /readyz` with a growing backoff until it answers 200, the process exits, or
     /// [`READY_TIMEOUT`] passes.
     fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut pause = Duration::from_millis(5);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+        match wait_http(&mut self.child, self.port, "/readyz", READY_TIMEOUT, |r| {
+            r.status == 200
+        }) {
+            Ok(()) => Ok(()),
+            Err(WaitEnd::Exited(status)) => {
                 self.exited = Some(status);
-                return Err(format!("wspush exited early with {status}"));
+                Err(format!("wspush exited early with {status}"))
             }
-            if let Ok(resp) = try_http(self.port, "GET", "/readyz", &[], b"") {
-                if resp.status == 200 {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("/readyz not 200 within {READY_TIMEOUT:?}"));
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(200));
+            Err(WaitEnd::TimedOut) => Err(format!("/readyz not 200 within {READY_TIMEOUT:?}")),
         }
     }
 
@@ -341,6 +333,42 @@ impl Response {
                 self.text()
             )
         })
+    }
+}
+
+/// Why [`wait_http`] gave up.
+pub enum WaitEnd {
+    /// The process exited first.
+    Exited(ExitStatus),
+    TimedOut,
+}
+
+/// Polls `GET <path>` on `port` with a growing pause (5 ms doubling to 200 ms) until `ok`
+/// accepts an answer, `child` exits, or `timeout` passes. The one readiness loop of the harness
+/// (wspush's `/readyz`, etcd's `/health`).
+pub fn wait_http(
+    child: &mut Child,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+    ok: impl Fn(&Response) -> bool,
+) -> Result<(), WaitEnd> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(WaitEnd::Exited(status));
+        }
+        if let Ok(resp) = try_http(port, "GET", path, &[], b"") {
+            if ok(&resp) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(WaitEnd::TimedOut);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 
