@@ -57,6 +57,21 @@ pub struct Config {
     /// `[wspush] KeepAliveTimeout` (seconds), default 60: idle HTTP keep-alive connections are
     /// closed after this.
     pub keepalive_timeout: Duration,
+    /// `[wspush] HandshakeTimeout` (seconds), default 10: a new connection must deliver its first
+    /// whole request head (the `/ws` upgrade or an API request) within this of being accepted, so
+    /// sockets that connect and say nothing do not hold a slot for KeepAliveTimeout.
+    pub handshake_timeout: Duration,
+    /// `[wspush] MaxConnsPerCore`, default 0 = derived from the open-files limit (see
+    /// [`Config::conns_per_core`]): WebSocket connections one core holds; one more upgrade is
+    /// refused with 503 and a log line, instead of running into EMFILE.
+    pub max_conns_per_core: usize,
+    /// `[wspush] MaxGroupsPerClient`, default 1024: groups one connection may be bound to; one
+    /// more `bind_to_group` answers code -1. Bounds the memory a caller can pin to one socket.
+    pub max_groups_per_client: usize,
+    /// `[wspush] MaxClientIdsPerRequest`, default 10000: ids one `send_to_clients` may list;
+    /// more answers code -1. Opening an id costs ~0.5 µs of a core, so this bounds one request
+    /// to a few milliseconds of work.
+    pub max_client_ids_per_request: usize,
     /// `[wspush] ShutdownGrace` (seconds), default 2: on SIGTERM, how long queued frames and
     /// close frames get to drain before sockets are cut.
     pub shutdown_grace: Duration,
@@ -83,12 +98,28 @@ impl Default for Config {
             max_body_bytes: 1 << 20,
             head_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            max_conns_per_core: 0,
+            max_groups_per_client: 1024,
+            max_client_ids_per_request: 10_000,
             shutdown_grace: Duration::from_secs(2),
         }
     }
 }
 
 impl Config {
+    /// WebSocket connections each of `cores` cores may hold: MaxConnsPerCore, or when it is 0,
+    /// the open-files limit `nofile` less a reserve (API sockets, node links, etcd, logs) shared
+    /// out over the cores, so the server says 503 before accept() runs into EMFILE.
+    pub fn conns_per_core(&self, nofile: u64, cores: usize) -> usize {
+        if self.max_conns_per_core > 0 {
+            return self.max_conns_per_core;
+        }
+        let reserve = (nofile / 20).clamp(64, 4096).min(nofile / 2);
+        let usable = nofile.saturating_sub(reserve) as usize;
+        (usable / cores.max(1)).max(1)
+    }
+
     /// The host this node advertises: the configured one, or the original's default.
     pub fn node_host(&self) -> Ipv4Addr {
         match self.advertise_host {
@@ -180,6 +211,12 @@ impl Config {
                 ("wspush", "headtimeout") => c.head_timeout = seconds(&full, value)?,
                 ("wspush", "keepalivetimeout") => c.keepalive_timeout = seconds(&full, value)?,
                 ("wspush", "shutdowngrace") => c.shutdown_grace = seconds(&full, value)?,
+                ("wspush", "handshaketimeout") => c.handshake_timeout = seconds(&full, value)?,
+                ("wspush", "maxconnspercore") => c.max_conns_per_core = number(&full, value)?,
+                ("wspush", "maxgroupsperclient") => c.max_groups_per_client = number(&full, value)?,
+                ("wspush", "maxclientidsperrequest") => {
+                    c.max_client_ids_per_request = number(&full, value)?
+                }
                 _ => {} // unknown keys are ignored, as in the original
             }
         }
@@ -230,6 +267,11 @@ impl Config {
             ("wspush.QueueBytes", self.queue_bytes),
             ("wspush.MaxMessageBytes", self.max_message_bytes),
             ("wspush.MaxBodyBytes", self.max_body_bytes),
+            ("wspush.MaxGroupsPerClient", self.max_groups_per_client),
+            (
+                "wspush.MaxClientIdsPerRequest",
+                self.max_client_ids_per_request,
+            ),
         ] {
             if value == 0 {
                 return Err(err(key, "must be greater than 0"));
@@ -238,11 +280,14 @@ impl Config {
         if self.max_head_bytes < 256 {
             return Err(err("wspush.MaxHeadBytes", "must be at least 256"));
         }
-        if self.head_timeout.is_zero() || self.keepalive_timeout.is_zero() {
-            return Err(err(
-                "wspush.HeadTimeout",
-                "timeouts must be at least 1 second",
-            ));
+        for (key, value) in [
+            ("wspush.HeadTimeout", self.head_timeout),
+            ("wspush.KeepAliveTimeout", self.keepalive_timeout),
+            ("wspush.HandshakeTimeout", self.handshake_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(err(key, "must be at least 1 second"));
+            }
         }
         Ok(())
     }
@@ -346,6 +391,29 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(e.key, "wspush.PongTimeout");
+    }
+
+    #[test]
+    fn connection_limit_follows_the_open_files_limit_unless_set() {
+        let c = Config::default();
+        // 20,000 files (this machine): 1,000 kept back, the rest shared by the cores.
+        assert_eq!(c.conns_per_core(20_000, 2), 9_500);
+        assert_eq!(c.conns_per_core(20_000, 1), 19_000);
+        assert_eq!(c.conns_per_core(1 << 20, 16), ((1 << 20) - 4096) / 16);
+        // A tiny limit still leaves room for a few connections and the listeners.
+        assert_eq!(c.conns_per_core(64, 2), 16);
+        let c = Config::parse("[wspush]\nMaxConnsPerCore = 7\n").unwrap();
+        assert_eq!(c.conns_per_core(20_000, 2), 7);
+        let e = Config::parse("[wspush]\nHandshakeTimeout = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "wspush.HandshakeTimeout");
+        let e = Config::parse("[wspush]\nMaxGroupsPerClient = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "wspush.MaxGroupsPerClient");
     }
 
     #[test]

@@ -99,7 +99,7 @@ struct CoreStart {
 }
 
 /// Runs the server until SIGTERM/SIGINT. Returns an error if it could not start.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(mut config: Config) -> anyhow::Result<()> {
     let cpus = sys::available_cpus();
     let cores = if config.cores == 0 {
         cpus
@@ -176,10 +176,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let mesh = MeshBuilder::<CoreMsg, _>::full(cores, MESH_CHANNEL);
+    let nofile = sys::raise_nofile_limit();
+    // From here on the config holds the effective per-core limit, not 0 for "derive it".
+    config.max_conns_per_core = config.conns_per_core(nofile, cores);
     let config = Arc::new(config);
     tracing::info!(
         http_port = config.http_port,
         cores,
+        open_files = nofile,
+        max_conns_per_core = config.max_conns_per_core,
         pinned = cores <= cpus,
         cluster = config.cluster,
         node = %node,

@@ -3,7 +3,7 @@
 
 use crate::cluster::proto::{RemoteOp, RemoteReply, Target as RemoteTarget};
 use crate::ids::ClientAddr;
-use crate::shard::inbox::Op;
+use crate::shard::inbox::{Op, Reply};
 use crate::shard::Shard;
 use crate::ws::frame::SharedFrame;
 use futures_util::future::join_all;
@@ -109,33 +109,38 @@ pub async fn deliver<'a>(
     local + remote.into_iter().sum::<usize>()
 }
 
-/// Runs a per-client op where the client lives. False when it was not found or not reachable.
+/// Runs a per-client op where the client lives. `Ok(false)` when it was not found or not
+/// reachable; `Err` when it was found but a limit refused the op (the text says which).
 async fn on_client(
     shard: &Rc<Shard>,
     client_id: &str,
     local: impl FnOnce(u32, u32) -> Op,
     remote: impl FnOnce(RemoteTarget) -> RemoteOp,
-) -> bool {
+) -> Result<bool, String> {
     match resolve(shard, client_id) {
         Target::Core {
             core,
             slot,
             generation,
-        } => shard.call(core, local(slot, generation)).await.found(),
+        } => match shard.call(core, local(slot, generation)).await {
+            Reply::Refused(why) => Err(why),
+            reply => Ok(reply.found()),
+        },
         Target::Node { addr, target } => {
             let Some(cluster) = shard.cluster() else {
-                return false;
+                return Ok(false);
             };
             match cluster.call(addr, remote(target)).await {
-                Ok(RemoteReply::Done(found)) => found,
-                Ok(_) => false,
+                Ok(RemoteReply::Done(found)) => Ok(found),
+                Ok(RemoteReply::Refused(why)) => Err(why),
+                Ok(_) => Ok(false),
                 Err(e) => {
                     tracing::debug!(peer = %addr, core = shard.id, error = %e, "request to a peer failed");
-                    false
+                    Ok(false)
                 }
             }
         }
-        Target::Nowhere => false,
+        Target::Nowhere => Ok(false),
     }
 }
 
@@ -146,7 +151,7 @@ pub async fn bind(
     group: Arc<str>,
     user_id: String,
     extend: String,
-) -> bool {
+) -> Result<bool, String> {
     let (s, g, u, e) = (
         system.to_string(),
         group.to_string(),
@@ -175,7 +180,7 @@ pub async fn bind(
     .await
 }
 
-pub async fn close(shard: &Rc<Shard>, system: Arc<str>, client_id: &str) -> bool {
+pub async fn close(shard: &Rc<Shard>, system: Arc<str>, client_id: &str) -> Result<bool, String> {
     let s = system.to_string();
     on_client(
         shard,

@@ -16,6 +16,9 @@ pub enum ApiError {
     /// Cluster mode: etcd could not answer (the message says so).
     #[error("{0}")]
     Etcd(String),
+    /// A configured limit refused the request (the message names the key).
+    #[error("{0}")]
+    Limit(String),
     /// The request as a whole could not be read (too large, timed out, malformed framing).
     #[error("{0}")]
     Request(String),

@@ -95,6 +95,13 @@ pub async fn handle(
                     problem: "must not be empty".into(),
                 });
             }
+            let most = shard.config.max_client_ids_per_request;
+            if ids.len() > most {
+                return Err(ApiError::Limit(format!(
+                    "clientIds lists {} ids, more than MaxClientIdsPerRequest ({most}): split the request",
+                    ids.len()
+                )));
+            }
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
             dispatch::deliver(shard, &system, ids.iter().map(|s| &**s), frame).await;
@@ -120,7 +127,8 @@ pub async fn handle(
                 req.user_id.map(|s| s.into_owned()).unwrap_or_default(),
                 req.extend.map(|s| s.into_owned()).unwrap_or_default(),
             )
-            .await;
+            .await
+            .map_err(ApiError::Limit)?;
             Ok(Data::EmptyList)
         }
         Route::GetOnlineList => {
@@ -132,7 +140,9 @@ pub async fn handle(
         Route::CloseClient => {
             let req: ByClient = decode(body)?;
             let client_id = required("clientId", req.client_id)?;
-            dispatch::close(shard, system, &client_id).await;
+            dispatch::close(shard, system, &client_id)
+                .await
+                .map_err(ApiError::Limit)?;
             Ok(Data::EmptyObject)
         }
     }

@@ -9,7 +9,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 /// Bumped whenever [`Frame`] changes shape; a peer speaking another version is refused.
-pub const PROTO_VERSION: u16 = 1;
+pub const PROTO_VERSION: u16 = 2;
 /// Largest frame accepted (a send_to_clients of many ids with a large `data` fits easily).
 pub const MAX_FRAME: usize = 16 << 20;
 const PREFIX: usize = 4 + 2;
@@ -59,6 +59,8 @@ pub enum RemoteReply {
     List(Vec<String>),
     /// The receiver could not run the op (it is shutting down, say).
     Failed(String),
+    /// The op reached its client but a limit refused it; the text goes back to the API caller.
+    Refused(String),
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]

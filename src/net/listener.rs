@@ -14,7 +14,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Accepts HTTP connections until the task is cancelled (shutdown).
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
@@ -66,8 +66,10 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let config = shard.config.clone();
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut out: Vec<u8> = Vec::with_capacity(256);
+    // The first request head must be whole within HandshakeTimeout of the accept.
+    let mut first = Some(Instant::now() + config.handshake_timeout);
     loop {
-        let (head, head_len) = match read_head(&shard, &mut stream, &mut buf).await {
+        let (head, head_len) = match read_head(&shard, &mut stream, &mut buf, first.take()).await {
             Ok(parsed) => parsed,
             Err(ReadEnd::Closed) => return,
             Err(ReadEnd::Reject(status, why)) => {
@@ -209,14 +211,17 @@ fn probe(shard: &Shard, head: &Head) -> Option<u16> {
 }
 
 /// Reads until `buf` holds a whole head. Waiting for the first byte is bounded by the keep-alive
-/// timeout; the rest of the head by HeadTimeout (a slowloris cannot hold the slot longer).
+/// timeout; the rest of the head by HeadTimeout (a slowloris cannot hold the slot longer). On a
+/// connection's first request, `handshake_deadline` bounds both: a socket that connects and
+/// sends nothing, or drips bytes, is gone by then.
 async fn read_head(
     shard: &Shard,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
+    handshake_deadline: Option<Instant>,
 ) -> Result<(Head, usize), ReadEnd> {
     let config = &shard.config;
-    let mut deadline = None;
+    let mut deadline: Option<Instant> = None;
     loop {
         if !buf.is_empty() {
             match http::parse_head(buf, config.max_head_bytes) {
@@ -228,12 +233,22 @@ async fn read_head(
                     return Err(ReadEnd::Reject(e.status(), e.to_string()));
                 }
             }
-            deadline.get_or_insert_with(|| std::time::Instant::now() + config.head_timeout);
+            deadline.get_or_insert_with(|| {
+                let head_deadline = Instant::now() + config.head_timeout;
+                handshake_deadline.map_or(head_deadline, |h| h.min(head_deadline))
+            });
         }
-        let wait = match deadline {
-            Some(d) => d.saturating_duration_since(std::time::Instant::now()),
-            None => config.keepalive_timeout,
+        let wait = match (deadline, handshake_deadline) {
+            (Some(d), _) | (None, Some(d)) => d.saturating_duration_since(Instant::now()),
+            (None, None) => config.keepalive_timeout,
         };
+        if wait.is_zero() && deadline.is_none() {
+            tracing::debug!(
+                core = shard.id,
+                "connection sent nothing within HandshakeTimeout"
+            );
+            return Err(ReadEnd::Closed);
+        }
         if wait.is_zero() {
             return Err(ReadEnd::Reject(
                 408,
@@ -243,7 +258,15 @@ async fn read_head(
         match read_some(stream, buf, wait).await {
             Ok(0) => return Err(ReadEnd::Closed),
             Ok(_) => {}
-            Err(ReadTimeout::Idle) if deadline.is_none() => return Err(ReadEnd::Closed),
+            Err(ReadTimeout::Idle) if deadline.is_none() => {
+                if handshake_deadline.is_some() {
+                    tracing::debug!(
+                        core = shard.id,
+                        "connection sent nothing within HandshakeTimeout"
+                    );
+                }
+                return Err(ReadEnd::Closed);
+            }
             Err(ReadTimeout::Idle) => {
                 return Err(ReadEnd::Reject(
                     408,
@@ -264,7 +287,7 @@ async fn read_chunked(
     start: usize,
     expect_continue: bool,
 ) -> Result<(Vec<u8>, usize), u16> {
-    let deadline = std::time::Instant::now() + shard.config.head_timeout;
+    let deadline = Instant::now() + shard.config.head_timeout;
     let mut continued = !expect_continue;
     loop {
         match http::dechunk(&buf[start..], shard.config.max_body_bytes) {
@@ -284,7 +307,7 @@ async fn read_chunked(
                 return Err(400);
             }
         }
-        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        let wait = deadline.saturating_duration_since(Instant::now());
         match read_some(stream, buf, wait).await {
             Ok(n) if n > 0 => {}
             _ => return Err(408),
@@ -299,9 +322,9 @@ async fn read_body(
     buf: &mut Vec<u8>,
     want: usize,
 ) -> Result<(), ()> {
-    let deadline = std::time::Instant::now() + shard.config.head_timeout;
+    let deadline = Instant::now() + shard.config.head_timeout;
     while buf.len() < want {
-        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        let wait = deadline.saturating_duration_since(Instant::now());
         match read_some(stream, buf, wait).await {
             Ok(n) if n > 0 => {}
             _ => return Err(()),
@@ -372,9 +395,17 @@ async fn upgrade(
             return;
         }
     };
-    if shard.draining.get() {
+    let refusal: Option<&[u8]> = if shard.draining.get() {
+        Some(b"shutting down\n")
+    } else if !shard.admit_conn(peer) {
+        Some(b"server is at its connection limit, try again later\n")
+    } else {
+        None
+    };
+    if let Some(body) = refusal {
         let mut out = Vec::new();
-        http::write_response(&mut out, 503, http::TEXT, "", b"shutting down\n", true);
+        // Retry-After: a client library that honours it spreads its reconnects.
+        http::write_response(&mut out, 503, http::TEXT, "Retry-After: 5\r\n", body, true);
         let _ = stream.write_all(&out).await;
         return;
     }

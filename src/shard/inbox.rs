@@ -53,6 +53,8 @@ pub enum Reply {
     /// How many targets were reached.
     Count(usize),
     List(Vec<String>),
+    /// The client was found but a limit refused the op; the text says which.
+    Refused(String),
     /// The core could not be reached (shutting down).
     Unreachable,
 }

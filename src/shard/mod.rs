@@ -64,6 +64,10 @@ pub struct Shard {
     /// Reads of every connection on this core land here; borrowed only inside one poll.
     pub scratch: RefCell<Box<[u8]>>,
     pub draining: Cell<bool>,
+    /// Upgrades refused at MaxConnsPerCore since the last log line about it, and when that
+    /// line was written: one line a second at most, however hard a flood pushes.
+    refused_full: Cell<u64>,
+    refused_logged: Cell<Option<Instant>>,
     ping: SharedFrame,
     /// Cluster mode only: the peer table and links of this core.
     cluster: std::cell::OnceCell<Rc<Cluster>>,
@@ -95,6 +99,8 @@ impl Shard {
             message_key: rand::random(),
             scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
             draining: Cell::new(false),
+            refused_full: Cell::new(0),
+            refused_logged: Cell::new(None),
             ping: frame::ping(),
             cluster: std::cell::OnceCell::new(),
         }
@@ -162,6 +168,32 @@ impl Shard {
     // ---- connections -------------------------------------------------------------------------
 
     /// Registers an upgraded socket; returns the connection with its sealed clientId.
+    /// Whether this core may take one more WebSocket (MaxConnsPerCore). A refusal is counted
+    /// and logged at most once a second with the number refused since the last line.
+    pub fn admit_conn(&self, peer: SocketAddr) -> bool {
+        let held = self.registry.borrow().len();
+        if held < self.config.max_conns_per_core {
+            return true;
+        }
+        self.refused_full.set(self.refused_full.get() + 1);
+        let now = Instant::now();
+        let due = self
+            .refused_logged
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
+        if due {
+            tracing::warn!(
+                core = self.id,
+                %peer,
+                held,
+                refused = self.refused_full.replace(0),
+                "WebSocket refused with 503: MaxConnsPerCore reached on this core"
+            );
+            self.refused_logged.set(Some(now));
+        }
+        false
+    }
+
     pub fn add_conn(&self, stream: TcpStream, system: &str, peer: SocketAddr) -> Rc<Conn> {
         let system: Rc<str> = {
             let systems = self.systems.borrow();
@@ -475,7 +507,8 @@ impl Shard {
     }
 
     /// Sets user data and joins the group. `Some(true)`: first bind (announce it), `Some(false)`:
-    /// already a member, `None`: no such client.
+    /// already a member, `None`: no such client, `Err`: the client is in MaxGroupsPerClient
+    /// groups already (nothing changed).
     fn bind_local(
         &self,
         slot: u32,
@@ -484,15 +517,25 @@ impl Shard {
         group: &str,
         user_id: String,
         extend: String,
-    ) -> Option<(Rc<Conn>, bool)> {
-        let conn = self.find(slot, generation, system)?;
+    ) -> Result<Option<(Rc<Conn>, bool)>, String> {
+        let Some(conn) = self.find(slot, generation, system) else {
+            return Ok(None);
+        };
         let mut info = conn.info.borrow_mut();
         let info = info.get_or_insert_with(Box::default);
+        let member = info.groups.iter().any(|g| &**g == group);
+        let most = self.config.max_groups_per_client;
+        if !member && info.groups.len() >= most {
+            tracing::info!(client = %conn.client_id, core = self.id, group, "bind_to_group refused: MaxGroupsPerClient reached");
+            return Err(format!(
+                "client is in {most} groups already, the MaxGroupsPerClient limit"
+            ));
+        }
         // As the original: the latest bind's userId/extend win, even for a group already joined.
         info.user_id = user_id;
         info.extend = extend;
-        if info.groups.iter().any(|g| &**g == group) {
-            return Some((conn.clone(), false));
+        if member {
+            return Ok(Some((conn.clone(), false)));
         }
         let mut systems = self.systems.borrow_mut();
         let state = systems.entry(conn.system.clone()).or_default();
@@ -506,7 +549,7 @@ impl Shard {
             .or_default()
             .insert(conn.slot, conn.clone());
         info.groups.push(group);
-        Some((conn.clone(), true))
+        Ok(Some((conn.clone(), true)))
     }
 
     // ---- cross-core --------------------------------------------------------------------------
@@ -715,7 +758,10 @@ impl Shard {
                     user_id,
                     extend,
                 };
-                RemoteReply::Done(self.call(target.core as usize, op).await.found())
+                match self.call(target.core as usize, op).await {
+                    Reply::Refused(why) => RemoteReply::Refused(why),
+                    reply => RemoteReply::Done(reply.found()),
+                }
             }
             RemoteOp::GroupPush {
                 system,
@@ -804,11 +850,12 @@ impl Shard {
                 user_id,
                 extend,
             } => {
-                let Some((conn, first)) =
-                    self.bind_local(slot, generation, &system, &group, user_id, extend)
-                else {
-                    return Reply::Done(false);
-                };
+                let (conn, first) =
+                    match self.bind_local(slot, generation, &system, &group, user_id, extend) {
+                        Ok(Some(bound)) => bound,
+                        Ok(None) => return Reply::Done(false),
+                        Err(why) => return Reply::Refused(why),
+                    };
                 if first {
                     let data = conn.member_event_data();
                     let frame = message::push_frame(

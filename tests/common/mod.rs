@@ -114,6 +114,12 @@ impl Server {
 
     /// [`Server::start_with`] with `--cores <cores>`.
     pub fn start_cores(extra: &[&str], cores: usize) -> Server {
+        Server::start_limited(extra, cores, None)
+    }
+
+    /// [`Server::start_cores`] with the open-files limit (soft and hard) set to `nofile` by
+    /// util-linux `prlimit`, which execs the server (the pid stays the server's).
+    pub fn start_limited(extra: &[&str], cores: usize, nofile: Option<u64>) -> Server {
         let cores = cores.to_string();
         let mut last_log = String::new();
         // A port picked free can be taken again before the server binds it: retry on that only.
@@ -123,7 +129,15 @@ impl Server {
             let config = dir.join("app.ini");
             std::fs::write(&config, config_text(port, rpc_port, extra)).unwrap();
             let log = File::create(dir.join("server.log")).unwrap();
-            let child = Command::new(BIN)
+            let mut command = match nofile {
+                Some(n) => {
+                    let mut c = Command::new("prlimit");
+                    c.arg(format!("--nofile={n}:{n}")).arg(BIN);
+                    c
+                }
+                None => Command::new(BIN),
+            };
+            let child = command
                 .arg("-c")
                 .arg(&config)
                 .arg("--cores")
