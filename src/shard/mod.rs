@@ -10,6 +10,7 @@
 pub mod conn;
 pub mod inbox;
 pub mod registry;
+pub mod system;
 
 use crate::cluster::proto::{RemoteOp, RemoteReply};
 use crate::cluster::Cluster;
@@ -26,8 +27,9 @@ use glommio::{GlommioError, ResourceType};
 use inbox::{CoreMsg, Op, Reply};
 use indexmap::IndexMap;
 use registry::Registry;
+pub use system::SystemInfo;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -53,7 +55,8 @@ pub struct Shard {
     pub ids: IdCodec,
     registry: RefCell<Registry<Conn>>,
     systems: RefCell<HashMap<Rc<str>, SystemState>>,
-    registered: RefCell<HashSet<Box<str>>>,
+    /// Registered systems and their options; the same `Arc` on every core.
+    registered: RefCell<HashMap<Box<str>, Arc<SystemInfo>>>,
     dirty: RefCell<Vec<Rc<Conn>>>,
     flush_scheduled: Cell<bool>,
     mesh: Senders<CoreMsg>,
@@ -89,7 +92,7 @@ impl Shard {
             config,
             registry: RefCell::new(Registry::default()),
             systems: RefCell::new(HashMap::new()),
-            registered: RefCell::new(HashSet::new()),
+            registered: RefCell::new(HashMap::new()),
             dirty: RefCell::new(Vec::new()),
             flush_scheduled: Cell::new(false),
             mesh,
@@ -132,7 +135,7 @@ impl Shard {
     /// Whether a system is registered. In cluster mode a name this core has not heard of yet is
     /// looked up in etcd, so a request racing the watch is never wrongly refused.
     pub async fn is_registered(self: &Rc<Self>, system: &str) -> Result<bool, String> {
-        if self.registered.borrow().contains(system) {
+        if self.registered.borrow().contains_key(system) {
             return Ok(true);
         }
         let Some(cluster) = self.cluster() else {
@@ -145,11 +148,18 @@ impl Shard {
         Ok(known)
     }
 
+    /// A registered system's options (secret, webhook URL), if this core knows the system.
+    pub fn system_info(&self, system: &str) -> Option<Arc<SystemInfo>> {
+        self.registered.borrow().get(system).cloned()
+    }
+
     /// Systems learned from etcd's watch.
     pub fn add_systems(&self, systems: &[String]) {
         let mut registered = self.registered.borrow_mut();
         for s in systems {
-            registered.insert(Box::from(s.as_str()));
+            registered
+                .entry(Box::from(s.as_str()))
+                .or_insert_with(Default::default);
         }
     }
 
@@ -833,7 +843,10 @@ impl Shard {
                 system,
             } => Reply::Done(self.close_local(slot, generation, &system)),
             Op::AddSystem { system } => {
-                self.registered.borrow_mut().insert(Box::from(&*system));
+                self.registered
+                    .borrow_mut()
+                    .entry(Box::from(&*system))
+                    .or_insert_with(Default::default);
                 Reply::Done(true)
             }
             op @ (Op::Bind { .. } | Op::Register { .. }) => return Err(op),
@@ -871,8 +884,12 @@ impl Shard {
             }
             Op::Register { system } => {
                 debug_assert_eq!(self.id, 0, "bug: Register must run on core 0");
-                if !self.registered.borrow_mut().insert(Box::from(&*system)) {
-                    return Reply::Done(false);
+                {
+                    let mut registered = self.registered.borrow_mut();
+                    if registered.contains_key(&*system) {
+                        return Reply::Done(false);
+                    }
+                    registered.insert(Box::from(&*system), Default::default());
                 }
                 let mut waits = Vec::new();
                 for core in 1..self.nr_cores {
