@@ -4,12 +4,14 @@
 #   perf/run.sh                  # server on CPU 0 (--cores 1), load generator on CPU 1, 3 runs each
 #   perf/run.sh --quick          # shorter runs, 1 each, the 10,000-member group cut to 2,000
 #   perf/run.sh --both-cores     # server --cores 2 on both CPUs, load generator unpinned
-#   perf/run.sh --only fanout-1k # one scenario (names: see SCENARIOS below)
+#   perf/run.sh --only fanout-1k # one scenario, or several: --only unicast-keepalive,unicast-half
+#                                # (names: see SCENARIOS below)
 #   perf/run.sh --out DIR        # keep raw results in DIR (default: a temp dir, kept and printed)
 #
-# Every run starts a fresh server on free ports with a temp config (stderr to /dev/null) and
-# stops it afterwards; each run is bounded by `timeout`; on exit the trap stops whatever this
-# script started. See perf/README.md for what each scenario measures.
+# Every run starts a fresh server on free ports with a temp config (its stderr kept beside the
+# results and scanned for WARN/ERROR lines) and stops it afterwards; each run is bounded by
+# `timeout`; on exit the trap stops whatever this script started. See perf/README.md for what
+# each scenario measures.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -27,31 +29,39 @@ while [ $# -gt 0 ]; do
         --only) ONLY="$2"; shift ;;
         --runs) RUNS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "unknown flag: $1" >&2; exit 2 ;;
     esac
     shift
 done
 
-SCENARIOS="idle-10k idle-18k connect fanout-1k fanout-1k-half fanout-10k unicast-keepalive unicast-half unicast-close batch"
-if [ -n "$ONLY" ] && ! grep -qw -- "$ONLY" <<<"$SCENARIOS"; then
-    echo "unknown scenario $ONLY; one of: $SCENARIOS" >&2
-    exit 2
-fi
-
-for tool in curl python3 timeout; do
-    command -v "$tool" >/dev/null || { echo "perf/run.sh needs $tool" >&2; exit 2; }
+SCENARIOS="idle-10k idle-18k connect fanout-1k fanout-1k-half fanout-10k unicast-keepalive unicast-half unicast-close batch stalled"
+for name in ${ONLY//,/ }; do
+    if ! grep -qw -- "$name" <<<"$SCENARIOS"; then
+        echo "unknown scenario $name; one of: $SCENARIOS" >&2
+        exit 2
+    fi
 done
+
 if [ "$BOTH" = 0 ] && [ "$(nproc)" -lt 2 ]; then
     echo "pinning needs 2 CPUs; this machine has $(nproc)" >&2
     exit 2
 fi
 
 if [ "$QUICK" = 1 ]; then
-    FAN_SECS=3; UNI_SECS=3; CONNECT_TOTAL=10000; BIG_MEMBERS=2000
+    FAN_SECS=3; UNI_SECS=3; CONNECT_TOTAL=10000; BIG_MEMBERS=2000; STALL_SECS=30
 else
-    FAN_SECS=8; UNI_SECS=10; CONNECT_TOTAL=20000; BIG_MEMBERS=10000
+    FAN_SECS=8; UNI_SECS=10; CONNECT_TOTAL=20000; BIG_MEMBERS=10000; STALL_SECS=40
 fi
+# The server's [wspush] lines: a queue deep enough for the presence floods of group building.
+DEFAULT_INI="QueueFrames = 4096"
+# stalled: a stalled client absorbs ~4 MB of kernel socket buffers (tcp_wmem's maximum, which
+# the server's send buffer autotunes to) before its queue grows at all; 256 frames instead of
+# 1024 and 2 KB pushes get it dropped in tens of seconds (the stalled window goes on until it
+# is). PongTimeout 300 s, so it is dropped for its full queue, not for the pongs it stops
+# sending.
+STALL_INI=$'QueueFrames = 256\nPongTimeout = 300'
+STALL_ARGS=(stalled --clients 200 --duration "$STALL_SECS" --pad 2000)
 # The 10,000-member group costs 50 M presence frames to build: give it up to 20 minutes.
 BIG_CAP=1200
 
@@ -59,21 +69,9 @@ BIG_CAP=1200
 mkdir -p "$OUT"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/wspush-run.XXXXXX")
 
-SERVER_PID=""
-LG_PID=""
-cleanup() {
-    if [ -n "$LG_PID" ]; then kill "$LG_PID" 2>/dev/null || true; fi
-    stop_server
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-echo "building (cargo build --release)..." >&2
-cargo build --release --quiet
-# WSPUSH_BIN: another server binary to measure (e.g. a build of an older commit, for before/after).
-SERVER="${WSPUSH_BIN:-$ROOT/target/release/wspush}"
-LG="$ROOT/target/release/wspush-loadgen"
+# shellcheck source=perf/server.sh
+source "$ROOT/perf/server.sh"
+build_binaries
 
 if [ "$BOTH" = 1 ]; then
     SERVER_PIN=(); LG_PIN=(); CORES=2; MODE="server --cores 2 on both CPUs, load generator unpinned"
@@ -82,58 +80,17 @@ else
     MODE="server on CPU 0 (--cores 1), load generator on CPU 1"
 fi
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-start_server() {
-    PORT=$(free_port)
-    local rpc
-    rpc=$(free_port)
-    cat >"$TMP/app.ini" <<EOF
-[common]
-HttpPort = $PORT
-RPCPort = $rpc
-Cluster = false
-CryptoKey = Adba723b7fe06819
-[etcd]
-Endpoints =
-[wspush]
-QueueFrames = 4096
-EOF
-    # taskset execs the server, so $! is the server's own pid (what --server-pid reads).
-    "${SERVER_PIN[@]}" "$SERVER" -c "$TMP/app.ini" --cores "$CORES" 2>/dev/null >/dev/null &
-    SERVER_PID=$!
-    for _ in $(seq 1 100); do
-        if curl -fs -o /dev/null "http://127.0.0.1:$PORT/readyz"; then return 0; fi
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
-        sleep 0.1
-    done
-    echo "the server did not become ready on port $PORT" >&2
-    return 1
-}
-
-stop_server() {
-    [ -n "$SERVER_PID" ] || return 0
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-}
-
-# run_one NAME RUN LIMIT_SECONDS LOADGEN_ARGS...: one run against a fresh server.
+# run_one NAME RUN LIMIT_SECONDS LOADGEN_ARGS...: one run against a fresh server, configured
+# with $SERVER_INI.
+SERVER_INI=$DEFAULT_INI
 run_one() {
     local name=$1 run=$2 limit=$3
     shift 3
-    start_server
-    local json="$OUT/$name.$run.json" log="$OUT/$name.$run.log"
+    local json="$OUT/$name.$run.json" log="$OUT/$name.$run.log" slog="$OUT/$name.$run.server.log"
+    start_server "$SERVER_INI" "$slog"
     echo "--- $name run $run: wspush-loadgen $*" >&2
-    timeout "$limit" "${LG_PIN[@]}" "$LG" --port "$PORT" --server-pid "$SERVER_PID" --json "$@" \
-        >"$json" 2>"$log" &
+    timeout "$limit" "${LG_PIN[@]}" "$LG" --port "$PORT" --server-pid "$SERVER_PID" \
+        --server-log "$slog" --json "$@" >"$json" 2>"$log" &
     LG_PID=$!
     local rc=0
     wait "$LG_PID" || rc=$?
@@ -163,7 +120,7 @@ print(statistics.median(vals) if vals else "")
 EOF
 }
 
-want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+want() { [ -z "$ONLY" ] || grep -qw -- "$1" <<<"${ONLY//,/ }"; }
 
 runs() {
     local name=$1 n=$2 limit=$3
@@ -202,6 +159,9 @@ if want unicast-half; then
 fi
 runs unicast-close "$RUNS" 300 unicast --clients 1000 --workers 64 --duration "$UNI_SECS" --close
 runs batch "$RUNS" 300 batch --clients 1000 --ids-per-request 100 --workers 16 --duration "$UNI_SECS"
+SERVER_INI=$STALL_INI
+runs stalled "$RUNS" 600 "${STALL_ARGS[@]}"
+SERVER_INI=$DEFAULT_INI
 ELAPSED=$(( $(date +%s) - START ))
 
 python3 - "$OUT" "$MODE" "$ELAPSED" "$BIG_MEMBERS" <<'EOF' | tee "$OUT/table.md"
@@ -238,6 +198,22 @@ ROWS = [
         ("deliveries/s", "deliveries_per_s", ""), ("requests/s", "requests_per_s", ""),
         ("push-to-receipt p50", "p50_ms", "ms"), ("p99", "p99_ms", "ms")]),
 ]
+ROWS.append(("stalled", "slow consumers: 200 clients in one group, 20 stop reading", [
+    ("pushes/s (half the measured maximum)", "rate", ""),
+    ("readers' p50: before", "baseline_p50_ms", "ms"), ("stalled", "stalled_p50_ms", "ms"),
+    ("after", "after_p50_ms", "ms"),
+    ("p99: before", "baseline_p99_ms", "ms"), ("stalled", "stalled_p99_ms", "ms"),
+    ("after", "after_p99_ms", "ms"),
+    ("p99.9: before", "baseline_p999_ms", "ms"), ("stalled", "stalled_p999_ms", "ms"),
+    ("after", "after_p999_ms", "ms"),
+    ("p50 stalled / mean(before, after)", "p50_ratio", "x"),
+    ("p99 stalled / mean(before, after)", "p99_ratio", "x"),
+    ("p99.9 stalled / mean(before, after)", "p999_ratio", "x"),
+    ("p99 after / before (drift, nobody stalled)", "drift_p99_ratio", "x"),
+    ("dropped by the server (slow-consumer log lines)", "log_slow_consumer_lines", ""),
+    ("stalled clients named by exactly one line", "log_stalled_named_once", ""),
+    ("dropped, s after the stall (log, median)", "log_median_s", "s"),
+    ("dropped within the window (group count)", "server_dropped_in_window", "")]))
 
 def fmt(v, unit):
     if v is None or v == "":
@@ -246,6 +222,8 @@ def fmt(v, unit):
         return f"{v:.3g} ms" if v < 100 else f"{v:.0f} ms"
     if unit == "s":
         return f"{v:.1f} s"
+    if unit == "x":
+        return f"{v:.2f}x"
     return f"{v:,.0f}" + (f" {unit}" if unit else "")
 
 def med(vals):
@@ -267,6 +245,9 @@ for name, desc, figures in ROWS:
     for r in runs:
         if "error" in r:
             errors.append(f"{name}: {r['error']}")
+        elif r.get("server_error_lines") or (r.get("server_warn_lines") and name != "stalled"):
+            errors.append(f"{name}: the server logged {r.get('server_warn_lines', 0)} WARN and "
+                          f"{r.get('server_error_lines', 0)} ERROR lines (see its .server.log)")
     ok = [r for r in runs if "error" not in r]
     for i, (fig, key, unit) in enumerate(figures):
         vals = [r[key] for r in ok if isinstance(r.get(key), (int, float))]

@@ -2,9 +2,10 @@
 //! open-files limit, in worker processes (this binary re-run as `worker`).
 //!
 //! Worker protocol, one JSON object per line: the worker opens its share and prints
-//! `{"ev":"ready","ids":[...],"failed":N,"first_error":...}` on stdout; then each `snap` line on
-//! its stdin is answered with `{"ev":"snap","snap":{...}}` (its counters and histograms, see
-//! `Snapshot::to_json`); end of stdin closes its connections and ends it.
+//! `{"ev":"ready","ids":[...],"stallable":[...],"failed":N,"first_error":...}` on stdout; then
+//! each `snap` line on its stdin is answered with `{"ev":"snap","snap":{...}}` (its counters and
+//! histograms, see `Snapshot::to_json`); `stall` and `resume` lines (no answer) stop and restart
+//! the reading of its stallable connections; end of stdin closes its connections and ends it.
 
 use crate::shards::Shards;
 use crate::stats::Snapshot;
@@ -16,7 +17,7 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Deadline of one connection's connect + handshake + welcome frame.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -35,6 +36,17 @@ pub struct Spec {
     pub connect_inflight: usize,
     /// Pause of each reader after a read (see `ws::read_loop`); zero: read on readiness.
     pub read_interval: Duration,
+    /// Percent of the connections that stall on [`Load::stall`] (spread evenly, see
+    /// [`stallable`]); 0: none.
+    pub stall_pct: u32,
+}
+
+/// Whether connection number `index` is one of the `pct` percent that may stall: every
+/// (100 / pct)-th on average, so they are spread evenly over source addresses, processes and
+/// (being bound in connection order) a group's fan-out order.
+pub fn stallable(index: usize, pct: u32) -> bool {
+    let pct = pct.min(100) as usize;
+    (index + 1) * pct / 100 > index * pct / 100
 }
 
 /// What opening gave.
@@ -42,23 +54,31 @@ pub struct Spec {
 pub struct Opened {
     /// The clientIds of the open connections, in connection order.
     pub ids: Vec<String>,
+    /// Those of them that stall on [`Load::stall`].
+    pub stallable: Vec<String>,
     pub failed: usize,
     pub first_error: Option<String>,
 }
 
 impl Opened {
     fn to_json(&self) -> Value {
-        json!({"ev": "ready", "ids": self.ids, "failed": self.failed, "first_error": self.first_error})
+        json!({"ev": "ready", "ids": self.ids, "stallable": self.stallable, "failed": self.failed,
+            "first_error": self.first_error})
     }
 
     fn from_json(v: &Value) -> Option<Opened> {
+        let strings = |k: &str| -> Option<Vec<String>> {
+            Some(
+                v.get(k)?
+                    .as_array()?
+                    .iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect(),
+            )
+        };
         Some(Opened {
-            ids: v
-                .get("ids")?
-                .as_array()?
-                .iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect(),
+            ids: strings("ids")?,
+            stallable: strings("stallable")?,
             failed: v.get("failed")?.as_u64()? as usize,
             first_error: v
                 .get("first_error")
@@ -69,8 +89,14 @@ impl Opened {
 }
 
 /// Opens `spec.conns` WebSockets on the shards, each then read by [`ws::read_loop`] on its
-/// shard until the shards stop. Returns when every connection has its welcome frame or failed.
-pub async fn open_local(shards: &Shards, target: &Arc<Target>, spec: &Spec) -> Opened {
+/// shard until the shards stop; the stallable ones obey `stall`. Returns when every connection
+/// has its welcome frame or failed.
+pub async fn open_local(
+    shards: &Shards,
+    target: &Arc<Target>,
+    spec: &Spec,
+    stall: &watch::Sender<bool>,
+) -> Opened {
     let sem = Arc::new(Semaphore::new(spec.connect_inflight.max(1)));
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Result<String, String>)>();
     for i in 0..spec.conns {
@@ -84,6 +110,7 @@ pub async fn open_local(shards: &Shards, target: &Arc<Target>, spec: &Spec) -> O
         let code = spec.code;
         let interval = spec.read_interval;
         let source = sys::ws_source(spec.conn_offset + i);
+        let stall = stallable(spec.conn_offset + i, spec.stall_pct).then(|| stall.subscribe());
         shards.spawn(i, move |stats| async move {
             let r = tokio::time::timeout(CONNECT_TIMEOUT, ws::open(&target, source)).await;
             drop(permit);
@@ -91,7 +118,7 @@ pub async fn open_local(shards: &Shards, target: &Arc<Target>, spec: &Spec) -> O
                 Ok(Ok(conn)) => {
                     let _ = tx.send((i, Ok(conn.client_id.clone())));
                     drop(tx);
-                    ws::read_loop(conn, stats, code, interval).await;
+                    ws::read_loop(conn, stats, code, interval, stall).await;
                 }
                 Ok(Err(e)) => {
                     let _ = tx.send((i, Err(format!("{e:#}"))));
@@ -110,7 +137,12 @@ pub async fn open_local(shards: &Shards, target: &Arc<Target>, spec: &Spec) -> O
             break;
         };
         match r {
-            Ok(id) => ids[i] = Some(id),
+            Ok(id) => {
+                if stallable(spec.conn_offset + i, spec.stall_pct) {
+                    opened.stallable.push(id.clone());
+                }
+                ids[i] = Some(id);
+            }
             Err(e) => {
                 opened.failed += 1;
                 opened.first_error.get_or_insert(e);
@@ -178,6 +210,8 @@ impl Workers {
                     (spec.connect_inflight / procs).max(8).to_string(),
                     "--read-interval-ms".into(),
                     (spec.read_interval.as_secs_f64() * 1e3).to_string(),
+                    "--stall-pct".into(),
+                    spec.stall_pct.to_string(),
                 ])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -208,6 +242,7 @@ impl Workers {
             let v = w.line(within).await?;
             let o = Opened::from_json(&v).ok_or_else(|| anyhow!("bad ready line from a worker"))?;
             opened.ids.extend(o.ids);
+            opened.stallable.extend(o.stallable);
             opened.failed += o.failed;
             if opened.first_error.is_none() {
                 opened.first_error = o.first_error;
@@ -216,16 +251,22 @@ impl Workers {
         Ok((workers, opened))
     }
 
-    /// Every worker's counters added up, `cpu_ns` holding the sum of their CPU times.
-    pub async fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
+    /// Writes `line` to every worker's stdin.
+    fn tell(&mut self, line: &[u8]) -> anyhow::Result<()> {
         for w in &mut self.procs {
             let stdin = w
                 .stdin
                 .as_mut()
                 .ok_or_else(|| anyhow!("worker already stopped"))?;
-            stdin.write_all(b"snap\n")?;
+            stdin.write_all(line)?;
             stdin.flush()?;
         }
+        Ok(())
+    }
+
+    /// Every worker's counters added up, `cpu_ns` holding the sum of their CPU times.
+    pub async fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
+        self.tell(b"snap\n")?;
         let mut total = Snapshot::default();
         for w in &mut self.procs {
             let v = w.line(Duration::from_secs(30)).await?;
@@ -275,6 +316,8 @@ impl Drop for Workers {
 pub struct Load {
     pub shards: Arc<Shards>,
     pub workers: Option<Workers>,
+    /// The switch of this process's stallable readers (the workers hold their own).
+    stall: watch::Sender<bool>,
 }
 
 impl Load {
@@ -286,12 +329,14 @@ impl Load {
         procs: usize,
         worker_args: &[String],
     ) -> anyhow::Result<(Load, Opened)> {
+        let (stall, _) = watch::channel(false);
         if procs <= 1 {
-            let opened = open_local(&shards, target, spec).await;
+            let opened = open_local(&shards, target, spec, &stall).await;
             return Ok((
                 Load {
                     shards,
                     workers: None,
+                    stall,
                 },
                 opened,
             ));
@@ -301,9 +346,19 @@ impl Load {
             Load {
                 shards,
                 workers: Some(workers),
+                stall,
             },
             opened,
         ))
+    }
+
+    /// Stops (`true`) or restarts the reading of every stallable connection.
+    pub fn stall(&mut self, stalled: bool) -> anyhow::Result<()> {
+        self.stall.send_replace(stalled);
+        if let Some(w) = &mut self.workers {
+            w.tell(if stalled { b"stall\n" } else { b"resume\n" })?;
+        }
+        Ok(())
     }
 
     /// All counters (this process's shards and every worker), `cpu_ns` the CPU time of all
@@ -330,7 +385,8 @@ pub fn worker_main(threads: usize, target: Arc<Target>, spec: Spec) -> anyhow::R
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let opened = rt.block_on(open_local(&shards, &target, &spec));
+    let (stall, _) = watch::channel(false);
+    let opened = rt.block_on(open_local(&shards, &target, &spec, &stall));
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", opened.to_json())?;
     out.flush()?;
@@ -344,10 +400,34 @@ pub fn worker_main(threads: usize, target: Arc<Target>, spec: Spec) -> anyhow::R
                 )?;
                 out.flush()?;
             }
+            "stall" => {
+                stall.send_replace(true);
+            }
+            "resume" => {
+                stall.send_replace(false);
+            }
             "" => {}
             other => bail!("unknown worker command {other:?}"),
         }
     }
     drop(shards);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stallable_spreads_the_share_evenly() {
+        let count = |pct| (0..1000).filter(|&i| stallable(i, pct)).count();
+        assert_eq!(count(0), 0);
+        assert_eq!(count(10), 100);
+        assert_eq!(count(25), 250);
+        assert_eq!(count(100), 1000);
+        // 10%: one in every ten consecutive connections.
+        for start in (0..1000).step_by(10) {
+            assert_eq!((start..start + 10).filter(|&i| stallable(i, 10)).count(), 1);
+        }
+    }
 }

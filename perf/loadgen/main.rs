@@ -11,11 +11,15 @@
 //! - [`ws`]: handshake, frame parsing from a per-thread scratch buffer, code/stamp search.
 //! - [`http`]: the API client (keep-alive or `Connection: close`).
 //! - [`fleet`]: the receiving connections, in this process or in worker processes.
-//! - [`scenarios`]: idle, connect, fanout, unicast, batch.
+//! - [`scenarios`]: idle, connect, fanout, unicast, batch, and the pieces they share.
+//! - [`hardening`]: stalled (slow consumers among readers), soak (many connections for minutes).
+//! - [`serverlog`]: the server's stderr: WARN/ERROR lines, slow-consumer lines.
 
 mod fleet;
+mod hardening;
 mod http;
 mod scenarios;
+mod serverlog;
 mod shards;
 mod stats;
 mod sys;
@@ -23,13 +27,14 @@ mod ws;
 
 use clap::{Args, Parser, Subcommand};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
     name = "wspush-loadgen",
-    about = "Load generator for wspush: idle memory, handshakes/s, fan-out, unicast and batch pushes",
+    about = "Load generator for wspush: idle memory, handshakes/s, fan-out, unicast and batch pushes, slow consumers, soak",
     after_help = "Results: a human summary on stdout, or with --json a summary on stderr and one JSON line on stdout."
 )]
 struct Cli {
@@ -53,6 +58,10 @@ struct Common {
     /// The server's pid: its VmRSS (idle) and CPU time per operation are reported.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// The server's stderr (a file): its WARN/ERROR lines are counted after the run, and
+    /// `stalled` matches its slow-consumer lines with the stalled clients.
+    #[arg(long, global = true)]
+    server_log: Option<PathBuf>,
     /// Print one JSON line of results on stdout (the human summary goes to stderr).
     #[arg(long, global = true)]
     json: bool,
@@ -114,24 +123,10 @@ enum Cmd {
         /// Seconds of pushing.
         #[arg(long, default_value_t = 8.0)]
         duration: f64,
-        /// send_to_group requests outstanding (one keep-alive connection each).
-        #[arg(long, default_value_t = 2)]
-        inflight: usize,
-        /// Pushes per second in all (default: as fast as INFLIGHT allows).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Parallel bind_to_group requests while building the group.
-        #[arg(long, default_value_t = 16)]
-        bind_workers: usize,
-        /// Binds per chunk; each chunk's presence flood is drained before the next.
-        #[arg(long, default_value_t = 500)]
-        bind_chunk: usize,
-        /// Give up if building the group (binds + presence flood) takes longer (seconds).
-        #[arg(long, default_value_t = 600.0)]
-        presence_cap: f64,
-        /// A stream that delivers nothing for this long (seconds) counts as drained.
-        #[arg(long, default_value_t = 3.0)]
-        quiet: f64,
+        #[command(flatten)]
+        push: PushFlags,
+        #[command(flatten)]
+        bind: BindFlags,
     },
     /// send_to_client to random clients from WORKERS HTTP workers for DURATION.
     Unicast {
@@ -167,6 +162,66 @@ enum Cmd {
         #[arg(long, default_value_t = 3.0)]
         quiet: f64,
     },
+    /// Slow consumers: CLIENTS in one group; a baseline window with all reading, one at the
+    /// same rate with STALLED_PCT percent not reading (sockets open), one more after. Compares
+    /// the readers' push delay and watches the server drop the stalled ones (1008).
+    Stalled {
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Percent of the clients that stop reading (0: a control run, two plain windows).
+        #[arg(long, default_value_t = 10)]
+        stalled_pct: u32,
+        /// Seconds of each window (baseline, stalled, after). The stalled one goes on in 5-s steps
+        /// until the server has dropped every stalled client, then 5 s more (see --stall-cap).
+        #[arg(long, default_value_t = 40.0)]
+        duration: f64,
+        /// Seconds of the unpaced window that measures the maximum push rate, when no --rate
+        /// is given (the paced windows then run at half of it).
+        #[arg(long, default_value_t = 5.0)]
+        max_secs: f64,
+        /// Bytes of filler in each push's data: bigger frames fill a stalled socket sooner.
+        /// 2000 keeps the frame below glibc's 2,112-byte `rep movsb` threshold (RESULTS.md).
+        #[arg(long, default_value_t = 2000)]
+        pad: usize,
+        /// The most seconds the stalled window may run past --duration.
+        #[arg(long, default_value_t = 120.0)]
+        stall_cap: f64,
+        #[command(flatten)]
+        push: PushFlags,
+        #[command(flatten)]
+        bind: BindFlags,
+    },
+    /// Soak: CONNS connections in groups of GROUP_SIZE, send_to_group and send_to_client at
+    /// steady rates for DURATION, sampled every SAMPLE seconds (server RSS and fds, client
+    /// connections, deliveries, errors).
+    Soak {
+        #[arg(long, default_value_t = 18_000)]
+        conns: usize,
+        #[arg(long, default_value_t = 100)]
+        group_size: usize,
+        /// Seconds of pushing.
+        #[arg(long, default_value_t = 600.0)]
+        duration: f64,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 10.0)]
+        sample: f64,
+        /// send_to_group per second (each to a random full group).
+        #[arg(long, default_value_t = 20.0)]
+        group_rate: f64,
+        /// send_to_client per second (each to a random client).
+        #[arg(long, default_value_t = 200.0)]
+        unicast_rate: f64,
+        /// Senders of each kind.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Write the samples to this CSV file.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        #[arg(long, default_value_t = 3.0)]
+        quiet: f64,
+        #[command(flatten)]
+        bind: BindFlags,
+    },
     /// (internal) A worker process: opens its share of connections, answers `snap` on stdin.
     #[command(hide = true)]
     Worker {
@@ -174,7 +229,62 @@ enum Cmd {
         conns: usize,
         #[arg(long, default_value_t = 0)]
         conn_offset: usize,
+        #[arg(long, default_value_t = 0)]
+        stall_pct: u32,
     },
+}
+
+/// How pushes are sent (fanout, stalled).
+#[derive(Args)]
+struct PushFlags {
+    /// send_to_group requests outstanding (one keep-alive connection each).
+    #[arg(long, default_value_t = 2)]
+    inflight: usize,
+    /// Pushes per second in all (default: fanout as fast as INFLIGHT allows; stalled half the
+    /// measured maximum).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// A stream that delivers nothing for this long (seconds) counts as drained.
+    #[arg(long, default_value_t = 3.0)]
+    quiet: f64,
+}
+
+impl PushFlags {
+    fn args(&self, duration: f64, pad: usize) -> scenarios::PushArgs {
+        scenarios::PushArgs {
+            duration: secs(duration),
+            inflight: self.inflight,
+            rate: self.rate,
+            quiet: secs(self.quiet),
+            pad,
+        }
+    }
+}
+
+/// How groups are built (fanout, stalled, soak).
+#[derive(Args)]
+struct BindFlags {
+    /// Parallel bind_to_group requests while building the group.
+    #[arg(long, default_value_t = 16)]
+    bind_workers: usize,
+    /// Binds per chunk; each chunk's presence flood is drained before the next.
+    #[arg(long, default_value_t = 500)]
+    bind_chunk: usize,
+    /// Give up if building the group (binds + presence flood) takes longer (seconds).
+    #[arg(long, default_value_t = 600.0)]
+    presence_cap: f64,
+}
+
+impl BindFlags {
+    /// `quiet`: seconds without a presence frame that count as drained.
+    fn args(&self, quiet: f64) -> scenarios::BindArgs {
+        scenarios::BindArgs {
+            bind_workers: self.bind_workers,
+            bind_chunk: self.bind_chunk,
+            presence_cap: secs(self.presence_cap),
+            quiet: secs(quiet),
+        }
+    }
 }
 
 fn secs(s: f64) -> Duration {
@@ -209,13 +319,19 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Cmd::Worker { conns, conn_offset } = cli.cmd {
+    if let Cmd::Worker {
+        conns,
+        conn_offset,
+        stall_pct,
+    } = cli.cmd
+    {
         let spec = fleet::Spec {
             conns,
             conn_offset,
             code: c.code,
             connect_inflight: c.connect_inflight,
             read_interval: secs(c.read_interval_ms / 1e3),
+            stall_pct,
         };
         if let Err(e) = fleet::worker_main(threads, target, spec) {
             eprintln!("worker error: {e:#}");
@@ -229,6 +345,8 @@ fn main() {
         Cmd::Fanout { .. } => "fanout",
         Cmd::Unicast { .. } => "unicast",
         Cmd::Batch { .. } => "batch",
+        Cmd::Stalled { .. } => "stalled",
+        Cmd::Soak { .. } => "soak",
         Cmd::Worker { .. } => unreachable!(),
     };
     let shards = match shards::Shards::start(threads) {
@@ -257,6 +375,7 @@ fn main() {
         code: c.code,
         connect_inflight: c.connect_inflight,
         read_interval: secs(c.read_interval_ms / 1e3),
+        server_log: c.server_log.clone(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -278,25 +397,62 @@ fn main() {
                 conns,
                 members,
                 duration,
-                inflight,
-                rate,
-                bind_workers,
-                bind_chunk,
-                presence_cap,
-                quiet,
+                push,
+                bind,
             } => {
                 let a = scenarios::FanoutArgs {
                     conns,
                     members,
-                    duration: secs(duration),
-                    inflight,
-                    rate,
-                    bind_workers,
-                    bind_chunk,
-                    presence_cap: secs(presence_cap),
-                    quiet: secs(quiet),
+                    push: push.args(duration, 0),
+                    bind: bind.args(push.quiet),
                 };
                 scenarios::fanout(&ctx, &a).await
+            }
+            Cmd::Stalled {
+                clients,
+                stalled_pct,
+                duration,
+                max_secs,
+                pad,
+                stall_cap,
+                push,
+                bind,
+            } => {
+                let a = hardening::StalledArgs {
+                    clients,
+                    stalled_pct,
+                    max_secs: secs(max_secs),
+                    push: push.args(duration, pad),
+                    bind: bind.args(push.quiet),
+                    stall_cap: secs(stall_cap),
+                };
+                hardening::stalled(&ctx, &a).await
+            }
+            Cmd::Soak {
+                conns,
+                group_size,
+                duration,
+                sample,
+                group_rate,
+                unicast_rate,
+                workers,
+                csv,
+                quiet,
+                bind,
+            } => {
+                let a = hardening::SoakArgs {
+                    conns,
+                    group_size,
+                    duration: secs(duration),
+                    sample: secs(sample),
+                    group_rate,
+                    unicast_rate,
+                    workers,
+                    csv,
+                    bind: bind.args(quiet),
+                    quiet: secs(quiet),
+                };
+                hardening::soak(&ctx, &a).await
             }
             Cmd::Unicast {
                 clients,
@@ -347,6 +503,9 @@ fn main() {
     match result {
         Ok(mut report) => {
             report.total_cpu(total_cpu);
+            if let Some(path) = &c.server_log {
+                report.server_log(path);
+            }
             report.print(c.json);
         }
         Err(e) => {

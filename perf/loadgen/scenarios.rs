@@ -31,22 +31,44 @@ pub struct Ctx {
     pub code: i64,
     pub connect_inflight: usize,
     pub read_interval: Duration,
+    /// `--server-log`: the server's stderr, scanned for WARN/ERROR and slow-consumer lines.
+    pub server_log: Option<std::path::PathBuf>,
 }
 
 impl Ctx {
-    fn procs_for(&self, conns: usize) -> usize {
+    pub(crate) fn procs_for(&self, conns: usize) -> usize {
         self.procs
             .unwrap_or_else(|| fleet::procs_for(conns, self.nofile))
             .max(1)
     }
 
-    async fn open(&self, conns: usize) -> anyhow::Result<(Load, Opened, Duration)> {
+    /// Registers the system and opens `conns` receivers (see [`Ctx::open`]); the report gets a
+    /// line on how that went.
+    pub(crate) async fn start(
+        &self,
+        r: &mut Report,
+        conns: usize,
+        stall_pct: u32,
+    ) -> anyhow::Result<(Load, Opened)> {
+        http::register(&self.target).await?;
+        let (load, opened, elapsed) = self.open(conns, stall_pct).await?;
+        opened_line(r, conns, &opened, elapsed, self.procs_for(conns));
+        Ok((load, opened))
+    }
+
+    /// Opens `conns` receivers, `stall_pct` percent of them stallable (see [`Load::stall`]).
+    pub(crate) async fn open(
+        &self,
+        conns: usize,
+        stall_pct: u32,
+    ) -> anyhow::Result<(Load, Opened, Duration)> {
         let spec = Spec {
             conns,
             conn_offset: sys::run_base() * sys::CONNS_PER_SOURCE,
             code: self.code,
             connect_inflight: self.connect_inflight,
             read_interval: self.read_interval,
+            stall_pct,
         };
         let procs = self.procs_for(conns);
         let t0 = Instant::now();
@@ -83,7 +105,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn new(scenario: &str) -> Report {
+    pub(crate) fn new(scenario: &str) -> Report {
         let mut json = Map::new();
         json.insert("scenario".into(), scenario.into());
         Report {
@@ -92,15 +114,15 @@ impl Report {
         }
     }
 
-    fn set(&mut self, key: &str, value: impl Into<Value>) {
+    pub(crate) fn set(&mut self, key: &str, value: impl Into<Value>) {
         self.json.insert(key.into(), value.into());
     }
 
-    fn line(&mut self, s: String) {
+    pub(crate) fn line(&mut self, s: String) {
         self.lines.push(s);
     }
 
-    fn latency(&mut self, prefix: &str, l: &Latency) {
+    pub(crate) fn latency(&mut self, prefix: &str, l: &Latency) {
         self.set(&format!("{prefix}p50_ms"), round3(l.p50_ms));
         self.set(&format!("{prefix}p99_ms"), round3(l.p99_ms));
         self.set(&format!("{prefix}p999_ms"), round3(l.p999_ms));
@@ -114,6 +136,26 @@ impl Report {
         self.line(format!(
             "load generator CPU over the whole run (self + worker processes): {s:.2} s"
         ));
+    }
+
+    /// The WARN and ERROR lines of the server's log (its stderr) so far.
+    pub fn server_log(&mut self, path: &std::path::Path) {
+        match crate::serverlog::scan(path) {
+            Ok(log) => {
+                self.set("server_warn_lines", log.warn);
+                self.set("server_error_lines", log.error);
+                self.line(format!(
+                    "server log: {} WARN lines ({} of them slow consumers), {} ERROR lines",
+                    log.warn,
+                    log.slow.len(),
+                    log.error
+                ));
+            }
+            Err(e) => self.line(format!(
+                "warning: reading the server log {}: {e}",
+                path.display()
+            )),
+        }
     }
 
     /// Human summary on stdout; with `json`, the summary goes to stderr and stdout gets exactly
@@ -130,11 +172,11 @@ impl Report {
     }
 }
 
-fn round3(v: f64) -> f64 {
+pub(crate) fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-fn rate(n: u64, d: Duration) -> f64 {
+pub(crate) fn rate(n: u64, d: Duration) -> f64 {
     if d.is_zero() {
         0.0
     } else {
@@ -143,7 +185,7 @@ fn rate(n: u64, d: Duration) -> f64 {
 }
 
 /// `1234567` -> `1,234,567`.
-fn grouped(v: f64) -> String {
+pub(crate) fn grouped(v: f64) -> String {
     let s = format!("{:.0}", v);
     let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
     let mut out = String::new();
@@ -157,23 +199,23 @@ fn grouped(v: f64) -> String {
 }
 
 /// Start of a measured window.
-struct Window {
-    t0: Instant,
-    t0_ns: u64,
+pub(crate) struct Window {
+    pub t0: Instant,
+    pub t0_ns: u64,
     server_cpu: Option<u64>,
-    snap: Snapshot,
+    pub snap: Snapshot,
 }
 
 /// What happened in a window.
-struct Measured {
-    wall: Duration,
-    delta: Snapshot,
-    server_cpu_ns: Option<u64>,
-    loadgen_cpu_ns: u64,
+pub(crate) struct Measured {
+    pub wall: Duration,
+    pub delta: Snapshot,
+    pub server_cpu_ns: Option<u64>,
+    pub loadgen_cpu_ns: u64,
 }
 
 impl Window {
-    async fn start(load: &mut Load, server: Server) -> anyhow::Result<Window> {
+    pub async fn start(load: &mut Load, server: Server) -> anyhow::Result<Window> {
         Ok(Window {
             snap: load.snapshot().await?,
             server_cpu: server.cpu_ns(),
@@ -182,7 +224,7 @@ impl Window {
         })
     }
 
-    async fn end(&self, load: &mut Load, server: Server) -> anyhow::Result<Measured> {
+    pub async fn end(&self, load: &mut Load, server: Server) -> anyhow::Result<Measured> {
         let server_cpu = server.cpu_ns();
         let wall = self.t0.elapsed();
         let snap = load.snapshot().await?;
@@ -206,13 +248,15 @@ impl Window {
     }
 }
 
-/// Server and load-generator CPU over the window; `ops` operations of kind `op`.
-fn cpu_figures(r: &mut Report, m: &Measured, ops: u64, op: &str) {
+/// Server and load-generator CPU over the window; `ops` operations of kind `op`. Keys start
+/// with `prefix`.
+pub(crate) fn cpu_figures(r: &mut Report, prefix: &str, m: &Measured, ops: u64, op: &str) {
+    let key = |k: &str| format!("{prefix}{k}");
     let wall = m.wall.as_secs_f64().max(1e-9);
     let lg = m.loadgen_cpu_ns as f64 / 1e9;
-    r.set("loadgen_cpu_s", round3(lg));
-    r.set("loadgen_cpu_pct", (lg / wall * 100.0).round());
-    r.set("op", op);
+    r.set(&key("loadgen_cpu_s"), round3(lg));
+    r.set(&key("loadgen_cpu_pct"), (lg / wall * 100.0).round());
+    r.set(&key("op"), op);
     let mut line = format!(
         "load generator CPU {:.2} s over {:.2} s ({:.0}% of one core)",
         lg,
@@ -221,11 +265,11 @@ fn cpu_figures(r: &mut Report, m: &Measured, ops: u64, op: &str) {
     );
     if let Some(ns) = m.server_cpu_ns {
         let s = ns as f64 / 1e9;
-        r.set("server_cpu_s", round3(s));
-        r.set("server_cpu_pct", (s / wall * 100.0).round());
+        r.set(&key("server_cpu_s"), round3(s));
+        r.set(&key("server_cpu_pct"), (s / wall * 100.0).round());
         if ops > 0 {
             let us = ns as f64 / 1e3 / ops as f64;
-            r.set("server_cpu_us_per_op", round3(us));
+            r.set(&key("server_cpu_us_per_op"), round3(us));
             line = format!(
                 "server CPU {s:.2} s ({:.0}% of one core), {} us per {op}; {line}",
                 s / wall * 100.0,
@@ -238,7 +282,7 @@ fn cpu_figures(r: &mut Report, m: &Measured, ops: u64, op: &str) {
 
 /// Polls until `field(snapshot) - field(base) >= want`, or it stopped moving for `quiet`, or
 /// `cap` passed. Returns the last snapshot and whether `want` was reached.
-async fn wait_for(
+pub(crate) async fn wait_for(
     load: &mut Load,
     base: &Snapshot,
     field: fn(&Snapshot) -> u64,
@@ -273,16 +317,16 @@ async fn wait_for(
 
 /// Holds the first failure message seen by any sender.
 #[derive(Clone, Default)]
-struct FirstError(Arc<Mutex<Option<String>>>);
+pub(crate) struct FirstError(Arc<Mutex<Option<String>>>);
 
 impl FirstError {
-    fn note(&self, e: impl FnOnce() -> String) {
+    pub fn note(&self, e: impl FnOnce() -> String) {
         let mut g = self.0.lock().expect("not poisoned");
         if g.is_none() {
             *g = Some(e());
         }
     }
-    fn get(&self) -> Option<String> {
+    pub fn get(&self) -> Option<String> {
         self.0.lock().expect("not poisoned").clone()
     }
 }
@@ -314,13 +358,13 @@ impl Pacer {
 }
 
 /// xorshift64*: a cheap per-sender generator for picking clients.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -329,19 +373,37 @@ impl Rng {
 }
 
 /// Appends the fields every push carries, `data` stamped with the time now (last, just
-/// before the request is written).
-fn push_tail(body: &mut Vec<u8>, code: i64) {
+/// before the request is written), then `pad` bytes of filler in `data` after the stamp (the
+/// receivers read only the digits after the `t`).
+fn push_tail(body: &mut Vec<u8>, code: i64, pad: usize) {
     let _ = write!(
         body,
-        ",\"sendUserId\":\"perf\",\"code\":{code},\"msg\":\"perf\",\"data\":\"t{}\"}}",
+        ",\"sendUserId\":\"perf\",\"code\":{code},\"msg\":\"perf\",\"data\":\"t{}",
         sys::now_ns()
     );
+    body.resize(body.len() + pad, b'.');
+    body.extend_from_slice(b"\"}");
+}
+
+/// Body maker of a push to a random one of `targets` (JSON string literals), named by `key`:
+/// `groupName` for `send_to_group`, `clientId` for `send_to_client`.
+pub(crate) fn random_push(
+    key: &'static str,
+    targets: Arc<Vec<String>>,
+    code: i64,
+    pad: usize,
+) -> impl Fn(&mut Vec<u8>, &mut Rng) + Clone + Send + 'static {
+    move |body, rng| {
+        let _ = write!(body, "{{\"{key}\":{}", targets[rng.below(targets.len())]);
+        push_tail(body, code, pad);
+    }
 }
 
 /// The senders of a window: `workers` loops posting to `path` until `duration` is over, each
-/// with its own HTTP client, spread over the shards. `make` writes one request body.
+/// with its own HTTP client, spread over the shards. `make` writes one request body. Each
+/// sender's task ends with the number of its successful requests.
 #[allow(clippy::too_many_arguments)]
-fn spawn_senders<M>(
+pub(crate) fn spawn_senders<M>(
     ctx: &Ctx,
     workers: usize,
     close: bool,
@@ -350,7 +412,7 @@ fn spawn_senders<M>(
     rate: Option<f64>,
     errors: &FirstError,
     make: M,
-) -> Vec<tokio::task::JoinHandle<()>>
+) -> Vec<tokio::task::JoinHandle<u64>>
 where
     M: Fn(&mut Vec<u8>, &mut Rng) + Clone + Send + 'static,
 {
@@ -366,6 +428,7 @@ where
                 let mut pacer = rate.map(|r| Pacer::new(r, workers, w));
                 let mut rng = Rng::new(w as u64 + 1 + sys::now_ns());
                 let mut body = Vec::with_capacity(256);
+                let mut ok = 0u64;
                 while tokio::time::Instant::now() < deadline {
                     if let Some(p) = &mut pacer {
                         p.wait().await;
@@ -378,7 +441,8 @@ where
                     let t0 = Instant::now();
                     match client.post(path, &body).await {
                         Ok((status, resp)) if api_ok(status, resp) => {
-                            stats.record_request(t0.elapsed().as_nanos() as u64)
+                            ok += 1;
+                            stats.record_request(t0.elapsed().as_nanos() as u64);
                         }
                         Ok((status, resp)) => {
                             bump(&stats.requests_failed, 1);
@@ -394,12 +458,19 @@ where
                         }
                     }
                 }
+                ok
             })
         })
         .collect()
 }
 
-fn opened_line(r: &mut Report, conns: usize, opened: &Opened, elapsed: Duration, procs: usize) {
+pub(crate) fn opened_line(
+    r: &mut Report,
+    conns: usize,
+    opened: &Opened,
+    elapsed: Duration,
+    procs: usize,
+) {
     r.set("conns", conns);
     r.set("opened", opened.ids.len());
     r.set("connect_failed", opened.failed);
@@ -429,7 +500,7 @@ pub async fn idle(
     let rss_before = ctx.server.rss();
     let cpu_before = ctx.server.cpu_ns();
     let lg_before = ctx.shards.snapshot().cpu_ns;
-    let (mut load, opened, elapsed) = ctx.open(conns).await?;
+    let (mut load, opened, elapsed) = ctx.open(conns, 0).await?;
     let cpu_after = ctx.server.cpu_ns();
     let procs = ctx.procs_for(conns);
     opened_line(&mut r, conns, &opened, elapsed, procs);
@@ -466,7 +537,7 @@ pub async fn idle(
         server_cpu_ns: cpu_after.zip(cpu_before).map(|(b, a)| b.saturating_sub(a)),
         loadgen_cpu_ns: snap.cpu_ns.saturating_sub(lg_before),
     };
-    cpu_figures(&mut r, &m, opened.ids.len() as u64, "connection");
+    cpu_figures(&mut r, "", &m, opened.ids.len() as u64, "connection");
     if !hold.is_zero() {
         tokio::time::sleep(hold).await;
         let end = load.snapshot().await?;
@@ -573,42 +644,58 @@ pub async fn connect(
         r.line(format!("first error: {e}"));
         r.set("first_error", e);
     }
-    cpu_figures(&mut r, &m, ok, "handshake");
+    cpu_figures(&mut r, "", &m, ok, "handshake");
     Ok(r)
 }
 
-/// Flags of `fanout`.
-pub struct FanoutArgs {
-    pub conns: usize,
-    pub members: usize,
-    pub duration: Duration,
-    pub inflight: usize,
-    pub rate: Option<f64>,
+/// How groups are built: `bind_workers` binds at a time over keep-alive HTTP, in chunks of
+/// `bind_chunk`, each chunk's presence flood drained before the next.
+pub struct BindArgs {
     pub bind_workers: usize,
     pub bind_chunk: usize,
+    /// Give up when building takes longer.
     pub presence_cap: Duration,
+    /// A presence stream that moves nothing for this long counts as drained.
     pub quiet: Duration,
 }
 
-/// `fanout`: `members` of `conns` connections in one group, `send_to_group` for the duration.
-pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
-    let mut r = Report::new("fanout");
-    http::register(&ctx.target).await?;
-    let (mut load, opened, elapsed) = ctx.open(a.conns).await?;
-    opened_line(&mut r, a.conns, &opened, elapsed, ctx.procs_for(a.conns));
-    let n = opened.ids.len();
-    let m = a.members.min(n);
-    // Members spread evenly over the connections (so over source addresses and processes).
-    let members: Vec<String> = (0..m)
-        .map(|i| json_str(&opened.ids[i * n / m.max(1)]))
-        .collect();
-    let group = format!("perf-{}-{}", std::process::id(), sys::now_ns());
-    let group_json = json_str(&group);
+/// Groups built by [`build_groups`].
+pub struct Groups {
+    /// Each group's name as a JSON string literal.
+    pub names: Vec<String>,
+    /// Each group's members by the server's own count (`get_online_list`).
+    pub sizes: Vec<u64>,
+}
 
-    // Build the group. Every bind pushes a 1001 to every member already bound and to the new
-    // one: k binds cost k(k+1)/2 frames. Binding in chunks and waiting for each chunk's flood
-    // keeps every member's server-side queue below the chunk size (QueueFrames cuts slow
-    // consumers).
+/// Presence (1001) frames owed once the first `c` members are bound, bound group after group
+/// with `group_size` members each: the k-th bind to a group pushes a 1001 to all k members.
+fn presence_after(c: u64, group_size: u64) -> u64 {
+    let (full, k) = (c / group_size, c % group_size);
+    full * group_size * (group_size + 1) / 2 + k * (k + 1) / 2
+}
+
+/// Binds `members` (JSON string literals) in order, member `i` to group `i / group_size` (the
+/// last group may be smaller), and reports what it took. Every bind pushes a 1001 to every
+/// member already bound and to the new one, so a group of k costs k(k+1)/2 frames. Binding in
+/// chunks and waiting for each chunk's flood keeps every member's server-side queue below the
+/// chunk size (`QueueFrames` cuts slow consumers).
+pub(crate) async fn build_groups(
+    ctx: &Ctx,
+    load: &mut Load,
+    r: &mut Report,
+    members: Vec<String>,
+    group_size: usize,
+    a: &BindArgs,
+) -> anyhow::Result<Groups> {
+    let m = members.len();
+    let group_size = group_size.clamp(1, m.max(1));
+    let prefix = format!("perf-{}-{}", std::process::id(), sys::now_ns());
+    let names: Arc<Vec<String>> = Arc::new(
+        (0..m.div_ceil(group_size))
+            .map(|g| json_str(&format!("{prefix}-{g}")))
+            .collect(),
+    );
+    let total_presence = presence_after(m as u64, group_size as u64);
     let base = load.snapshot().await?;
     let t_bind = Instant::now();
     let server_cpu0 = ctx.server.cpu_ns();
@@ -617,15 +704,16 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
     let mut binds_ok = 0u64;
     let mut presence_complete = true;
     let mut progress = Instant::now();
-    for chunk_start in (0..m).step_by(a.bind_chunk.max(1)) {
-        let chunk_end = (chunk_start + a.bind_chunk.max(1)).min(m);
+    let chunk = a.bind_chunk.max(1);
+    for chunk_start in (0..m).step_by(chunk) {
+        let chunk_end = (chunk_start + chunk).min(m);
         let next = Arc::new(AtomicUsize::new(chunk_start));
         let binders: Vec<_> = (0..a.bind_workers.max(1))
             .map(|w| {
                 let next = next.clone();
                 let members = members.clone();
+                let names = names.clone();
                 let target = ctx.target.clone();
-                let group_json = group_json.clone();
                 let errors = errors.clone();
                 ctx.shards.spawn(w, move |_stats| async move {
                     // A bind is answered after its presence push is queued to every member:
@@ -639,8 +727,9 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
                             break;
                         }
                         let body = format!(
-                            "{{\"clientId\":{},\"groupName\":{group_json},\"userId\":\"u{i}\",\"extend\":\"perf\"}}",
-                            members[i]
+                            "{{\"clientId\":{},\"groupName\":{},\"userId\":\"u{i}\",\"extend\":\"perf\"}}",
+                            members[i],
+                            names[i / group_size]
                         );
                         match client.post("/api/bind_to_group", body.as_bytes()).await {
                             Ok((s, b)) if api_ok(s, b) => ok += 1,
@@ -658,16 +747,14 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
             binds_ok += b.await?;
         }
         // Every bind sent so far counts: one whose answer failed may still have been applied.
-        let want = chunk_end as u64 * (chunk_end as u64 + 1) / 2;
+        let want = presence_after(chunk_end as u64, group_size as u64);
         let left = a.presence_cap.saturating_sub(t_bind.elapsed());
-        let (snap, reached) =
-            wait_for(&mut load, &base, |s| s.presence, want, a.quiet, left).await?;
+        let (snap, reached) = wait_for(load, &base, |s| s.presence, want, a.quiet, left).await?;
         if progress.elapsed() >= Duration::from_secs(10) {
             progress = Instant::now();
             eprintln!(
-                "fanout: {chunk_end} of {m} binds sent, {} of {} presence frames, {:.0} s",
+                "groups: {chunk_end} of {m} binds sent, {} of {total_presence} presence frames, {:.0} s",
                 snap.presence - base.presence,
-                m * (m + 1) / 2,
                 t_bind.elapsed().as_secs_f64()
             );
         }
@@ -675,42 +762,67 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
             presence_complete = false;
             if t_bind.elapsed() >= a.presence_cap {
                 bail!(
-                    "building the group took over {:?} (--presence-cap); {chunk_end} binds sent",
+                    "building the groups took over {:?} (--presence-cap); {chunk_end} binds sent",
                     a.presence_cap
                 );
             }
         }
     }
+    // Concurrent binds to one group on different server cores may each notify the other (both
+    // are members when the other's presence fans out), so the count above is a floor: let the
+    // stream go quiet before anything is measured.
+    wait_for(
+        load,
+        &base,
+        |s| s.presence,
+        u64::MAX,
+        Duration::from_millis(500),
+        a.quiet,
+    )
+    .await?;
     let bind_wall = t_bind.elapsed();
-    // The server's own count of the group decides how many deliveries each push owes.
-    let bound = match online_count(&ctx.target, &group).await {
-        Ok(n) => n,
-        Err(e) => {
-            r.line(format!(
-                "warning: get_online_list failed ({e:#}); using the answered binds"
-            ));
-            binds_ok
-        }
-    };
-    let after_bind = load.snapshot().await?;
-    let presence = after_bind.presence - base.presence;
-    let want = bound * (bound + 1) / 2;
+    // The server's own count of each group decides how many deliveries a push owes.
+    let mut sizes = Vec::with_capacity(names.len());
+    let mut client = HttpClient::new(ctx.target.clone(), false, sys::http_source(0))
+        .with_timeout(Duration::from_secs(60));
+    for (g, name) in names.iter().enumerate() {
+        let n = match online_count(&mut client, name).await {
+            Ok(n) => n,
+            Err(e) => {
+                let planned = (m - g * group_size).min(group_size) as u64;
+                r.line(format!(
+                    "warning: get_online_list failed ({e:#}); taking {planned} members"
+                ));
+                planned
+            }
+        };
+        sizes.push(n);
+    }
+    let bound: u64 = sizes.iter().sum();
+    let presence = load.snapshot().await?.presence - base.presence;
+    let want: u64 = sizes.iter().map(|b| b * (b + 1) / 2).sum();
     let bind_cpu = ctx
         .server
         .cpu_ns()
         .zip(server_cpu0)
         .map(|(b, a)| b.saturating_sub(a));
     r.set("members", m);
-    if !ctx.read_interval.is_zero() {
-        r.set("read_interval_ms", ctx.read_interval.as_secs_f64() * 1e3);
-    }
+    r.set("groups", names.len());
     r.set("bound", bound);
     r.set("presence_frames", presence);
     r.set("presence_expected", want);
     r.set("bind_s", round3(bind_wall.as_secs_f64()));
     r.set("presence_per_s", rate(presence, bind_wall));
     r.line(format!(
-        "group of {bound} built in {:.2} s: {} of {} presence (1001) frames drained, {} frames/s{}",
+        "{} built in {:.2} s: {} of {} presence (1001) frames drained, {} frames/s{}",
+        if names.len() == 1 {
+            format!("group of {bound}")
+        } else {
+            format!(
+                "{} groups of up to {group_size} ({bound} members)",
+                names.len()
+            )
+        },
         bind_wall.as_secs_f64(),
         grouped(presence as f64),
         grouped(want as f64),
@@ -728,15 +840,72 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
     }
     if binds_ok < m as u64 {
         r.line(format!(
-            "warning: {} of {m} binds got no success answer ({}); the group has {bound} members",
+            "warning: {} of {m} binds got no success answer ({}); the groups have {bound} members",
             m as u64 - binds_ok,
             errors.get().unwrap_or_default()
         ));
     }
+    Ok(Groups {
+        names: Arc::unwrap_or_clone(names),
+        sizes,
+    })
+}
 
-    // The pushes.
-    let w = Window::start(&mut load, ctx.server).await?;
-    let code = ctx.code;
+/// Members of `group` (a JSON string literal) by the server's `get_online_list`.
+pub(crate) async fn online_count(client: &mut HttpClient, group: &str) -> anyhow::Result<u64> {
+    let body = format!("{{\"groupName\":{group}}}");
+    let (status, resp) = client.post("/api/get_online_list", body.as_bytes()).await?;
+    let v: Value = serde_json::from_slice(resp)?;
+    match v.pointer("/data/count").and_then(Value::as_u64) {
+        Some(n) if status == 200 => Ok(n),
+        _ => bail!("get_online_list answered {status}: {v}"),
+    }
+}
+
+/// How a window of pushes is sent.
+#[derive(Clone)]
+pub struct PushArgs {
+    /// Seconds of sending.
+    pub duration: Duration,
+    /// Requests outstanding (one keep-alive connection each).
+    pub inflight: usize,
+    /// Requests per second in all (default: as fast as `inflight` allows).
+    pub rate: Option<f64>,
+    /// A stream that delivers nothing for this long counts as drained.
+    pub quiet: Duration,
+    /// Bytes appended to each push's `data` after the stamp (bigger frames).
+    pub pad: usize,
+}
+
+/// What one window of `send_to_group` pushes gave.
+pub(crate) struct PushWindow {
+    pub w: Window,
+    pub m: Measured,
+    pub send_wall: Duration,
+    pub expected: u64,
+    pub complete: bool,
+    inflight: usize,
+    rate: Option<f64>,
+}
+
+/// One window of `send_to_group` to `group` (a JSON string literal), each push owing `owed`
+/// deliveries: the senders run for the duration, then the drain waits until every delivery
+/// owed arrived or the stream went quiet.
+pub(crate) async fn group_window(
+    ctx: &Ctx,
+    load: &mut Load,
+    group: &str,
+    owed: u64,
+    a: &PushArgs,
+    errors: &FirstError,
+) -> anyhow::Result<PushWindow> {
+    let w = Window::start(load, ctx.server).await?;
+    let make = random_push(
+        "groupName",
+        Arc::new(vec![group.to_string()]),
+        ctx.code,
+        a.pad,
+    );
     let senders = spawn_senders(
         ctx,
         a.inflight.max(1),
@@ -744,21 +913,17 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
         "/api/send_to_group",
         a.duration,
         a.rate,
-        &errors,
-        move |body, _| {
-            body.extend_from_slice(b"{\"groupName\":");
-            body.extend_from_slice(group_json.as_bytes());
-            push_tail(body, code);
-        },
+        errors,
+        make,
     );
     for s in senders {
         s.await?;
     }
     let send_wall = w.t0.elapsed();
     let sent = load.snapshot().await?.since(&w.snap);
-    let expected = sent.requests_ok * bound;
+    let expected = sent.requests_ok * owed;
     let (_, complete) = wait_for(
-        &mut load,
+        load,
         &w.snap,
         |s| s.delivered,
         expected,
@@ -766,75 +931,136 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
         a.duration + Duration::from_secs(60),
     )
     .await?;
-    let mm = w.end(&mut load, ctx.server).await?;
-    let d = &mm.delta;
-    let span = w.delivery_span(&mm, send_wall);
-    let lat = Latency::of(&d.delivery_hist);
-    let api = Latency::of(&d.request_hist);
-    r.set("duration_s", round3(send_wall.as_secs_f64()));
-    r.set("inflight", a.inflight);
-    if let Some(rt) = a.rate {
-        r.set("rate", rt);
-    }
-    r.set("pushes", d.requests_ok);
-    r.set("push_failed", d.requests_failed);
-    r.set("deliveries", d.delivered);
-    r.set("deliveries_expected", expected);
-    r.set("pushes_per_s", rate(d.requests_ok, send_wall));
-    r.set("deliveries_per_s", rate(d.delivered, span));
-    r.set("delivery_span_s", round3(span.as_secs_f64()));
-    r.set("closed", d.closed);
-    r.latency("", &lat);
-    r.latency("api_", &api);
-    r.line(format!(
-        "{} pushes in {:.2} s ({} /s, {} in flight{}) -> {} of {} deliveries in {:.2} s: {} deliveries/s",
-        grouped(d.requests_ok as f64),
-        send_wall.as_secs_f64(),
-        grouped(rate(d.requests_ok, send_wall)),
-        a.inflight,
-        a.rate.map_or(String::new(), |r| format!(", paced at {r} /s")),
-        grouped(d.delivered as f64),
-        grouped(expected as f64),
-        span.as_secs_f64(),
-        grouped(rate(d.delivered, span)),
-    ));
-    r.line(format!("push to receipt: {}", lat.human()));
-    r.line(format!("send_to_group round trip: {}", api.human()));
-    if !complete {
-        r.line(format!(
-            "warning: {} deliveries missing when the stream went quiet",
-            expected.saturating_sub(d.delivered)
-        ));
-    }
-    if d.closed > 0 {
-        r.line(format!(
-            "warning: the server closed {} connections (slow consumer?)",
-            d.closed
-        ));
-    }
-    if d.requests_failed > 0 {
-        r.line(format!(
-            "warning: {} pushes failed: {}",
-            d.requests_failed,
-            errors.get().unwrap_or_default()
-        ));
-    }
-    cpu_figures(&mut r, &mm, d.delivered, "delivery");
-    load.stop();
-    Ok(r)
+    let m = w.end(load, ctx.server).await?;
+    Ok(PushWindow {
+        w,
+        m,
+        send_wall,
+        expected,
+        complete,
+        inflight: a.inflight,
+        rate: a.rate,
+    })
 }
 
-/// Members of `group` by the server's `get_online_list`.
-async fn online_count(target: &Arc<Target>, group: &str) -> anyhow::Result<u64> {
-    let mut c = HttpClient::new(target.clone(), false, sys::http_source(0))
-        .with_timeout(Duration::from_secs(60));
-    let body = json!({ "groupName": group }).to_string();
-    let (status, resp) = c.post("/api/get_online_list", body.as_bytes()).await?;
-    let v: Value = serde_json::from_slice(resp)?;
-    match v.pointer("/data/count").and_then(Value::as_u64) {
-        Some(n) if status == 200 => Ok(n),
-        _ => bail!("get_online_list answered {status}: {v}"),
+impl PushWindow {
+    /// Extends this window by `next`, which followed it with the same settings.
+    pub fn then(&mut self, next: PushWindow) {
+        self.m.delta.add(&next.m.delta);
+        self.m.wall += next.m.wall;
+        self.m.server_cpu_ns = self
+            .m
+            .server_cpu_ns
+            .zip(next.m.server_cpu_ns)
+            .map(|(a, b)| a + b);
+        self.m.loadgen_cpu_ns += next.m.loadgen_cpu_ns;
+        self.send_wall += next.send_wall;
+        self.expected += next.expected;
+        self.complete &= next.complete;
     }
+
+    /// Push-to-receipt percentiles of the window.
+    pub fn latency(&self) -> Latency {
+        Latency::of(&self.m.delta.delivery_hist)
+    }
+
+    /// The window's figures as keys starting with `prefix`, and their lines.
+    pub fn report(&self, r: &mut Report, prefix: &str, errors: &FirstError) {
+        let d = &self.m.delta;
+        let span = self.w.delivery_span(&self.m, self.send_wall);
+        let lat = self.latency();
+        let api = Latency::of(&d.request_hist);
+        let key = |k: &str| format!("{prefix}{k}");
+        r.set(&key("duration_s"), round3(self.send_wall.as_secs_f64()));
+        r.set(&key("inflight"), self.inflight);
+        if let Some(rt) = self.rate {
+            r.set(&key("rate"), rt);
+        }
+        r.set(&key("pushes"), d.requests_ok);
+        r.set(&key("push_failed"), d.requests_failed);
+        r.set(&key("deliveries"), d.delivered);
+        r.set(&key("deliveries_expected"), self.expected);
+        r.set(&key("pushes_per_s"), rate(d.requests_ok, self.send_wall));
+        r.set(&key("deliveries_per_s"), rate(d.delivered, span));
+        r.set(&key("delivery_span_s"), round3(span.as_secs_f64()));
+        r.set(&key("closed"), d.closed);
+        r.latency(prefix, &lat);
+        r.latency(&key("api_"), &api);
+        r.line(format!(
+            "{} pushes in {:.2} s ({} /s, {} in flight{}) -> {} of {} deliveries in {:.2} s: {} deliveries/s",
+            grouped(d.requests_ok as f64),
+            self.send_wall.as_secs_f64(),
+            grouped(rate(d.requests_ok, self.send_wall)),
+            self.inflight,
+            self.rate.map_or(String::new(), |r| format!(", paced at {r} /s")),
+            grouped(d.delivered as f64),
+            grouped(self.expected as f64),
+            span.as_secs_f64(),
+            grouped(rate(d.delivered, span)),
+        ));
+        r.line(format!("push to receipt: {}", lat.human()));
+        r.line(format!("send_to_group round trip: {}", api.human()));
+        if !self.complete {
+            r.line(format!(
+                "warning: {} deliveries missing when the stream went quiet",
+                self.expected.saturating_sub(d.delivered)
+            ));
+        }
+        if d.closed > 0 {
+            r.line(format!(
+                "warning: the server closed {} connections (slow consumer?)",
+                d.closed
+            ));
+        }
+        if d.requests_failed > 0 {
+            r.line(format!(
+                "warning: {} pushes failed: {}",
+                d.requests_failed,
+                errors.get().unwrap_or_default()
+            ));
+        }
+    }
+}
+
+/// Flags of `fanout`.
+pub struct FanoutArgs {
+    pub conns: usize,
+    pub members: usize,
+    pub push: PushArgs,
+    pub bind: BindArgs,
+}
+
+/// `fanout`: `members` of `conns` connections in one group, `send_to_group` for the duration.
+pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
+    let mut r = Report::new("fanout");
+    let (mut load, opened) = ctx.start(&mut r, a.conns, 0).await?;
+    let n = opened.ids.len();
+    let m = a.members.min(n);
+    // Members spread evenly over the connections (so over source addresses and processes).
+    let members: Vec<String> = (0..m)
+        .map(|i| json_str(&opened.ids[i * n / m.max(1)]))
+        .collect();
+    if !ctx.read_interval.is_zero() {
+        r.set("read_interval_ms", ctx.read_interval.as_secs_f64() * 1e3);
+    }
+    if m == 0 {
+        bail!("no members to bind (--members 0)");
+    }
+    let groups = build_groups(ctx, &mut load, &mut r, members, m, &a.bind).await?;
+    let errors = FirstError::default();
+    let pw = group_window(
+        ctx,
+        &mut load,
+        &groups.names[0],
+        groups.sizes[0],
+        &a.push,
+        &errors,
+    )
+    .await?;
+    pw.report(&mut r, "", &errors);
+    cpu_figures(&mut r, "", &pw.m, pw.m.delta.delivered, "delivery");
+    load.stop();
+    Ok(r)
 }
 
 /// Flags of `unicast` and `batch`.
@@ -854,15 +1080,7 @@ pub struct UnicastArgs {
 pub async fn unicast(ctx: &Ctx, a: &UnicastArgs) -> anyhow::Result<Report> {
     let batch = a.ids_per_request > 0;
     let mut r = Report::new(if batch { "batch" } else { "unicast" });
-    http::register(&ctx.target).await?;
-    let (mut load, opened, elapsed) = ctx.open(a.clients).await?;
-    opened_line(
-        &mut r,
-        a.clients,
-        &opened,
-        elapsed,
-        ctx.procs_for(a.clients),
-    );
+    let (mut load, opened) = ctx.start(&mut r, a.clients, 0).await?;
     let ids: Arc<Vec<String>> = Arc::new(opened.ids.iter().map(|s| json_str(s)).collect());
     let per_request = if batch {
         a.ids_per_request.min(ids.len()) as u64
@@ -893,11 +1111,10 @@ pub async fn unicast(ctx: &Ctx, a: &UnicastArgs) -> anyhow::Result<Report> {
                     body.extend_from_slice(ids[(start + j) % ids.len()].as_bytes());
                 }
                 body.push(b']');
-                push_tail(body, code);
+                push_tail(body, code, 0);
             },
         )
     } else {
-        let ids = ids.clone();
         spawn_senders(
             ctx,
             a.workers,
@@ -906,11 +1123,7 @@ pub async fn unicast(ctx: &Ctx, a: &UnicastArgs) -> anyhow::Result<Report> {
             a.duration,
             a.rate,
             &errors,
-            move |body, rng| {
-                body.extend_from_slice(b"{\"clientId\":");
-                body.extend_from_slice(ids[rng.below(ids.len())].as_bytes());
-                push_tail(body, code);
-            },
+            random_push("clientId", ids.clone(), code, 0),
         )
     };
     for s in senders {
@@ -998,7 +1211,7 @@ pub async fn unicast(ctx: &Ctx, a: &UnicastArgs) -> anyhow::Result<Report> {
     } else {
         (d.requests_ok, "request")
     };
-    cpu_figures(&mut r, &mm, ops, op);
+    cpu_figures(&mut r, "", &mm, ops, op);
     if batch {
         if let Some(ns) = mm.server_cpu_ns {
             let per_req = ns as f64 / 1e3 / d.requests_ok.max(1) as f64;

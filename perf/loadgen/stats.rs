@@ -51,6 +51,8 @@ pub struct Stats {
     pub pings: AtomicU64,
     /// Connections the server closed (close frame or EOF) or that failed while open.
     pub closed: AtomicU64,
+    /// Close frames with code 1008 (policy: the server's slow-consumer close) among those.
+    pub closes_1008: AtomicU64,
     /// Delivered frames whose `data` held no stamp (counted, no latency recorded).
     pub unstamped: AtomicU64,
     /// Wall clock (ns since the epoch) of the latest delivery.
@@ -84,6 +86,7 @@ impl Default for Stats {
             bytes: AtomicU64::new(0),
             pings: AtomicU64::new(0),
             closed: AtomicU64::new(0),
+            closes_1008: AtomicU64::new(0),
             unstamped: AtomicU64::new(0),
             last_delivery_ns: AtomicU64::new(0),
             requests_ok: AtomicU64::new(0),
@@ -117,6 +120,7 @@ impl Stats {
             bytes: self.bytes.load(Relaxed),
             pings: self.pings.load(Relaxed),
             closed: self.closed.load(Relaxed),
+            closes_1008: self.closes_1008.load(Relaxed),
             unstamped: self.unstamped.load(Relaxed),
             last_delivery_ns: self.last_delivery_ns.load(Relaxed),
             requests_ok: self.requests_ok.load(Relaxed),
@@ -137,6 +141,7 @@ pub struct Snapshot {
     pub bytes: u64,
     pub pings: u64,
     pub closed: u64,
+    pub closes_1008: u64,
     pub unstamped: u64,
     /// Latest of the parts (a max, not a sum).
     pub last_delivery_ns: u64,
@@ -158,6 +163,7 @@ impl Default for Snapshot {
             bytes: 0,
             pings: 0,
             closed: 0,
+            closes_1008: 0,
             unstamped: 0,
             last_delivery_ns: 0,
             requests_ok: 0,
@@ -177,6 +183,7 @@ macro_rules! each_counter {
         $m!(bytes);
         $m!(pings);
         $m!(closed);
+        $m!(closes_1008);
         $m!(unstamped);
         $m!(requests_ok);
         $m!(requests_failed);
@@ -234,6 +241,7 @@ impl Snapshot {
             "bytes": self.bytes,
             "pings": self.pings,
             "closed": self.closed,
+            "closes_1008": self.closes_1008,
             "unstamped": self.unstamped,
             "last_delivery_ns": self.last_delivery_ns,
             "requests_ok": self.requests_ok,
@@ -261,6 +269,7 @@ impl Snapshot {
             bytes: n("bytes")?,
             pings: n("pings")?,
             closed: n("closed")?,
+            closes_1008: n("closes_1008")?,
             unstamped: n("unstamped")?,
             last_delivery_ns: n("last_delivery_ns")?,
             requests_ok: n("requests_ok")?,

@@ -134,6 +134,12 @@ pub fn rss_bytes(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
 }
 
+/// Open file descriptors of `pid`: the entries of `/proc/<pid>/fd` (the server's sockets,
+/// listeners and its own few files).
+pub fn fd_count(pid: u32) -> io::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
 /// CPU time (utime + stime, all threads) of `pid` in nanoseconds, from `/proc/<pid>/stat`.
 /// Its resolution is one clock tick (10 ms): fine over windows of seconds.
 pub fn proc_cpu_ns(pid: u32) -> io::Result<u64> {
@@ -168,6 +174,9 @@ impl Server {
     pub fn rss(&self) -> Option<u64> {
         self.0.and_then(|pid| rss_bytes(pid).ok())
     }
+    pub fn fds(&self) -> Option<usize> {
+        self.0.and_then(|pid| fd_count(pid).ok())
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +198,7 @@ mod tests {
     fn reads_own_proc_entries() {
         let pid = std::process::id();
         assert!(rss_bytes(pid).unwrap() > 0);
+        assert!(fd_count(pid).unwrap() >= 3);
         proc_cpu_ns(pid).unwrap();
     }
 }

@@ -275,6 +275,11 @@ enum Step {
     Closed,
 }
 
+/// The switch of the readers that may stall (`stalled` scenario): `true` stops them reading.
+/// A stalled reader keeps its socket open and leaves every byte in it, like a client whose
+/// app froze; `false` lets it read again.
+pub type Stall = tokio::sync::watch::Receiver<bool>;
+
 /// Reads server frames until the connection ends, counting into `stats`: text frames with
 /// code `code` are deliveries (their stamp's delay goes into the histogram), 1001 frames are
 /// presence, the rest "other". Never returns while the connection is open.
@@ -282,7 +287,15 @@ enum Step {
 /// `interval` > 0 makes the reader pause that long after each read that brought data, so
 /// frames pile up in the socket and one read takes many: fewer wakeups and syscalls per frame
 /// (lighter client-side work), at the price of up to `interval` added to the measured delay.
-pub async fn read_loop(conn: Conn, stats: Arc<Stats>, code: i64, interval: Duration) {
+///
+/// `stall`: see [`Stall`]; `None` for a reader that never stalls.
+pub async fn read_loop(
+    conn: Conn,
+    stats: Arc<Stats>,
+    code: i64,
+    interval: Duration,
+    mut stall: Option<Stall>,
+) {
     let Conn {
         mut stream,
         pending,
@@ -308,6 +321,11 @@ pub async fn read_loop(conn: Conn, stats: Arc<Stats>, code: i64, interval: Durat
         }
         if stream.readable().await.is_err() {
             break;
+        }
+        if let Some(stall) = &mut stall {
+            // Checked after readiness, before the read: what arrived stays in the socket. A
+            // dropped switch counts as "read again".
+            let _ = stall.wait_for(|stalled| !stalled).await;
         }
         step = read_once(&stream, &mut pending, &mut out, &stats, code);
         if !interval.is_zero() && matches!(step, Step::More) {
@@ -409,6 +427,9 @@ fn parse(buf: &[u8], out: &mut Vec<u8>, stats: &Stats, code: i64) -> (usize, Ste
                 client_frame(OP_PONG, frame.payload, out);
             }
             OP_CLOSE => {
+                if frame.payload.starts_with(&1008u16.to_be_bytes()) {
+                    bump(&stats.closes_1008, 1);
+                }
                 client_frame(OP_CLOSE, frame.payload.get(..2).unwrap_or(&[]), out);
                 return (used, Step::Closed);
             }
@@ -515,5 +536,14 @@ mod tests {
         assert_eq!(out.len(), 6); // one empty masked pong
         let (_, step) = parse(&server_frame(OP_CLOSE, &[3, 232]), &mut out, &stats, 7);
         assert!(matches!(step, Step::Closed));
+        assert_eq!(stats.snapshot().closes_1008, 0);
+        let (_, step) = parse(
+            &server_frame(OP_CLOSE, b"\x03\xf0slow"),
+            &mut out,
+            &stats,
+            7,
+        );
+        assert!(matches!(step, Step::Closed));
+        assert_eq!(stats.snapshot().closes_1008, 1);
     }
 }
