@@ -8,9 +8,11 @@ need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 if [ "${WSPUSH_SETUP_TEST:-0}" = 1 ]; then
   # Real components the integration tests start themselves: etcd for cluster membership,
-  # nginx in front of the nodes.
+  # nginx in front of the nodes, Chromium for the status page.
   [ -x /usr/bin/etcd ] || need+=(etcd-server)
   [ -x /usr/sbin/nginx ] || need+=(nginx)
+  # Headless Chromium: tests/status_page.rs loads the /status page and reads its DOM.
+  [ -x /usr/bin/chromium ] || need+=(chromium)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

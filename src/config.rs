@@ -72,9 +72,59 @@ pub struct Config {
     /// more answers code -1. Opening an id costs ~0.5 µs of a core, so this bounds one request
     /// to a few milliseconds of work.
     pub max_client_ids_per_request: usize,
+    /// `[wspush] WebhookQueue`, default 65536: webhook events the cores may have queued for the
+    /// webhook thread (about 64 bytes a slot, allocated by the first event). One more is dropped,
+    /// counted and logged (at most one line a second): a core never waits for webhooks.
+    pub webhook_queue: usize,
+    /// `[wspush] WebhookBuffer`, default 10000: events one webhook destination (a system's URL)
+    /// may have waiting while its receiver fails or lags; one more drops the oldest.
+    pub webhook_buffer: usize,
+    /// `[wspush] WebhookWorkers`, default 4: threads POSTing webhooks, i.e. receivers served at
+    /// once. A stuck receiver holds one of them at most, so it takes this many stuck receivers
+    /// to delay the others.
+    pub webhook_workers: usize,
+    /// `[wspush] WebhookTimeoutMs`, default 5000: a webhook POST's connect, then its whole
+    /// request and response, must each finish within this, or the POST counts as failed.
+    pub webhook_timeout: Duration,
     /// `[wspush] ShutdownGrace` (seconds), default 2: on SIGTERM, how long queued frames and
     /// close frames get to drain before sockets are cut.
     pub shutdown_grace: Duration,
+    /// `[wspush] ApiKey`, default empty = off (the original's open API). When set, every
+    /// `/api/*` request must carry `Authorization: apikey <key>`, else 403 (see `docs/auth.md`).
+    /// At least 16 visible ASCII characters. `/ws` is not affected: browsers cannot hold a
+    /// server-wide key; per-system secrets and connect tokens cover it.
+    pub api_key: String,
+    /// `[wspush] LogFormat` / `--log-format` (the flag wins), default `text`: human-readable log
+    /// lines, or `json`, one JSON object per line for a log pipeline (Loki, ELK, journald).
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{s:?} is not a log format (text or json)")),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
 }
 
 impl Default for Config {
@@ -102,7 +152,13 @@ impl Default for Config {
             max_conns_per_core: 0,
             max_groups_per_client: 1024,
             max_client_ids_per_request: 10_000,
+            webhook_queue: 65_536,
+            webhook_buffer: 10_000,
+            webhook_workers: 4,
+            webhook_timeout: Duration::from_millis(5000),
             shutdown_grace: Duration::from_secs(2),
+            api_key: String::new(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -168,10 +224,36 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses ini text on top of the defaults. Does not validate cross-key rules.
+    /// Parses ini text on top of the defaults. Does not validate cross-key rules. Stops at the
+    /// first bad value; [`Config::parse_all`] reports every one.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let (c, problems) = Config::parse_all(text);
+        match problems.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(c),
+        }
+    }
+
+    /// Parses ini text on top of the defaults, collecting every bad value (a bad key keeps its
+    /// default). `check-config` uses it to name all the problems of a file at once.
+    pub fn parse_all(text: &str) -> (Config, Vec<ConfigError>) {
         let mut c = Config::default();
-        for (section, key, value) in ini_entries(text) {
+        let mut problems = Vec::new();
+        let mut entries = ini_entries(text);
+        // `apply_entries` returns at the first bad value with the iterator just past it, so
+        // calling it again resumes with the next entry.
+        while let Err(e) = Config::apply_entries(&mut c, &mut entries) {
+            problems.push(e);
+        }
+        (c, problems)
+    }
+
+    /// Applies `(section, key, value)` entries to `c` until they run out or one is bad.
+    fn apply_entries<'a>(
+        c: &mut Config,
+        entries: &mut impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+    ) -> Result<(), ConfigError> {
+        for (section, key, value) in entries {
             let full = format!("{section}.{key}");
             match (
                 section.to_ascii_lowercase().as_str(),
@@ -210,6 +292,7 @@ impl Config {
                 ("wspush", "maxbodybytes") => c.max_body_bytes = number(&full, value)?,
                 ("wspush", "headtimeout") => c.head_timeout = seconds(&full, value)?,
                 ("wspush", "keepalivetimeout") => c.keepalive_timeout = seconds(&full, value)?,
+                ("wspush", "apikey") => c.api_key = value.to_string(),
                 ("wspush", "shutdowngrace") => c.shutdown_grace = seconds(&full, value)?,
                 ("wspush", "handshaketimeout") => c.handshake_timeout = seconds(&full, value)?,
                 ("wspush", "maxconnspercore") => c.max_conns_per_core = number(&full, value)?,
@@ -217,47 +300,72 @@ impl Config {
                 ("wspush", "maxclientidsperrequest") => {
                     c.max_client_ids_per_request = number(&full, value)?
                 }
+                ("wspush", "webhookqueue") => c.webhook_queue = number(&full, value)?,
+                ("wspush", "webhookbuffer") => c.webhook_buffer = number(&full, value)?,
+                ("wspush", "webhookworkers") => c.webhook_workers = number(&full, value)?,
+                ("wspush", "webhooktimeoutms") => {
+                    c.webhook_timeout = Duration::from_millis(number(&full, value)? as u64)
+                }
+                ("wspush", "logformat") => {
+                    c.log_format = value.parse().map_err(|e: String| err(&full, e))?
+                }
                 _ => {} // unknown keys are ignored, as in the original
             }
         }
-        Ok(c)
+        Ok(())
     }
 
-    /// Cross-key and range checks. Each failure names its key.
+    /// The `(section, key)` of every `key = value` line of an ini text, as written there
+    /// (`check-config` marks the values the file sets, and notes keys wspush does not read).
+    pub fn file_keys(text: &str) -> Vec<(&str, &str)> {
+        ini_entries(text).map(|(s, k, _)| (s, k)).collect()
+    }
+
+    /// Cross-key and range checks; the first failure, naming its key (the server's start
+    /// reports one problem, then exits 2).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.validate_all().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every cross-key and range problem, each naming its key. Empty when the config is valid.
+    pub fn validate_all(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
         let key_len = self.crypto_key.len();
         if ![16, 24, 32].contains(&key_len) {
-            return Err(err(
+            problems.push(err(
                 "common.CryptoKey",
                 format!("must be 16, 24 or 32 bytes long, got {key_len}"),
             ));
         }
         if self.http_port == 0 {
-            return Err(err("common.HttpPort", "must be between 1 and 65535"));
+            problems.push(err("common.HttpPort", "must be between 1 and 65535"));
         }
         if self.rpc_port == 0 {
-            return Err(err("common.RPCPort", "must be between 1 and 65535"));
+            problems.push(err("common.RPCPort", "must be between 1 and 65535"));
         }
         if self.cluster && self.etcd_endpoints.is_empty() {
-            return Err(err(
+            problems.push(err(
                 "etcd.Endpoints",
                 "Cluster = true needs at least one etcd endpoint (host:port, comma-separated)",
             ));
         }
         if self.cluster && self.rpc_port == self.http_port {
-            return Err(err("common.RPCPort", "must differ from HttpPort"));
+            problems.push(err("common.RPCPort", "must differ from HttpPort"));
         }
         if self.rpc_timeout.is_zero() {
-            return Err(err("wspush.RpcTimeoutMs", "must be at least 1 ms"));
+            problems.push(err("wspush.RpcTimeoutMs", "must be at least 1 ms"));
         }
         if self.lease_ttl.as_secs() < 2 {
-            return Err(err("wspush.LeaseTtl", "must be at least 2 seconds"));
+            problems.push(err("wspush.LeaseTtl", "must be at least 2 seconds"));
         }
         if self.heartbeat_interval.is_zero() {
-            return Err(err("wspush.HeartbeatInterval", "must be at least 1 second"));
+            problems.push(err("wspush.HeartbeatInterval", "must be at least 1 second"));
         }
         if self.pong_timeout <= self.heartbeat_interval {
-            return Err(err(
+            problems.push(err(
                 "wspush.PongTimeout",
                 "must be longer than HeartbeatInterval, or every idle client would be dropped",
             ));
@@ -272,13 +380,24 @@ impl Config {
                 "wspush.MaxClientIdsPerRequest",
                 self.max_client_ids_per_request,
             ),
+            ("wspush.WebhookQueue", self.webhook_queue),
+            ("wspush.WebhookBuffer", self.webhook_buffer),
+            ("wspush.WebhookWorkers", self.webhook_workers),
         ] {
             if value == 0 {
-                return Err(err(key, "must be greater than 0"));
+                problems.push(err(key, "must be greater than 0"));
             }
         }
+        if self.webhook_timeout.is_zero() {
+            problems.push(err("wspush.WebhookTimeoutMs", "must be at least 1 ms"));
+        }
         if self.max_head_bytes < 256 {
-            return Err(err("wspush.MaxHeadBytes", "must be at least 256"));
+            problems.push(err("wspush.MaxHeadBytes", "must be at least 256"));
+        }
+        if !self.api_key.is_empty() {
+            if let Err(problem) = crate::auth::check_api_key_config(&self.api_key) {
+                problems.push(err("wspush.ApiKey", problem));
+            }
         }
         for (key, value) in [
             ("wspush.HeadTimeout", self.head_timeout),
@@ -286,10 +405,84 @@ impl Config {
             ("wspush.HandshakeTimeout", self.handshake_timeout),
         ] {
             if value.is_zero() {
-                return Err(err(key, "must be at least 1 second"));
+                problems.push(err(key, "must be at least 1 second"));
             }
         }
-        Ok(())
+        problems
+    }
+}
+
+/// The original's published default `CryptoKey`: fine for a try-out, a known key in production.
+pub const DEFAULT_CRYPTO_KEY: &str = "Adba723b7fe06819";
+
+impl Config {
+    /// Every key wspush reads, as `section.Key`, with its value written the way app.ini takes it
+    /// (seconds as whole numbers, lists comma-separated); `check-config` prints them. Secrets are
+    /// not shown, only their length (the published default `CryptoKey` excepted, so it stands
+    /// out). A key added to [`Config::parse`] belongs here too: `check-config` reports a file
+    /// key missing from this list as one wspush does not read.
+    pub fn values(&self) -> Vec<(&'static str, String)> {
+        let secs = |d: Duration| d.as_secs().to_string();
+        let secret = |s: &str| match s.len() {
+            0 => String::new(),
+            n => format!("<secret, {n} bytes>"),
+        };
+        let crypto_key = if self.crypto_key == DEFAULT_CRYPTO_KEY {
+            self.crypto_key.clone()
+        } else {
+            secret(&self.crypto_key)
+        };
+        vec![
+            ("common.HttpPort", self.http_port.to_string()),
+            ("common.RPCPort", self.rpc_port.to_string()),
+            ("common.Cluster", self.cluster.to_string()),
+            ("common.CryptoKey", crypto_key),
+            ("etcd.Endpoints", self.etcd_endpoints.join(", ")),
+            (
+                "wspush.AdvertiseHost",
+                self.advertise_host
+                    .map(|h| h.to_string())
+                    .unwrap_or_default(),
+            ),
+            ("wspush.Cores", self.cores.to_string()),
+            ("wspush.HeartbeatInterval", secs(self.heartbeat_interval)),
+            ("wspush.PongTimeout", secs(self.pong_timeout)),
+            ("wspush.QueueFrames", self.queue_frames.to_string()),
+            ("wspush.QueueBytes", self.queue_bytes.to_string()),
+            ("wspush.MaxMessageBytes", self.max_message_bytes.to_string()),
+            ("wspush.MaxHeadBytes", self.max_head_bytes.to_string()),
+            ("wspush.MaxBodyBytes", self.max_body_bytes.to_string()),
+            ("wspush.HeadTimeout", secs(self.head_timeout)),
+            ("wspush.KeepAliveTimeout", secs(self.keepalive_timeout)),
+            ("wspush.HandshakeTimeout", secs(self.handshake_timeout)),
+            (
+                "wspush.MaxConnsPerCore",
+                self.max_conns_per_core.to_string(),
+            ),
+            (
+                "wspush.MaxGroupsPerClient",
+                self.max_groups_per_client.to_string(),
+            ),
+            (
+                "wspush.MaxClientIdsPerRequest",
+                self.max_client_ids_per_request.to_string(),
+            ),
+            ("wspush.WebhookQueue", self.webhook_queue.to_string()),
+            ("wspush.WebhookBuffer", self.webhook_buffer.to_string()),
+            ("wspush.WebhookWorkers", self.webhook_workers.to_string()),
+            (
+                "wspush.WebhookTimeoutMs",
+                self.webhook_timeout.as_millis().to_string(),
+            ),
+            (
+                "wspush.RpcTimeoutMs",
+                self.rpc_timeout.as_millis().to_string(),
+            ),
+            ("wspush.LeaseTtl", secs(self.lease_ttl)),
+            ("wspush.ShutdownGrace", secs(self.shutdown_grace)),
+            ("wspush.LogFormat", self.log_format.to_string()),
+            ("wspush.ApiKey", secret(&self.api_key)),
+        ]
     }
 }
 
@@ -417,10 +610,92 @@ mod tests {
     }
 
     #[test]
+    fn api_key_is_off_by_default_and_checked_when_set() {
+        assert_eq!(Config::default().api_key, "");
+        let c = Config::parse("[wspush]\nApiKey = 0123456789abcdef0123 ; comment\n").unwrap();
+        assert_eq!(c.api_key, "0123456789abcdef0123");
+        c.validate().unwrap();
+        let e = Config::parse("[wspush]\nApiKey = short\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "wspush.ApiKey");
+    }
+
+    #[test]
     fn unknown_keys_are_ignored_and_defaults_hold() {
         let c = Config::parse("[common]\nFoo = bar\n[x]\ny=z\n").unwrap();
         assert_eq!(c.http_port, 7800);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(25));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn parse_all_and_validate_all_report_every_problem() {
+        let (c, problems) = Config::parse_all(
+            "[common]\nHttpPort = abc\nCryptoKey = short\n[wspush]\nCores = many\n\
+             LogFormat = xml\nHeartbeatInterval = 30\nPongTimeout = 10\nQueueFrames = 0\n",
+        );
+        let keys: Vec<&str> = problems.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["common.HttpPort", "wspush.Cores", "wspush.LogFormat"]
+        );
+        // Values after a bad one still apply.
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        let keys: Vec<String> = c.validate_all().into_iter().map(|e| e.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "common.CryptoKey",
+                "wspush.PongTimeout",
+                "wspush.QueueFrames"
+            ]
+        );
+        // The single-problem forms give the first.
+        assert_eq!(
+            Config::parse("[common]\nHttpPort = abc\nRPCPort = x\n")
+                .unwrap_err()
+                .key,
+            "common.HttpPort"
+        );
+        assert_eq!(c.validate().unwrap_err().key, "common.CryptoKey");
+    }
+
+    #[test]
+    fn values_list_every_key_and_parse_back() {
+        let text = "[common]\nHttpPort = 7801\nRPCPort = 7901\nCluster = true\n\
+                    [etcd]\nEndpoints = a:1, b:2\n[wspush]\nAdvertiseHost = 10.0.0.7\n\
+                    Cores = 3\nLogFormat = JSON\nRpcTimeoutMs = 1500\nShutdownGrace = 9\n";
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        // Writing the listed values back as an ini file gives the same values.
+        let mut ini = String::new();
+        for (key, value) in c.values() {
+            let (section, name) = key.split_once('.').unwrap();
+            ini.push_str(&format!("[{section}]\n{name} = {value}\n"));
+        }
+        let again = Config::parse(&ini).unwrap();
+        assert_eq!(again.values(), c.values());
+        // A key read by parse but missing from values() would show up here as unchanged.
+        assert_eq!(again.rpc_timeout, Duration::from_millis(1500));
+        assert_eq!(again.shutdown_grace, Duration::from_secs(9));
+        assert_eq!(again.advertise_host, Some(Ipv4Addr::new(10, 0, 0, 7)));
+        // Secrets show their length only; the published default shows itself.
+        let c = Config::parse("[common]\nCryptoKey = 0123456789abcdef\n").unwrap();
+        let shown = c
+            .values()
+            .into_iter()
+            .find(|(k, _)| *k == "common.CryptoKey");
+        assert_eq!(shown.unwrap().1, "<secret, 16 bytes>");
+        let shown = Config::default()
+            .values()
+            .into_iter()
+            .find(|(k, _)| *k == "common.CryptoKey");
+        assert_eq!(shown.unwrap().1, DEFAULT_CRYPTO_KEY);
+        assert_eq!(
+            Config::file_keys("[a]\nX = 1\n; c\nY=2\n"),
+            [("a", "X"), ("a", "Y")]
+        );
     }
 }

@@ -14,9 +14,15 @@
 //! - [`ids`]: clientId <-> (node, core, slot, generation), sealed with CryptoKey.
 //! - [`api`]: the URL table, request decoding, handlers, and [`api::dispatch`], which routes a
 //!   clientId to this core or another one.
+//! - [`auth`]: the opt-in checks of issue 7: `ApiKey`, per-system HMAC signatures on the API,
+//!   JWT connect tokens on `/ws`.
 //! - [`shard`]: the core's own state (registry, groups, systems), its outbound flusher, and the
 //!   cross-core messages ([`shard::inbox`]).
 //! - [`sys`]: the few raw syscalls; all `unsafe` lives there.
+//! - [`ops`]: `/metrics` (Prometheus) and the status page (`/status`, `/status.json`), gathered
+//!   from every core's own counters only when asked.
+//! - [`webhook`]: connection events (online, offline, bind, unbind) queued by the owning core
+//!   and POSTed in batches to a system's `webhookUrl` by side threads, never on a core.
 //!
 //! ## The data paths
 //! 1. **Connect**: accept on core C -> read head -> `/ws` handshake -> slot in C's registry ->
@@ -29,11 +35,16 @@
 //! 4. **Group push**: origin core -> one `GroupPush` per other core -> each core -> its members.
 
 pub mod api;
+pub mod auth;
 pub mod cluster;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ids;
 pub mod net;
+pub mod ops;
 pub mod runtime;
 pub mod shard;
 pub mod sys;
+pub mod webhook;
 pub mod ws;

@@ -1,48 +1,84 @@
-//! `wspush -c conf/app.ini [--cores N]`: CLI -> config -> logging -> runtime.
+//! `wspush -c conf/app.ini [--cores N] [--log-format text|json]`: CLI -> config -> logging ->
+//! runtime. `wspush check-config -c FILE` reads the same file and flags, names every problem,
+//! and prints the values the server would run with.
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use wspush::config::Config;
+use wspush::config::{Config, ConfigError, LogFormat, DEFAULT_CRYPTO_KEY};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Exit status for a config the server refuses, from the server's start and from check-config
+/// alike, so a deploy script can tell "bad config" (2) from "could not start" (1).
+const EXIT_BAD_CONFIG: u8 = 2;
 
 /// Distributed WebSocket push service, compatible with go-websocket.
 #[derive(Parser, Debug)]
 #[command(name = "wspush", version, about)]
 struct Cli {
+    #[command(flatten)]
+    opts: Opts,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The server's options. Global, so `check-config` takes them too and shows the values the
+/// server would run with, flags included.
+#[derive(Args, Debug)]
+struct Opts {
     /// Config file (the original's app.ini format).
-    #[arg(short = 'c', long = "config", default_value = "conf/app.ini")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        default_value = "conf/app.ini",
+        global = true
+    )]
     config: PathBuf,
-    /// Number of cores (shards) to run; default: every available CPU.
-    #[arg(long)]
+    /// Number of cores (shards) to run; overrides [wspush] Cores (default: every available CPU).
+    #[arg(long, global = true)]
     cores: Option<usize>,
+    /// Log lines as `text` (the default) or `json` (one object per line); overrides
+    /// [wspush] LogFormat.
+    #[arg(long, value_name = "text|json", global = true)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a config file without starting the server.
+    ///
+    /// Prints the effective value of every key (from the file, a default or a flag) and exits 0,
+    /// or names every problem on stderr and exits 2, as the server's start would.
+    CheckConfig,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let mut config = match Config::load(&cli.config) {
+    match cli.command {
+        Some(Command::CheckConfig) => check_config(&cli.opts),
+        None => serve(&cli.opts),
+    }
+}
+
+/// Runs the server (no subcommand): what `make run` and the tests start.
+fn serve(opts: &Opts) -> ExitCode {
+    // The flag wins over the file, so with the flag logging can start before the file is read
+    // and a bad file is reported in the format the log pipeline expects. Without it the format
+    // comes from the file, and a bad file is reported as one plain line.
+    if let Some(format) = opts.log_format {
+        init_logging(format);
+    }
+    let mut config = match Config::load(&opts.config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("wspush: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return refuse(opts, &e),
     };
-    if let Some(cores) = cli.cores {
-        if cores == 0 {
-            eprintln!("wspush: config error: --cores: must be at least 1");
-            return ExitCode::from(2);
-        }
-        config.cores = cores;
+    if let Some(e) = apply_flags(&mut config, opts).first() {
+        return refuse(opts, e);
+    }
+    if opts.log_format.is_none() {
+        init_logging(config.log_format);
     }
     match wspush::runtime::run(config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,5 +86,160 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Reports a config problem at the server's start: one line, then exit 2.
+fn refuse(opts: &Opts, e: &ConfigError) -> ExitCode {
+    if opts.log_format.is_some() {
+        tracing::error!(key = %e.key, "{e}");
+    } else {
+        eprintln!("wspush: {e}");
+    }
+    ExitCode::from(EXIT_BAD_CONFIG)
+}
+
+/// Logs to stderr at the level `RUST_LOG` sets (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One object per line, the event's fields at the top level next to `timestamp`,
+        // `level`, `message` and `target`: what Loki, Vector or Filebeat parse without a rule.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+/// Applies the command-line flags over the file's values; the problems they have.
+fn apply_flags(config: &mut Config, opts: &Opts) -> Vec<ConfigError> {
+    let mut problems = Vec::new();
+    match opts.cores {
+        Some(0) => problems.push(ConfigError {
+            key: "--cores".into(),
+            problem: "must be at least 1".into(),
+        }),
+        Some(cores) => config.cores = cores,
+        None => {}
+    }
+    if let Some(format) = opts.log_format {
+        config.log_format = format;
+    }
+    problems
+}
+
+/// `wspush check-config`: every problem (exit 2), or every effective value (exit 0).
+fn check_config(opts: &Opts) -> ExitCode {
+    let path = opts.config.display();
+    let text = match std::fs::read_to_string(&opts.config) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("wspush: config error: config file: cannot read {path}: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let (mut config, mut problems) = Config::parse_all(&text);
+    problems.extend(apply_flags(&mut config, opts));
+    // A key whose value did not parse kept its default: range checks on that default would
+    // only restate the problem.
+    let unparsed: Vec<String> = problems.iter().map(|e| e.key.clone()).collect();
+    problems.extend(
+        config
+            .validate_all()
+            .into_iter()
+            .filter(|e| !unparsed.contains(&e.key)),
+    );
+    let values = config.values();
+    let known: Vec<String> = values.iter().map(|(k, _)| k.to_ascii_lowercase()).collect();
+    let mut in_file = Vec::new();
+    let mut notes = Vec::new();
+    for (section, key) in Config::file_keys(&text) {
+        let full = format!("{section}.{key}");
+        let lower = full.to_ascii_lowercase();
+        let section = section.to_ascii_lowercase();
+        if known.contains(&lower) {
+            in_file.push(lower);
+        } else if ["common", "etcd", "wspush"].contains(&section.as_str()) {
+            notes.push(format!("{full} is not a key wspush reads (ignored)"));
+        } else {
+            let note = format!("section [{section}] is not one wspush reads (ignored)");
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
+    }
+    if config.crypto_key == DEFAULT_CRYPTO_KEY {
+        notes.push(
+            "common.CryptoKey is the original's published default: set your own before \
+             production"
+                .into(),
+        );
+    }
+
+    if !problems.is_empty() {
+        for e in &problems {
+            eprintln!("wspush: {e}");
+        }
+        let n = problems.len();
+        let s = if n == 1 { "" } else { "s" };
+        eprintln!("wspush: {path}: {n} problem{s}, the server would not start");
+        print_notes(&notes);
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
+
+    println!(
+        "# {path}: valid (wspush {}); each value's source after the ;",
+        env!("CARGO_PKG_VERSION")
+    );
+    let width = values
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 3)
+        .max()
+        .unwrap_or(0);
+    for (key, value) in &values {
+        let source = match *key {
+            "wspush.Cores" if opts.cores.is_some() => "flag --cores",
+            "wspush.LogFormat" if opts.log_format.is_some() => "flag --log-format",
+            _ if in_file.contains(&key.to_ascii_lowercase()) => "file",
+            _ => "default",
+        };
+        let line = format!("{key} = {value}");
+        println!("{line:<width$} ; {source}{}", derived(key, &config));
+    }
+    print_notes(&notes);
+    ExitCode::SUCCESS
+}
+
+/// Things worth knowing that do not stop the server: keys it ignores (a typo in a key or
+/// section name silently keeps the default), the published default key.
+fn print_notes(notes: &[String]) {
+    for note in notes {
+        eprintln!("wspush: note: {note}");
+    }
+}
+
+/// What a "0 / empty = work it out" value comes to, for the keys that have one.
+fn derived(key: &str, config: &Config) -> String {
+    match key {
+        "wspush.Cores" if config.cores == 0 => {
+            format!(" (0 = every CPU: {} here)", wspush::sys::available_cpus())
+        }
+        "wspush.MaxConnsPerCore" if config.max_conns_per_core == 0 => {
+            " (0 = from the open-files limit at start)".into()
+        }
+        "wspush.AdvertiseHost" if config.advertise_host.is_none() => {
+            format!(" (empty = {})", config.node_host())
+        }
+        _ => String::new(),
     }
 }

@@ -13,7 +13,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::net::listener;
 use crate::shard::inbox::CoreMsg;
-use crate::shard::Shard;
+use crate::shard::{Shard, SystemInfo};
 use crate::sys;
 use crossbeam_queue::SegQueue;
 use futures_lite::AsyncReadExt;
@@ -32,16 +32,51 @@ static ACCEPTING: AtomicUsize = AtomicUsize::new(0);
 static CORES: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// Cluster mode: whether etcd membership is established. Always true on a single node.
 static MEMBERSHIP: AtomicBool = AtomicBool::new(true);
+/// Set by the first SIGTERM/SIGINT, before the cores hear of it, so `/readyz` says 503 at once.
+static DRAINING: AtomicBool = AtomicBool::new(false);
+/// Whether the one "wspush ready" line was logged.
+static READY_LOGGED: AtomicBool = AtomicBool::new(false);
+/// The drain's figures, summed over the cores for the one "drain finished" line: clients closed
+/// with 1001, and those still there when ShutdownGrace ran out (cut).
+static DRAIN_CLIENTS: AtomicUsize = AtomicUsize::new(0);
+static DRAIN_CUT: AtomicUsize = AtomicUsize::new(0);
+/// Cores whose drain is over; each waits (at most ShutdownGrace) for the others.
+static DRAINED_CORES: AtomicUsize = AtomicUsize::new(0);
 
 /// True once every core accepts, none is draining, and (cluster) membership is established.
 pub fn is_ready() -> bool {
-    ACCEPTING.load(Ordering::Acquire) == CORES.load(Ordering::Acquire)
-        && MEMBERSHIP.load(Ordering::Acquire)
+    not_ready_reason().is_none()
+}
+
+/// Why `/readyz` says 503, or None when the node is ready. SeqCst: the core that completes
+/// ACCEPTING and the etcd thread that sets MEMBERSHIP each check the other's flag after setting
+/// their own (see [`log_ready_once`]); with weaker orderings both could miss.
+pub fn not_ready_reason() -> Option<&'static str> {
+    if DRAINING.load(Ordering::SeqCst) {
+        Some("draining")
+    } else if ACCEPTING.load(Ordering::SeqCst) != CORES.load(Ordering::SeqCst) {
+        Some("cores starting")
+    } else if !MEMBERSHIP.load(Ordering::SeqCst) {
+        Some("etcd membership not established")
+    } else {
+        None
+    }
+}
+
+/// Logs "wspush ready" the first time the node is ready: every core accepting and, in cluster
+/// mode, membership established, whichever comes last. Called by both.
+fn log_ready_once() {
+    if is_ready() && !READY_LOGGED.swap(true, Ordering::SeqCst) {
+        tracing::info!(cores = CORES.load(Ordering::SeqCst), "wspush ready");
+    }
 }
 
 /// Capacity of each core-to-core channel. A full channel makes the sender wait (backpressure),
 /// never drops.
 const MESH_CHANNEL: usize = 4096;
+
+/// Heartbeat ticks per HeartbeatInterval; each pings the connections of one slice.
+const HEARTBEAT_SLICES: u32 = 20;
 
 /// Accept backlog of each core's listeners (the kernel caps it at net.core.somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
@@ -51,7 +86,8 @@ const LISTEN_BACKLOG: i32 = 4096;
 pub enum Control {
     Shutdown,
     Peers(Vec<SocketAddrV4>),
-    Systems(Vec<String>),
+    /// Registered systems from etcd, each with its options (the same `Arc` on every core).
+    Systems(Vec<(String, Arc<SystemInfo>)>),
 }
 
 /// A core's control inbox: any thread may push; the core drains it when its doorbell rings.
@@ -76,7 +112,10 @@ struct Notifier {
 impl CoreNotifier for Notifier {
     fn notify(&self, msg: ToCores) {
         match msg {
-            ToCores::EtcdConnected(up) => MEMBERSHIP.store(up, Ordering::Release),
+            ToCores::EtcdConnected(up) => {
+                MEMBERSHIP.store(up, Ordering::SeqCst);
+                log_ready_once();
+            }
             ToCores::Peers(peers) => {
                 for inbox in &self.inboxes {
                     inbox.send(Control::Peers(peers.clone()));
@@ -175,11 +214,23 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
             .spawn(move || wait_for_signals(inboxes, membership))?;
     }
 
+    // glommio's MeshBuilder is Send but counts its clones with a plain `Rc`, so cores cloning or
+    // dropping theirs at once corrupt the count: a drop then frees it under another core, and
+    // the heap corruption crashed the process at exit (SIGSEGV in the allocator, about one stop
+    // in fifty). So every clone is made here, on one thread, before any core runs; each core
+    // moves one out; and the original is leaked, so the cores' racing drops can at worst leave
+    // the count too high (a few bytes never freed), never reach zero.
     let mesh = MeshBuilder::<CoreMsg, _>::full(cores, MESH_CHANNEL);
+    let meshes = Arc::new(Mutex::new(
+        (0..cores).map(|_| mesh.clone()).collect::<Vec<_>>(),
+    ));
+    std::mem::forget(mesh);
     let nofile = sys::raise_nofile_limit();
     // From here on the config holds the effective per-core limit, not 0 for "derive it".
     config.max_conns_per_core = config.conns_per_core(nofile, cores);
     let config = Arc::new(config);
+    // Webhook threads (issue 7): fed by the cores, flushed after the cores have stopped.
+    let webhooks = crate::webhook::start(crate::webhook::Settings::from_config(&config, node))?;
     tracing::info!(
         http_port = config.http_port,
         cores,
@@ -197,11 +248,16 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         .io_memory(1 << 20)
         .on_all_shards(move || {
             let config = config.clone();
-            let mesh = mesh.clone();
+            // Moved out of `meshes`, never cloned here (see above).
+            let mesh = meshes.lock().ok().and_then(|mut spare| spare.pop());
             let starts = starts.clone();
             let inboxes = inboxes.clone();
             let membership = membership.clone();
-            async move { run_core(config, mesh, starts, inboxes, membership, cores, node).await }
+            async move {
+                let mesh =
+                    mesh.ok_or_else(|| anyhow::anyhow!("bug: no channel mesh left for a core"))?;
+                run_core(config, mesh, starts, inboxes, membership, cores, node).await
+            }
         })
         .map_err(|e| anyhow::anyhow!("cannot start the core executors: {e}"))?;
     let mut failed = None;
@@ -212,9 +268,17 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
             Err(e) => failed = Some(anyhow::anyhow!("core executor failed: {e}")),
         }
     }
+    webhooks.stop();
     match failed {
         Some(e) => Err(e),
         None => {
+            if DRAINING.load(Ordering::SeqCst) {
+                tracing::info!(
+                    clients = DRAIN_CLIENTS.load(Ordering::Relaxed),
+                    cut = DRAIN_CUT.load(Ordering::Relaxed),
+                    "drain finished"
+                );
+            }
             tracing::info!("wspush stopped");
             Ok(())
         }
@@ -287,20 +351,27 @@ async fn run_core(
         shard.clone(),
         http,
     )));
-    if ACCEPTING.fetch_add(1, Ordering::AcqRel) + 1 == cores {
-        tracing::info!(
+    if ACCEPTING.fetch_add(1, Ordering::SeqCst) + 1 == cores {
+        tracing::debug!(
             http_port = config.http_port,
             cores,
             "wspush accepting on every core"
         );
+        log_ready_once();
     }
 
     tasks.push({
         let shard = shard.clone();
         glommio::spawn_local(async move {
+            // The interval is cut into slices and each tick pings one slice of the
+            // connections: every socket still gets a ping per HeartbeatInterval, but 18,000
+            // pings (and their pongs) no longer land in one burst (p99 231 ms vs 7.7 ms).
+            let step = shard.config.heartbeat_interval / HEARTBEAT_SLICES;
+            let mut slice = 0;
             loop {
-                glommio::timer::sleep(shard.config.heartbeat_interval).await;
-                shard.heartbeat();
+                glommio::timer::sleep(step).await;
+                shard.heartbeat(slice, HEARTBEAT_SLICES);
+                slice = (slice + 1) % HEARTBEAT_SLICES;
             }
         })
     });
@@ -356,7 +427,8 @@ async fn rpc_accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) 
 /// Closes every client with 1001 and waits up to ShutdownGrace for them to go.
 async fn drain(shard: &Rc<Shard>) {
     let conns = shard.all_conns();
-    tracing::info!(core = shard.id, clients = conns.len(), "draining");
+    tracing::debug!(core = shard.id, clients = conns.len(), "draining");
+    DRAIN_CLIENTS.fetch_add(conns.len(), Ordering::Relaxed);
     for conn in &conns {
         conn.end_reason
             .set(Some(crate::shard::conn::EndReason::Shutdown));
@@ -371,8 +443,23 @@ async fn drain(shard: &Rc<Shard>) {
     while shard.connection_count() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
-    for conn in shard.all_conns() {
+    // The node drains as one: a core whose clients are gone keeps serving the HTTP connections
+    // it holds (a balancer's kept-alive probe gets 503 "draining", an API request its answer)
+    // until every core is done or the grace ends, instead of leaving them unanswered until the
+    // process exits. Within the same deadline, so the cut below is never later than it was.
+    DRAINED_CORES.fetch_add(1, Ordering::SeqCst);
+    while DRAINED_CORES.load(Ordering::SeqCst) < CORES.load(Ordering::SeqCst)
+        && Instant::now() < deadline
+    {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    let left = shard.all_conns();
+    DRAIN_CUT.fetch_add(left.len(), Ordering::Relaxed);
+    for conn in left {
         conn.cut(crate::shard::conn::EndReason::Shutdown);
+        // The core stops right after this, so these sessions never reach end_conn: their
+        // webhook offline event is sent from here.
+        crate::webhook::conn_event(shard, crate::webhook::Kind::Offline, &conn, "");
     }
 }
 
@@ -394,14 +481,15 @@ fn wait_for_signals(inboxes: Vec<Arc<ControlInbox>>, membership: Option<Membersh
             std::process::exit(1);
         }
         seen = true;
-        tracing::info!(signal, "shutdown requested");
+        DRAINING.store(true, Ordering::SeqCst);
+        tracing::info!(signal, "drain started");
         if let Some(membership) = &membership {
             let (tx, rx) = tokio::sync::oneshot::channel();
             membership.send(EtcdRequest::Shutdown { reply: tx });
             // The etcd thread answers within its request deadline, or drops the sender.
+            // The etcd thread logged whether the revoke worked.
             let _ = rx.blocking_recv();
-            MEMBERSHIP.store(false, Ordering::Release);
-            tracing::info!("left the cluster (etcd lease revoked)");
+            MEMBERSHIP.store(false, Ordering::SeqCst);
         }
         for inbox in &inboxes {
             inbox.send(Control::Shutdown);

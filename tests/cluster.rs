@@ -4,10 +4,15 @@
 //! Every test starts its own etcd and nodes on free ports and waits for the cluster to converge
 //! by polling the API ([`converge`]), never by sleeping. Failure timings are shortened with
 //! `RpcTimeoutMs = 1000`; the membership lease TTL is the 5 s of API.md.
+//!
+//! The fault tests (issue 6: SIGKILL, SIGSTOP/SIGCONT, etcd down and back, SIGTERM, garbage on
+//! the node port) each run a steady background [`Load`] through every node from before the
+//! fault until the cluster settled again, and assert over every request it made.
 
 mod common;
 
 use common::etcd::*;
+use common::load::{Load, Sent};
 use common::nginx::Nginx;
 use common::*;
 use serde_json::{json, Value};
@@ -169,6 +174,46 @@ fn established_on(port: u16) -> usize {
             cols.len() > 3 && cols[1] == local && cols[3] == "01"
         })
         .count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults under load: every fault test below runs a [`Load`] (two clients per node, one sender per
+// node pushing at a steady rate to every client and to the group) from before the fault until
+// after the cluster settled again, then asserts over every request it made.
+
+/// A request that waited for a node-to-node deadline took at least `RpcTimeoutMs`; one that
+/// took less did not wait for any. Every load request is a few milliseconds when nothing waits,
+/// so the full second is slack for a busy machine.
+fn no_wait() -> Duration {
+    Duration::from_millis(RPC_TIMEOUT_MS)
+}
+
+/// Registers a system of its own and starts the load on `nodes`; returns once pushes through
+/// every node reach every client.
+fn start_load(nodes: &[Node]) -> Load {
+    let system = unique("load");
+    assert_eq!(register(nodes[0].port, &system)["code"], 0);
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let load = Load::start(&ports, &system, 2);
+    load.warm_up();
+    load
+}
+
+/// Waits until each of `senders` had 25 more requests answered code 0 that started after
+/// `since` (half a second of load at the least): the load ran on past an event.
+fn load_runs_past(load: &Load, senders: &[usize], since: Instant, what: &str) {
+    load.wait_for(
+        &format!("25 answered requests through nodes {senders:?} after {what}"),
+        Duration::from_secs(15),
+        |sent| {
+            senders.iter().all(|&s| {
+                sent.iter()
+                    .filter(|x| x.sender == s && x.ok() && x.started >= since)
+                    .count()
+                    >= 25
+            })
+        },
+    );
 }
 
 #[test]
@@ -605,8 +650,9 @@ fn whole_flow_through_nginx_in_front_of_three_nodes() {
 }
 
 #[test]
-fn a_node_killed_with_sigkill_leaves_promptly_and_the_rest_keeps_working() {
+fn a_node_killed_with_sigkill_under_load_leaves_promptly_and_the_rest_keeps_working() {
     let mut c = cluster(3);
+    let mut load = start_load(&c.nodes);
     let system = unique("kill");
     assert_eq!(register(c.nodes[0].port, &system)["code"], 0);
     let (p0, p1) = (c.nodes[0].port, c.nodes[1].port);
@@ -681,6 +727,7 @@ fn a_node_killed_with_sigkill_leaves_promptly_and_the_rest_keeps_working() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let expired = Instant::now();
     // After the peer left the tables, requests for its clients still answer promptly.
     let (v, took) = timed(|| send_to_client(p1, &system, &c2.client_id, json!("late")));
     assert_eq!(v["code"], 0, "{v}");
@@ -700,11 +747,35 @@ fn a_node_killed_with_sigkill_leaves_promptly_and_the_rest_keeps_working() {
     }
     c.nodes[0].assert_alive();
     c.nodes[1].assert_alive();
+
+    // The load, from before the kill until well after the lease expired.
+    load_runs_past(&load, &[0, 1], expired, "the lease expired");
+    let sent = load.stop();
+    let survivor = |s: &Sent| s.sender != 2;
+    load.assert_answered(&sent, "through a survivor", survivor);
+    load.assert_latency(&sent, "through a survivor", prompt(), survivor);
+    // A killed node's sockets are reset by its kernel, so its peers see it gone at once: no
+    // request waits for a deadline, neither before its lease expires nor after.
+    load.assert_latency(&sent, "through a survivor after the kill", no_wait(), |s| {
+        survivor(s) && s.finished() >= killed
+    });
+    // Every push answered code 0 (through any node, the dead one before it died) reached its
+    // clients on the survivors, in order, once.
+    let on_survivor = |c: usize| load.clients[c].node != 2;
+    load.assert_delivered(&sent, IO_TIMEOUT, |_| true, on_survivor);
+    load.assert_in_order(on_survivor);
+    for k in load.clients_on(2) {
+        assert_eq!(load.ended(k).map(|e| e.0), Some(Ended::Dropped));
+    }
+    for k in load.clients_on(0).into_iter().chain(load.clients_on(1)) {
+        assert_eq!(load.ended(k), None, "load client {k} on a survivor ended");
+    }
 }
 
 #[test]
-fn etcd_stopped_and_restarted() {
+fn etcd_stopped_and_restarted_under_load() {
     let mut c = cluster(2);
+    let mut load = start_load(&c.nodes);
     let (p0, p1) = (c.nodes[0].port, c.nodes[1].port);
     let system = unique("etcd-down");
     assert_eq!(register(p0, &system)["code"], 0);
@@ -759,6 +830,8 @@ fn etcd_stopped_and_restarted() {
         round += 1;
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The load ran through the whole outage too.
+    load_runs_past(&load, &[0, 1], stopped, "etcd stopped");
 
     // etcd back on the same ports and data: register works again within 10 s by itself.
     c.etcd.restart();
@@ -788,17 +861,32 @@ fn etcd_stopped_and_restarted() {
         expect_presence(ws, 1001, &id2);
     }
     c.nodes.push(newcomer);
+
+    // No node failed at any time: every load request was answered code 0 without waiting for
+    // a deadline, and every push reached every client it named, in order, once. In particular
+    // nothing was lost while the nodes re-registered (a peer table that lost a live peer for a
+    // moment would drop its pushes).
+    load_runs_past(&load, &[0, 1], Instant::now(), "the newcomer joined");
+    let sent = load.stop();
+    load.assert_answered(&sent, "with etcd down and back", |_| true);
+    load.assert_latency(&sent, "with etcd down and back", no_wait(), |_| true);
+    load.assert_delivered(&sent, IO_TIMEOUT, |_| true, |_| true);
+    load.assert_in_order(|_| true);
+    for k in 0..load.clients.len() {
+        assert_eq!(load.ended(k), None, "load client {k} ended");
+    }
 }
 
 #[test]
-fn sigterm_leaves_etcd_first_so_peers_drop_the_node_at_once() {
-    let mut c = cluster_with(3, &["ShutdownGrace = 1"]);
+fn sigterm_under_load_leaves_etcd_first_and_delivers_what_was_answered() {
+    let mut c = cluster_with(3, &["ShutdownGrace = 3"]);
+    let mut load = start_load(&c.nodes);
     let (p0, p1) = (c.nodes[0].port, c.nodes[1].port);
     let system = unique("term");
     assert_eq!(register(p0, &system)["code"], 0);
     let c0 = c.nodes[0].ws(&system);
     let mut c1 = c.nodes[1].ws(&system);
-    let c2 = c.nodes[2].ws(&system);
+    let mut c2 = c.nodes[2].ws(&system);
     for ws in [&c0, &c1, &c2] {
         bind(p0, &system, ws, "room", "u", "");
     }
@@ -811,15 +899,23 @@ fn sigterm_leaves_etcd_first_so_peers_drop_the_node_at_once() {
 
     c.nodes[2].signal(libc::SIGTERM);
     let signalled = Instant::now();
-    // Its key is gone from etcd well before the 5 s lease TTL could have expired it.
-    while c.etcd.keys("/wsServers/").contains(&leaving_key) {
-        assert!(
-            signalled.elapsed() < Duration::from_secs(2),
-            "{leaving_key} still in etcd {:?} after SIGTERM (lease not revoked)",
-            signalled.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The drain closes the node's clients with 1001 only after its lease is revoked: by the
+    // time a client sees the close, etcd (a linearizable read) no longer has the key. Both
+    // come well before the 5 s lease TTL could have expired it.
+    assert_eq!(
+        c2.expect_end(Duration::from_secs(5), true),
+        Ended::Close(1001)
+    );
+    assert!(
+        !c.etcd.keys("/wsServers/").contains(&leaving_key),
+        "a client was closed while {leaving_key} was still in etcd (lease not revoked first)"
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "the drain closed clients {:?} after SIGTERM",
+        signalled.elapsed()
+    );
+    // The peers stop listing it as promptly.
     let live = sorted(&[&c0.client_id, &c1.client_id]);
     wait_online_list(
         p0,
@@ -847,14 +943,34 @@ fn sigterm_leaves_etcd_first_so_peers_drop_the_node_at_once() {
     let m = recv_skipping_presence(&mut c1);
     assert_eq!(m["messageId"], id, "{m}");
     drop(c0);
+
+    load_runs_past(&load, &[0, 1], Instant::now(), "the node exited");
+    let sent = load.stop();
+    let survivor = |s: &Sent| s.sender != 2;
+    load.assert_answered(&sent, "through a survivor", survivor);
+    // A draining node answers, then refuses: nothing ever waits for a deadline.
+    load.assert_latency(&sent, "through a survivor", no_wait(), survivor);
+    load.assert_answered(&sent, "through the node before SIGTERM", |s| {
+        s.sender == 2 && s.finished() < signalled
+    });
+    // Every push answered code 0 before SIGTERM reached its clients, those of the draining
+    // node included (before their close frame); the survivors' clients got every push
+    // answered code 0 at any time.
+    load.assert_delivered(&sent, IO_TIMEOUT, |s| s.finished() < signalled, |_| true);
+    load.assert_delivered(&sent, IO_TIMEOUT, |_| true, |k| load.clients[k].node != 2);
+    load.assert_in_order(|_| true);
+    for k in load.clients_on(2) {
+        assert_eq!(load.ended(k).map(|e| e.0), Some(Ended::Close(1001)));
+    }
 }
 
 #[test]
-fn a_node_that_stops_answering_costs_one_rpc_deadline_then_leaves_and_rejoins() {
+fn a_node_stopped_under_load_costs_one_rpc_deadline_then_leaves_and_rejoins() {
     // SIGSTOP: the paused node's sockets stay open and its links accept bytes, but nothing
     // answers, so only the RPC deadline keeps requests from hanging (a SIGKILLed node on
     // localhost is refused at once and does not exercise it).
     let mut c = cluster(3);
+    let mut load = start_load(&c.nodes);
     let system = unique("stop");
     assert_eq!(register(c.nodes[0].port, &system)["code"], 0);
     let (p0, p1) = (c.nodes[0].port, c.nodes[1].port);
@@ -908,13 +1024,57 @@ fn a_node_that_stops_answering_costs_one_rpc_deadline_then_leaves_and_rejoins() 
         std::thread::sleep(Duration::from_millis(100));
     }
     wait_online_list(p0, &system, "room", &live, paused, Duration::from_secs(8));
+    wait_online_list(p1, &system, "room", &live, paused, Duration::from_secs(8));
+    // The peers no longer route to it: the load runs on without waiting.
+    let dropped = Instant::now();
+    load_runs_past(&load, &[0, 1], dropped, "the peers dropped the paused node");
 
     // Resumed, it finds its lease gone and registers again by itself: the three converge.
     c.nodes[2].signal(libc::SIGCONT);
+    let resumed = Instant::now();
     converge(&c.nodes);
+    let healed = Instant::now();
     assert!(c.etcd.keys("/wsServers/").contains(&paused_key));
     c.nodes[2].assert_alive();
     drop(c2);
+
+    load_runs_past(&load, &[0, 1, 2], healed, "the node rejoined");
+    let sent = load.stop();
+    let survivor = |s: &Sent| s.sender != 2;
+    // Through the two others: every request answered code 0, none held past its deadline
+    // while the node was paused, and none waiting at all once the peers had dropped it (the
+    // pause ends before `resumed`, the peers dropped it before `dropped`).
+    load.assert_answered(&sent, "through a running node", survivor);
+    load.assert_latency(&sent, "through a running node", prompt(), survivor);
+    load.assert_latency(
+        &sent,
+        "through a running node before the pause",
+        no_wait(),
+        |s| survivor(s) && s.finished() < paused,
+    );
+    load.assert_latency(
+        &sent,
+        "through a running node once it was dropped",
+        no_wait(),
+        |s| survivor(s) && s.started >= dropped && s.finished() < resumed,
+    );
+    // Once rejoined, the node serves again: through it, and to its clients from everywhere.
+    load.assert_answered(&sent, "through the rejoined node", |s| {
+        s.sender == 2 && s.started >= healed
+    });
+    load.assert_latency(&sent, "after the rejoin", no_wait(), |s| {
+        s.started >= healed
+    });
+    // Pushes answered code 0 to the running nodes' clients all arrived, in order, once; the
+    // paused node's clients got everything answered after it rejoined (what was sent to them
+    // while it was paused may be lost: its peers answered code 0 without it).
+    let on_running = |k: usize| load.clients[k].node != 2;
+    load.assert_delivered(&sent, IO_TIMEOUT, |_| true, on_running);
+    load.assert_in_order(on_running);
+    load.assert_delivered(&sent, IO_TIMEOUT, |s| s.started >= healed, |_| true);
+    for k in 0..load.clients.len() {
+        assert_eq!(load.ended(k), None, "load client {k} ended");
+    }
 }
 
 /// Bytes a hostile or broken peer might send on RPCPort. Each must close that link only.
@@ -935,28 +1095,47 @@ fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 #[test]
-fn garbage_on_the_node_port_closes_that_link_and_the_node_lives() {
+fn garbage_on_the_node_port_under_load_closes_that_link_and_the_node_lives() {
     use std::io::{Read, Write};
-    let etcd = Etcd::start();
-    let mut nodes = Node::start_many(&etcd, 2, &[]);
-    converge(&nodes);
-    for (what, bytes) in hostile_inputs() {
-        let mut link = std::net::TcpStream::connect(("127.0.0.1", nodes[0].rpc_port)).unwrap();
-        link.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        link.write_all(&bytes).unwrap();
-        // The node answers nothing and closes the link (EOF or reset), within the timeout.
-        let mut buf = [0u8; 64];
-        match link.read(&mut buf) {
-            Ok(0) => {}
-            Err(e)
-                if e.kind() != std::io::ErrorKind::WouldBlock
-                    && e.kind() != std::io::ErrorKind::TimedOut => {}
-            other => panic!("{what}: the link should have been closed, got {other:?}"),
+    let mut c = cluster(2);
+    let nodes = &mut c.nodes;
+    // The hostile links land on the same cores as the peers' real links (SO_REUSEPORT spreads
+    // them), so the load checks that closing one link leaves its neighbours alone.
+    let mut load = start_load(nodes);
+    for round in 0..3 {
+        for (target, node) in nodes.iter_mut().enumerate() {
+            for (what, bytes) in hostile_inputs() {
+                let rpc_port = node.rpc_port;
+                let mut link = std::net::TcpStream::connect(("127.0.0.1", rpc_port)).unwrap();
+                link.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                link.write_all(&bytes).unwrap();
+                // The node answers nothing and closes the link (EOF or reset), within the
+                // timeout.
+                let mut buf = [0u8; 64];
+                match link.read(&mut buf) {
+                    Ok(0) => {}
+                    Err(e)
+                        if e.kind() != std::io::ErrorKind::WouldBlock
+                            && e.kind() != std::io::ErrorKind::TimedOut => {}
+                    other => panic!(
+                        "{what} (round {round}, node {target}): the link should have been \
+                         closed, got {other:?}"
+                    ),
+                }
+                node.assert_alive();
+            }
         }
-        nodes[0].assert_alive();
     }
     // Both nodes still serve, and still reach each other over their own links.
-    converge(&nodes);
+    converge(nodes.iter());
     nodes[0].assert_serves();
     nodes[1].assert_serves();
+    // The load never noticed: every request answered code 0 without waiting for a deadline,
+    // every push delivered in order, once.
+    load_runs_past(&load, &[0, 1], Instant::now(), "the garbage");
+    let sent = load.stop();
+    load.assert_answered(&sent, "while peers sent garbage", |_| true);
+    load.assert_latency(&sent, "while peers sent garbage", no_wait(), |_| true);
+    load.assert_delivered(&sent, IO_TIMEOUT, |_| true, |_| true);
+    load.assert_in_order(|_| true);
 }

@@ -194,3 +194,44 @@ pub async fn close(shard: &Rc<Shard>, system: Arc<str>, client_id: &str) -> Resu
     )
     .await
 }
+
+/// is_online: connected (and not being closed) on whichever node owns it. An id that does not
+/// open, belongs to another system, or whose node does not answer in time is offline.
+pub async fn is_online(shard: &Rc<Shard>, system: Arc<str>, client_id: &str) -> bool {
+    let s = system.to_string();
+    on_client(
+        shard,
+        client_id,
+        |slot, generation| Op::IsOnline {
+            slot,
+            generation,
+            system,
+        },
+        |target| RemoteOp::IsOnline { target, system: s },
+    )
+    .await
+    .unwrap_or(false)
+}
+
+/// unbind_from_group on the client's own core ([`Shard::unbind_from_group`]). True when it was
+/// a member and left.
+pub async fn unbind(shard: &Rc<Shard>, system: Arc<str>, client_id: &str, group: Arc<str>) -> bool {
+    let (s, g) = (system.to_string(), group.to_string());
+    on_client(
+        shard,
+        client_id,
+        |slot, generation| Op::Unbind {
+            slot,
+            generation,
+            system,
+            group,
+        },
+        |target| RemoteOp::Unbind {
+            target,
+            system: s,
+            group: g,
+        },
+    )
+    .await
+    .unwrap_or(false)
+}

@@ -8,17 +8,20 @@ pub mod dispatch;
 pub mod error;
 pub mod request;
 
+use crate::auth;
 use crate::net::http::{Head, Method};
 use crate::shard::Shard;
+use crate::shard::{system::check_webhook_url, SystemInfo};
 use crate::ws::message;
 use error::{ApiError, Data};
 use request::{
-    decode, required, Bind, ByClient, ByGroup, Push, PushToClients, Register, SendToGroup,
+    decode, required, Bind, ByClient, ByGroup, NoFields, Push, PushFields, PushToClients, Register,
+    SendToGroup, SendToUser, Unbind,
 };
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// The routes of the original, one per line.
+/// The routes of the original, one per line, then wspush's own (issue 7, docs/api-extensions.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Register,
@@ -28,6 +31,12 @@ pub enum Route {
     BindToGroup,
     GetOnlineList,
     CloseClient,
+    IsOnline,
+    SendToSystem,
+    UnbindFromGroup,
+    SendToUser,
+    GetGroupPresence,
+    GetSystemStats,
 }
 
 /// The URL table.
@@ -40,6 +49,12 @@ pub fn route(path: &str) -> Option<Route> {
         "/api/bind_to_group" => Route::BindToGroup,
         "/api/get_online_list" => Route::GetOnlineList,
         "/api/close_client" => Route::CloseClient,
+        "/api/is_online" => Route::IsOnline,
+        "/api/send_to_system" => Route::SendToSystem,
+        "/api/unbind_from_group" => Route::UnbindFromGroup,
+        "/api/send_to_user" => Route::SendToUser,
+        "/api/get_group_presence" => Route::GetGroupPresence,
+        "/api/get_system_stats" => Route::GetSystemStats,
         _ => return None,
     })
 }
@@ -51,13 +66,25 @@ pub async fn handle(
     head: &Head,
     body: &[u8],
 ) -> Result<Data, ApiError> {
+    // Issue 7's ApiKey, when configured, comes first: a caller without it learns nothing, not
+    // even which methods or systems exist.
+    if !shard.config.api_key.is_empty() {
+        if let Err(e) = auth::check_api_key(&shard.config.api_key, head.authorization.as_deref()) {
+            tracing::info!(core = shard.id, ?route, error = %e, "API request refused: ApiKey");
+            return Err(ApiError::Forbidden(e.to_string()));
+        }
+    }
     if head.method != Some(Method::Post) {
         return Err(ApiError::MethodNotAllowed);
     }
     if route == Route::Register {
         let req: Register = decode(body)?;
         let system = required("systemId", req.system_id)?;
-        return match shard.register(Arc::from(&*system)).await {
+        // An empty webhookUrl is "none" (SDKs send "" for unset options); an empty secret is an
+        // error instead, since its sender believes the system is protected.
+        let webhook_url = req.webhook_url.as_deref().filter(|u| !u.is_empty());
+        let info = register_options(req.secret.as_deref(), webhook_url)?;
+        return match shard.register(Arc::from(&*system), Arc::new(info)).await {
             Ok(true) => Ok(Data::EmptyList),
             Ok(false) => Err(ApiError::AlreadyRegistered(system.into_owned())),
             Err(e) => Err(ApiError::Etcd(e)),
@@ -68,10 +95,17 @@ pub async fn handle(
         Some(s) if !s.is_empty() => s,
         _ => return Err(ApiError::MissingSystemId),
     };
-    match shard.is_registered(system).await {
-        Ok(true) => {}
-        Ok(false) => return Err(ApiError::UnknownSystem(system.to_string())),
+    let info = match shard.lookup_system(system).await {
+        Ok(Some(info)) => info,
+        Ok(None) => return Err(ApiError::UnknownSystem(system.to_string())),
         Err(e) => return Err(ApiError::Etcd(e)),
+    };
+    // A system with a secret signs its calls: the body as received, before anything reads it.
+    if let Some(secret) = &info.secret {
+        if let Err(e) = auth::verify_signature(secret, body, head.signature.as_deref()) {
+            tracing::info!(core = shard.id, ?route, system, error = %e, "API request refused: signature");
+            return Err(ApiError::Unauthorized(e.to_string()));
+        }
     }
     let system: Arc<str> = Arc::from(system);
     match route {
@@ -145,7 +179,69 @@ pub async fn handle(
                 .map_err(ApiError::Limit)?;
             Ok(Data::EmptyObject)
         }
+        Route::IsOnline => {
+            let req: ByClient = decode(body)?;
+            let client_id = required("clientId", req.client_id)?;
+            let online = dispatch::is_online(shard, system, &client_id).await;
+            Ok(Data::Online(online))
+        }
+        Route::SendToSystem => {
+            let req: PushFields = decode(body)?;
+            let message_id = shard.message_id();
+            let frame = req.frame(&message_id);
+            shard.push_system(system, frame).await;
+            Ok(Data::MessageId(message_id))
+        }
+        Route::UnbindFromGroup => {
+            let req: Unbind = decode(body)?;
+            let client_id = required("clientId", req.client_id)?;
+            let group = required("groupName", req.group_name)?;
+            // Like bind_to_group, an unknown client (or one not in the group) is not an error:
+            // afterwards it is not a member either way.
+            dispatch::unbind(shard, system, &client_id, Arc::from(&*group)).await;
+            Ok(Data::EmptyList)
+        }
+        Route::SendToUser => {
+            let req: SendToUser = decode(body)?;
+            let user_id = required("userId", req.user_id)?;
+            let message_id = shard.message_id();
+            let frame = req.fields.frame(&message_id);
+            let count = shard.push_user(system, Arc::from(&*user_id), frame).await;
+            Ok(Data::MessageCount(message_id, count))
+        }
+        Route::GetGroupPresence => {
+            let req: ByGroup = decode(body)?;
+            let group = required("groupName", req.group_name)?;
+            let list = shard.group_presence(system, Arc::from(&*group)).await;
+            Ok(Data::Presence(list))
+        }
+        Route::GetSystemStats => {
+            let _: NoFields = decode(body)?;
+            Ok(Data::Stats(shard.system_stats(system).await))
+        }
     }
+}
+
+/// The options `register` may attach (issue 7), validated. Absent fields are the original's
+/// behaviour: no secret, no webhook.
+fn register_options(
+    secret: Option<&str>,
+    webhook_url: Option<&str>,
+) -> Result<SystemInfo, ApiError> {
+    let field = |field: &str, problem: String| ApiError::Field {
+        field: field.into(),
+        problem,
+    };
+    if let Some(secret) = secret {
+        auth::check_secret(secret).map_err(|p| field("secret", p))?;
+    }
+    if let Some(url) = webhook_url {
+        check_webhook_url(url).map_err(|p| field("webhookUrl", p))?;
+    }
+    Ok(SystemInfo {
+        secret: secret.map(str::to_string),
+        webhook_url: webhook_url.map(str::to_string),
+    })
 }
 
 impl request::PushFields<'_> {

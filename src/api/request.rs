@@ -68,12 +68,19 @@ macro_rules! push_request {
 push_request!(Push { client_id: Option<Cow<'a, str>> => "clientId" });
 push_request!(PushToClients { client_ids: Option<Vec<Cow<'a, str>>> => "clientIds" });
 push_request!(SendToGroup { group_name: Option<Cow<'a, str>> => "groupName" });
+push_request!(SendToUser { user_id: Option<Cow<'a, str>> => "userId" });
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Register<'a> {
     #[serde(default, borrow)]
     pub system_id: Option<Cow<'a, str>>,
+    /// Issue 7: signs the system's API calls and connect tokens (see `docs/auth.md`).
+    #[serde(default, borrow)]
+    pub secret: Option<Cow<'a, str>>,
+    /// Issue 7: where this system's connection events are POSTed.
+    #[serde(default, borrow)]
+    pub webhook_url: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +94,40 @@ pub struct Bind<'a> {
     pub user_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub extend: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unbind<'a> {
+    #[serde(default, borrow)]
+    pub client_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub group_name: Option<Cow<'a, str>>,
+}
+
+/// The body of a route without fields (`{}`): still a JSON object, as everywhere else; any
+/// fields it has are ignored. (A derived empty struct would also take `[]`.)
+pub struct NoFields;
+
+impl<'de> Deserialize<'de> for NoFields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = NoFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<NoFields, A::Error> {
+                use serde::de::IgnoredAny;
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(NoFields)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -159,6 +200,23 @@ mod tests {
         assert_eq!(p.fields.data.unwrap().get(), "null");
         let p: Push = decode(br#"{"clientId":"c"}"#).unwrap();
         assert!(p.fields.data.is_none());
+    }
+
+    #[test]
+    fn no_fields_takes_any_object_and_only_an_object() {
+        assert!(decode::<NoFields>(b"{}").is_ok());
+        assert!(decode::<NoFields>(br#"{"a":[1,{"b":null}],"c":"d"}"#).is_ok());
+        for bad in [&b"[]"[..], b"5", b"\"x\"", b"null"] {
+            assert!(
+                matches!(decode::<NoFields>(bad), Err(ApiError::Field { .. })),
+                "{:?}",
+                std::str::from_utf8(bad)
+            );
+        }
+        assert!(matches!(decode::<NoFields>(b""), Err(ApiError::BadJson(_))));
+        let u: SendToUser = decode(br#"{"userId":"u","code":2,"data":[1]}"#).unwrap();
+        assert_eq!(u.user_id.as_deref(), Some("u"));
+        assert_eq!(u.fields.data.unwrap().get(), "[1]");
     }
 
     #[test]

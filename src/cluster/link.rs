@@ -151,6 +151,8 @@ pub struct Link {
     next_id: Cell<u64>,
     /// Bumped on every (re)connect, so a dying connection's tasks cannot tear down its successor.
     epoch: Cell<u64>,
+    /// Calls, failures, reconnects and round trip, for `/metrics`.
+    pub stats: crate::ops::metrics::LinkStats,
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -169,7 +171,13 @@ impl Link {
             pending: Rc::default(),
             next_id: Cell::new(0),
             epoch: Cell::new(0),
+            stats: Default::default(),
         })
+    }
+
+    /// Whether the link's connection is up now.
+    pub fn is_up(&self) -> bool {
+        matches!(*self.state.borrow(), State::Up { .. })
     }
 
     /// Runs `op` on the peer and returns its answer, within the link's deadline.
@@ -248,6 +256,7 @@ impl Link {
             outbox: outbox.clone(),
         };
         tracing::debug!(peer = %self.addr, core = self.core, "node link up");
+        self.stats.connected();
 
         let link = self.clone();
         let reader_stream = stream.clone();
@@ -296,7 +305,9 @@ impl Link {
             Some(e) => {
                 tracing::warn!(peer = %self.addr, core = self.core, error = %e, "node link lost")
             }
-            None => tracing::info!(peer = %self.addr, core = self.core, "node link closed by peer"),
+            None => {
+                tracing::debug!(peer = %self.addr, core = self.core, "node link closed by peer")
+            }
         }
     }
 

@@ -11,7 +11,9 @@
 //!   its lease expires, i.e. within the TTL; a node that leaves gracefully revokes its lease and
 //!   disappears at once.
 //! - `ws/account/<systemId>` = `{"systemId":"...","registerTime":<unix secs>}`: registered systems,
-//!   created atomically (a transaction "create only if absent").
+//!   created atomically (a transaction "create only if absent"). wspush adds `"secret"` and
+//!   `"webhookUrl"` when the system was registered with them (issue 7); a value without them, as
+//!   the original writes it, or one that is not JSON at all, is a system without a secret.
 //!
 //! The thread's life: connect -> grant lease -> put our key -> keep-alive -> read both prefixes at one
 //! revision -> notify `Peers`, `SystemsAdded`, `EtcdConnected(true)` -> watch both prefixes from the
@@ -24,9 +26,12 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::net::SocketAddrV4;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ops::metrics::{self, EtcdCounters};
+use crate::shard::SystemInfo;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
     LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
@@ -52,9 +57,10 @@ pub enum ToCores {
     /// The complete current set of OTHER nodes (`/wsServers/<host:port>` keys minus our own), sent
     /// after every change and after every (re)connect. Sorted, without duplicates.
     Peers(Vec<SocketAddrV4>),
-    /// Systems registered in etcd (`ws/account/<systemId>`): the full list once after each
-    /// (re)connect, then each new one as it appears in the watch.
-    SystemsAdded(Vec<String>),
+    /// Systems registered in etcd (`ws/account/<systemId>`) with the options read from their
+    /// values: the full list once after each (re)connect, then each one put as it appears in the
+    /// watch.
+    SystemsAdded(Vec<(String, Arc<SystemInfo>)>),
     /// Whether membership is established (connected, lease granted, our key put). false as soon as
     /// etcd is lost.
     EtcdConnected(bool),
@@ -73,15 +79,17 @@ pub enum EtcdRequest {
     /// (compare CreateRevision == 0, then put; value JSON `{"systemId":"...","registerTime":<unix
     /// secs>}` like the original). Ok(true) created, Ok(false) already existed, Err(msg) when etcd
     /// cannot be reached/answer within the request deadline (msg says etcd is unreachable).
+    /// The value carries `info`'s secret and webhook URL when set.
     Register {
         system: String,
+        info: SystemInfo,
         reply: oneshot::Sender<Result<bool, String>>,
     },
-    /// Is `ws/account/<systemId>` in etcd right now? (fallback for a request racing the watch).
-    /// Ok(bool) or Err(msg).
+    /// Is `ws/account/<systemId>` in etcd right now, and with which options? (fallback for a
+    /// request racing the watch). Ok(None) when absent, or Err(msg).
     IsRegistered {
         system: String,
-        reply: oneshot::Sender<Result<bool, String>>,
+        reply: oneshot::Sender<Result<Option<SystemInfo>, String>>,
     },
     /// Graceful leave: revoke our lease (so peers drop us at once), then reply and stop the thread.
     Shutdown { reply: oneshot::Sender<()> },
@@ -173,18 +181,68 @@ pub fn parse_server_key(key: &str, value: &[u8]) -> Option<SocketAddrV4> {
 struct AccountInfo<'a> {
     system_id: &'a str,
     register_time: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_url: Option<&'a str>,
 }
 
-/// The value stored under `ws/account/<systemId>`, as the original wrote it:
-/// `{"systemId":"...","registerTime":<unix secs>}`.
-pub fn account_json(system: &str, register_time: i64) -> String {
+/// The value stored under `ws/account/<systemId>`: the original's
+/// `{"systemId":"...","registerTime":<unix secs>}`, plus `"secret"` and `"webhookUrl"` only when
+/// set, so a system without them reads exactly as the original wrote it.
+pub fn account_json(system: &str, register_time: i64, info: &SystemInfo) -> String {
     match serde_json::to_string(&AccountInfo {
         system_id: system,
         register_time,
+        secret: info.secret.as_deref(),
+        webhook_url: info.webhook_url.as_deref(),
     }) {
         Ok(s) => s,
-        // Not reachable for a &str and an i64; kept panic-free anyway.
+        // Not reachable for strings and an i64; kept panic-free anyway.
         Err(_) => format!("{{\"systemId\":\"\",\"registerTime\":{register_time}}}"),
+    }
+}
+
+/// A system's options read from its `ws/account/<systemId>` value, leniently: the original's
+/// values (no secret), values that are not JSON objects, and empty strings all mean "no secret"
+/// rather than "no system", since the key alone registers it. A `secret` that is not a string
+/// (an operator's `"secret": 12345`) is taken as its JSON text, not ignored: dropping it would
+/// open a system its operator meant to close. An invalid `webhookUrl` is dropped with a warning.
+pub fn parse_account(system: &str, value: &[u8]) -> SystemInfo {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(value)
+    else {
+        tracing::debug!(
+            system,
+            "account value is not a JSON object: a system without a secret"
+        );
+        return SystemInfo::default();
+    };
+    let secret = match map.get("secret") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()).filter(|s| !s.is_empty()),
+        Some(other) => {
+            tracing::warn!(
+                system,
+                "account secret is not a JSON string: using its JSON text"
+            );
+            Some(other.to_string())
+        }
+    };
+    let webhook_url = match map.get("webhookUrl") {
+        Some(serde_json::Value::String(url)) if !url.is_empty() => {
+            match crate::shard::system::check_webhook_url(url) {
+                Ok(()) => Some(url.clone()),
+                Err(why) => {
+                    tracing::warn!(system, url, why, "account webhookUrl ignored");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    SystemInfo {
+        secret,
+        webhook_url,
     }
 }
 
@@ -365,15 +423,20 @@ fn serve(cfg: &MembershipConfig, shared: &Rc<RefCell<Shared>>, req: EtcdRequest)
     };
     let timeout = cfg.request_timeout;
     match req {
-        EtcdRequest::Register { system, reply } => match client {
+        EtcdRequest::Register {
+            system,
+            info,
+            reply,
+        } => match client {
             Err(e) => {
                 let _ = reply.send(Err(e));
             }
             Ok(client) => {
                 tokio::spawn(async move {
-                    let r = register(client, &system, timeout).await;
+                    let r = register(client, &system, &info, timeout).await;
                     match &r {
-                        Ok(true) => tracing::info!(system, "system registered in etcd"),
+                        // The core that asked logs the registration at info, once.
+                        Ok(true) => tracing::debug!(system, "system registered in etcd"),
                         Ok(false) => tracing::debug!(system, "system already registered"),
                         Err(e) => tracing::warn!(system, error = %e, "register failed"),
                     }
@@ -402,11 +465,20 @@ fn serve(cfg: &MembershipConfig, shared: &Rc<RefCell<Shared>>, req: EtcdRequest)
     }
 }
 
-async fn register(mut client: Client, system: &str, timeout: Duration) -> Result<bool, String> {
+async fn register(
+    mut client: Client,
+    system: &str,
+    info: &SystemInfo,
+    timeout: Duration,
+) -> Result<bool, String> {
     let key = account_key(system);
     let txn = Txn::new()
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(key, account_json(system, unix_now()), None)]);
+        .and_then([TxnOp::put(
+            key,
+            account_json(system, unix_now(), info),
+            None,
+        )]);
     with_deadline(timeout, "register", client.txn(txn))
         .await
         .map(|resp| resp.succeeded())
@@ -417,16 +489,15 @@ async fn is_registered(
     mut client: Client,
     system: &str,
     timeout: Duration,
-) -> Result<bool, String> {
-    let opts = GetOptions::new().with_count_only();
-    with_deadline(
-        timeout,
-        "lookup",
-        client.get(account_key(system), Some(opts)),
-    )
-    .await
-    .map(|resp| resp.count() > 0)
-    .map_err(|e| unreachable_msg(&e))
+) -> Result<Option<SystemInfo>, String> {
+    with_deadline(timeout, "lookup", client.get(account_key(system), None))
+        .await
+        .map(|resp| {
+            resp.kvs()
+                .first()
+                .map(|kv| parse_account(system, kv.value()))
+        })
+        .map_err(|e| unreachable_msg(&e))
 }
 
 /// Runs an etcd call under a deadline; the error says what failed.
@@ -482,6 +553,8 @@ async fn drive(
                     s.connected = true;
                     s.last_error.clear();
                 }
+                metrics::ETCD.connected.store(1, Ordering::Relaxed);
+                EtcdCounters::bump(&metrics::ETCD.sessions);
                 notifier.notify(ToCores::EtcdConnected(true));
                 match outage.take() {
                     Some(o) if ever_connected => tracing::info!(
@@ -506,6 +579,7 @@ async fn drive(
                     s.connected = false;
                     s.last_error.clone_from(&reason);
                 }
+                metrics::ETCD.connected.store(0, Ordering::Relaxed);
                 notifier.notify(ToCores::EtcdConnected(false));
                 tracing::warn!(
                     error = %reason,
@@ -523,6 +597,7 @@ async fn drive(
             }
             Err(e) => {
                 shared.borrow_mut().last_error.clone_from(&e);
+                EtcdCounters::bump(&metrics::ETCD.connect_failures);
                 let now = Instant::now();
                 match &mut outage {
                     None => {
@@ -560,7 +635,7 @@ async fn drive(
 /// What was read right after (re)connecting, at one revision.
 struct Snapshot {
     servers: Vec<(String, Vec<u8>)>,
-    systems: Vec<String>,
+    systems: Vec<(String, Arc<SystemInfo>)>,
 }
 
 /// A live membership: the lease keep-alive and the watch on both prefixes.
@@ -666,7 +741,7 @@ async fn establish(
             let key = String::from_utf8_lossy(kv.key());
             key.strip_prefix(ACCOUNT_PREFIX)
                 .filter(|s| !s.is_empty())
-                .map(str::to_string)
+                .map(|s| (s.to_string(), Arc::new(parse_account(s, kv.value()))))
         })
         .collect();
 
@@ -700,6 +775,12 @@ async fn establish(
     ))
 }
 
+/// Counts a session lost to its lease keep-alive (for `/metrics`) and passes the reason on.
+fn keepalive_failed(reason: String) -> String {
+    EtcdCounters::bump(&metrics::ETCD.keepalive_failures);
+    reason
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -731,18 +812,25 @@ impl Session {
                     }
                     match tokio::time::timeout(t, self.keeper.keep_alive()).await {
                         Ok(Ok(())) => {}
-                        Ok(Err(e)) => return format!("lease keep-alive: {e}"),
-                        Err(_) => return format!("lease keep-alive: could not send within {t:?}"),
+                        Ok(Err(e)) => {
+                            return keepalive_failed(format!("lease keep-alive: {e}"));
+                        }
+                        Err(_) => {
+                            let why = format!("lease keep-alive: could not send within {t:?}");
+                            return keepalive_failed(why);
+                        }
                     }
                 }
                 () = sleep_until_opt(answer_by) => {
-                    return format!("lease keep-alive: no answer within {t:?}");
+                    return keepalive_failed(format!("lease keep-alive: no answer within {t:?}"));
                 }
                 msg = self.keep_alive.message() => match msg {
                     Ok(Some(resp)) if resp.ttl() > 0 => answer_by = None,
-                    Ok(Some(_)) => return "lease expired".to_string(),
-                    Ok(None) => return "lease keep-alive stream closed".to_string(),
-                    Err(e) => return format!("lease keep-alive: {e}"),
+                    Ok(Some(_)) => return keepalive_failed("lease expired".to_string()),
+                    Ok(None) => {
+                        return keepalive_failed("lease keep-alive stream closed".to_string());
+                    }
+                    Err(e) => return keepalive_failed(format!("lease keep-alive: {e}")),
                 },
                 msg = self.watch.message() => match msg {
                     Ok(Some(resp)) => {
@@ -778,11 +866,13 @@ fn apply_watch(
                 EventType::Delete => table.remove(&key),
             }
         } else if let Some(system) = key.strip_prefix(ACCOUNT_PREFIX) {
-            if ev.event_type() == EventType::Put
-                && !system.is_empty()
-                && !systems.iter().any(|s| s == system)
-            {
-                systems.push(system.to_string());
+            if ev.event_type() == EventType::Put && !system.is_empty() {
+                // A later put of the same key in one response wins (etcd orders events).
+                let info = Arc::new(parse_account(system, kv.value()));
+                match systems.iter_mut().find(|(s, _)| s == system) {
+                    Some(entry) => entry.1 = info,
+                    None => systems.push((system.to_string(), info)),
+                }
             }
         }
     }
@@ -871,13 +961,51 @@ mod tests {
 
     #[test]
     fn account_json_matches_the_original() {
+        let none = SystemInfo::default();
         assert_eq!(
-            account_json("sys1", 1_700_000_000),
+            account_json("sys1", 1_700_000_000, &none),
             r#"{"systemId":"sys1","registerTime":1700000000}"#
         );
-        let v: serde_json::Value = serde_json::from_str(&account_json("a\"b", 1)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&account_json("a\"b", 1, &none)).unwrap();
         assert_eq!(v["systemId"], "a\"b");
         assert_eq!(v["registerTime"], 1);
+    }
+
+    #[test]
+    fn account_values_carry_options_and_parse_leniently() {
+        let info = SystemInfo {
+            secret: Some("s3cr3t-\"quoted\"-0123".into()),
+            webhook_url: Some("http://127.0.0.1:9000/hook".into()),
+        };
+        let json = account_json("sys1", 5, &info);
+        assert_eq!(parse_account("sys1", json.as_bytes()), info);
+        // The original's value, a non-JSON one, and odd shapes: no secret, still a system.
+        for value in [
+            br#"{"systemId":"sys1","registerTime":1700000000}"#.as_slice(),
+            b"garbage",
+            b"",
+            b"[1,2]",
+            br#"{"secret":"","webhookUrl":""}"#,
+            br#"{"secret":null}"#,
+        ] {
+            assert_eq!(
+                parse_account("sys1", value),
+                SystemInfo::default(),
+                "{value:?}"
+            );
+        }
+        // A secret an operator wrote as a number still closes the system.
+        assert_eq!(
+            parse_account("sys1", br#"{"secret":12345678901234567}"#).secret,
+            Some("12345678901234567".into())
+        );
+        // An unusable webhook URL is dropped; the secret stays.
+        let odd = parse_account(
+            "sys1",
+            br#"{"secret":"abcdefghijklmnop","webhookUrl":"ftp://x"}"#,
+        );
+        assert_eq!(odd.secret.as_deref(), Some("abcdefghijklmnop"));
+        assert_eq!(odd.webhook_url, None);
     }
 
     #[test]
@@ -1005,10 +1133,10 @@ mod tests {
         }
     }
 
-    fn ask(
+    fn ask<T>(
         m: &Membership,
-        make: impl FnOnce(oneshot::Sender<Result<bool, String>>) -> EtcdRequest,
-    ) -> Result<bool, String> {
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> EtcdRequest,
+    ) -> Result<T, String> {
         let (tx, rx) = oneshot::channel();
         m.send(make(tx));
         rx.blocking_recv()
@@ -1018,6 +1146,7 @@ mod tests {
     fn register(m: &Membership, system: &str) -> Result<bool, String> {
         ask(m, |reply| EtcdRequest::Register {
             system: system.to_string(),
+            info: SystemInfo::default(),
             reply,
         })
     }
@@ -1027,6 +1156,11 @@ mod tests {
             system: system.to_string(),
             reply,
         })
+        .map(|info| info.is_some())
+    }
+
+    fn has_system(m: &ToCores, name: &str) -> bool {
+        matches!(m, ToCores::SystemsAdded(s) if s.iter().any(|(s, _)| s == name))
     }
 
     fn shutdown(m: &Membership) {
@@ -1102,8 +1236,7 @@ mod tests {
         assert_eq!(register(&a, "sysX"), Ok(true));
         assert_eq!(register(&b, "sysX"), Ok(false));
         assert_eq!(register(&a, "sysX"), Ok(false));
-        let sys_x =
-            |m: &ToCores| matches!(m, ToCores::SystemsAdded(s) if s.iter().any(|s| s == "sysX"));
+        let sys_x = |m: &ToCores| has_system(m, "sysX");
         wait_for(&b_rx, long, "B learns sysX", &mut seen_b, sys_x);
         wait_for(&a_rx, long, "A learns sysX", &mut seen_a, sys_x);
         assert_eq!(is_registered(&b, "sysX"), Ok(true));
@@ -1141,9 +1274,7 @@ mod tests {
             *m == ToCores::EtcdConnected(true)
         });
         assert!(
-            seen_c
-                .iter()
-                .any(|m| matches!(m, ToCores::SystemsAdded(s) if s.iter().any(|s| s == "sysX"))),
+            seen_c.iter().any(|m| has_system(m, "sysX")),
             "C got the full system list on connect: {seen_c:?}"
         );
 
@@ -1220,9 +1351,7 @@ mod tests {
             |m| *m == ToCores::EtcdConnected(true),
         );
         assert!(
-            during
-                .iter()
-                .any(|m| matches!(m, ToCores::SystemsAdded(s) if s.iter().any(|s| s == "sysX"))),
+            during.iter().any(|m| has_system(m, "sysX")),
             "full system list re-sent: {during:?}"
         );
         assert!(
@@ -1241,7 +1370,7 @@ mod tests {
         });
         assert_eq!(register(&c, "sysZ"), Ok(true));
         wait_for(&a_rx, long, "A learns sysZ", &mut during, |m| {
-            *m == ToCores::SystemsAdded(vec!["sysZ".to_string()])
+            *m == ToCores::SystemsAdded(vec![("sysZ".to_string(), Arc::default())])
         });
 
         shutdown(&c);

@@ -9,6 +9,7 @@ pub mod link;
 pub mod membership;
 pub mod proto;
 
+use crate::shard::SystemInfo;
 use link::{Link, LinkError};
 use membership::{EtcdRequest, Membership};
 use proto::{RemoteOp, RemoteReply};
@@ -75,22 +76,37 @@ impl Cluster {
     pub async fn call(&self, addr: SocketAddrV4, op: RemoteOp) -> Result<RemoteReply, LinkError> {
         let link = self.links.borrow().get(&addr).cloned();
         match link {
-            Some(link) => link.call(op).await,
+            Some(link) => {
+                let started = std::time::Instant::now();
+                let answer = link.call(op).await;
+                link.stats.call_done(answer.is_ok(), started.elapsed());
+                answer
+            }
             None => Err(LinkError::Unreachable(addr)),
         }
     }
 
-    /// Registers a system in etcd (atomic create). Ok(false): it already existed.
-    pub async fn register(&self, system: &str) -> Result<bool, String> {
+    /// This core's links, for `/metrics` and the status page.
+    pub fn link_stats(&self) -> Vec<crate::ops::metrics::LinkSnapshot> {
+        (self.links.borrow().values())
+            .map(|link| link.stats.snapshot(link.addr, link.is_up()))
+            .collect()
+    }
+
+    /// Registers a system in etcd (atomic create), with its options in the value.
+    /// Ok(false): it already existed.
+    pub async fn register(&self, system: &str, info: &SystemInfo) -> Result<bool, String> {
         self.ask(|reply| EtcdRequest::Register {
             system: system.to_string(),
+            info: info.clone(),
             reply,
         })
         .await
     }
 
-    /// Asks etcd whether a system is registered (for a request that raced the watch).
-    pub async fn is_registered(&self, system: &str) -> Result<bool, String> {
+    /// Asks etcd whether a system is registered, and with which options (for a request that
+    /// raced the watch). Ok(None): not registered.
+    pub async fn lookup_system(&self, system: &str) -> Result<Option<SystemInfo>, String> {
         self.ask(|reply| EtcdRequest::IsRegistered {
             system: system.to_string(),
             reply,
@@ -98,10 +114,10 @@ impl Cluster {
         .await
     }
 
-    async fn ask(
+    async fn ask<T>(
         &self,
-        make: impl FnOnce(tokio::sync::oneshot::Sender<Result<bool, String>>) -> EtcdRequest,
-    ) -> Result<bool, String> {
+        make: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, String>>) -> EtcdRequest,
+    ) -> Result<T, String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.membership.send(make(tx));
         // The etcd thread answers every request within its own deadline; this one only guards

@@ -9,7 +9,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 /// Bumped whenever [`Frame`] changes shape; a peer speaking another version is refused.
-pub const PROTO_VERSION: u16 = 2;
+pub const PROTO_VERSION: u16 = 3;
 /// Largest frame accepted (a send_to_clients of many ids with a large `data` fits easily).
 pub const MAX_FRAME: usize = 16 << 20;
 const PREFIX: usize = 4 + 2;
@@ -50,6 +50,50 @@ pub enum RemoteOp {
     OnlineList { system: String, group: String },
     /// close_client of a client of the receiver.
     Close { target: Target, system: String },
+    /// is_online of a client of the receiver.
+    IsOnline { target: Target, system: String },
+    /// Queue `frame` to every client of `system` on the receiver.
+    SystemPush { system: String, frame: Vec<u8> },
+    /// unbind_from_group of a client of the receiver; it announces 1003 cluster-wide.
+    Unbind {
+        target: Target,
+        system: String,
+        group: String,
+    },
+    /// Queue `frame` to every connection of `system` on the receiver bound with `user_id`.
+    UserPush {
+        system: String,
+        user_id: String,
+        frame: Vec<u8>,
+    },
+    /// The receiver's members of the group, with their user data.
+    Presence { system: String, group: String },
+    /// The receiver's share of get_system_stats.
+    Stats { system: String },
+}
+
+/// One group member as get_group_presence lists it.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub client_id: String,
+    pub user_id: String,
+    pub extend: String,
+}
+
+/// One core's or one node's share of get_system_stats; see `shard::stats` for why names travel
+/// as 64-bit hashes.
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Default, PartialEq, Eq,
+)]
+pub struct StatsPart {
+    pub clients: u64,
+    /// Hashes of the names of the groups with members here (sorted, distinct once merged).
+    pub groups: Vec<u64>,
+    /// Hashes of the distinct non-empty userIds bound here.
+    pub users: Vec<u64>,
+    /// Groups and users past the size a node sends as hashes: counted, not deduplicated.
+    pub unlisted_groups: u64,
+    pub unlisted_users: u64,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -61,6 +105,18 @@ pub enum RemoteReply {
     Failed(String),
     /// The op reached its client but a limit refused it; the text goes back to the API caller.
     Refused(String),
+    Members(Vec<Member>),
+    Stats(StatsPart),
+}
+
+impl RemoteReply {
+    /// The `Count`, or 0 for any other answer.
+    pub fn count(&self) -> usize {
+        match self {
+            RemoteReply::Count(n) => *n as usize,
+            _ => 0,
+        }
+    }
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -189,6 +245,114 @@ mod tests {
         ]
     }
 
+    /// The ops and replies of the issue 7 routes.
+    fn feature_samples() -> Vec<Frame> {
+        let target = Target {
+            core: 0,
+            slot: u32::MAX,
+            generation: 1,
+        };
+        let member = |i: usize| Member {
+            client_id: format!("client{i}"),
+            user_id: if i.is_multiple_of(2) {
+                format!("user{i}")
+            } else {
+                String::new()
+            },
+            extend: "{\"role\":\"admin\"}".into(),
+        };
+        vec![
+            Frame::Request {
+                id: 10,
+                op: RemoteOp::IsOnline {
+                    target,
+                    system: "s".into(),
+                },
+            },
+            Frame::Request {
+                id: 11,
+                op: RemoteOp::SystemPush {
+                    system: "s".into(),
+                    frame: b"\x81\x05hello".to_vec(),
+                },
+            },
+            Frame::Request {
+                id: 12,
+                op: RemoteOp::Unbind {
+                    target,
+                    system: "s".into(),
+                    group: "g\u{e9}".into(),
+                },
+            },
+            Frame::Request {
+                id: 13,
+                op: RemoteOp::UserPush {
+                    system: "s".into(),
+                    user_id: "u".into(),
+                    frame: vec![7; 300],
+                },
+            },
+            Frame::Request {
+                id: 14,
+                op: RemoteOp::Presence {
+                    system: "s".into(),
+                    group: "g".into(),
+                },
+            },
+            Frame::Request {
+                id: 15,
+                op: RemoteOp::Stats { system: "".into() },
+            },
+            Frame::Response {
+                id: 16,
+                reply: RemoteReply::Members((0..5).map(member).collect()),
+            },
+            Frame::Response {
+                id: 17,
+                reply: RemoteReply::Members(Vec::new()),
+            },
+            Frame::Response {
+                id: 18,
+                reply: RemoteReply::Stats(StatsPart {
+                    clients: 12,
+                    groups: vec![1, 2, u64::MAX],
+                    users: (0..1000).collect(),
+                    unlisted_groups: 0,
+                    unlisted_users: 3,
+                }),
+            },
+            Frame::Response {
+                id: 19,
+                reply: RemoteReply::Stats(StatsPart::default()),
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trips_the_issue_7_ops_and_replies() {
+        let mut wire = Vec::new();
+        for f in feature_samples() {
+            encode(&f, &mut wire);
+        }
+        let mut at = 0;
+        for expected in feature_samples() {
+            let (frame, used) = decode(&wire[at..]).unwrap().unwrap();
+            assert_eq!(frame, expected);
+            at += used;
+        }
+        assert_eq!(at, wire.len());
+        // Corrupted, they are refused or decoded into some well-formed frame, never a panic.
+        for f in feature_samples() {
+            let mut wire = Vec::new();
+            encode(&f, &mut wire);
+            for i in PREFIX..wire.len().min(PREFIX + 200) {
+                let mut bad = wire.clone();
+                bad[i] ^= 0xa5;
+                let _ = decode(&bad);
+            }
+        }
+    }
+
     #[test]
     fn round_trips_pipelined_frames() {
         let mut wire = Vec::new();
@@ -224,7 +388,8 @@ mod tests {
         assert!(matches!(decode(&huge), Err(ProtoError::TooLarge(_))));
         let tiny = [0, 0, 0, 1, 0, 1];
         assert!(matches!(decode(&tiny), Err(ProtoError::Malformed(_))));
-        let mut garbage = vec![0, 0, 0, 34, 0, 1];
+        let mut garbage = vec![0, 0, 0, 34];
+        garbage.extend_from_slice(&PROTO_VERSION.to_be_bytes());
         garbage.extend_from_slice(&[0xAB; 32]);
         assert!(matches!(decode(&garbage), Err(ProtoError::Malformed(_))));
     }

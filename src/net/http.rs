@@ -36,6 +36,10 @@ pub struct Head {
     pub connection_upgrade: bool,
     pub ws_key: Option<String>,
     pub ws_version: Option<String>,
+    /// The `Authorization` header, trimmed (the ApiKey check, `auth::check_api_key`).
+    pub authorization: Option<String>,
+    /// The `X-Signature` header, trimmed (signed calls of a system with a secret).
+    pub signature: Option<String>,
 }
 
 /// Why a head could not be used; each maps to one status code.
@@ -124,6 +128,10 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(Head, usize)>, 
             head.ws_key = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             head.ws_version = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            head.authorization = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("x-signature") {
+            head.signature = Some(value.to_string());
         }
     }
     Ok(Some((head, len)))
@@ -143,23 +151,47 @@ pub enum ChunkError {
     TooLarge,
 }
 
+/// Longest chunk-size line (size and extensions) accepted. Checked on complete lines as well as
+/// on incomplete ones, so the answer does not depend on how TCP split the body.
+const MAX_SIZE_LINE: usize = 1024;
+
 /// Decodes a complete chunked body at the front of `buf` (RFC 9112 section 7.1). `Ok(None)`:
 /// incomplete. `Ok(Some((body, used)))`: the body and the bytes it took, trailers included.
+///
+/// The encoding is bounded as well as the body: framing, extensions and trailers count, and past
+/// `2 * max_body + 16 KiB` bytes the body is refused as too large. Without that, endless
+/// trailers or one-byte chunks with long extensions would make the caller buffer without end.
+/// Twice the body limit leaves room for any sane chunk size.
 pub fn dechunk(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, ChunkError> {
+    let max_wire = max_body.saturating_mul(2).saturating_add(16 * 1024);
+    match dechunk_within(&buf[..buf.len().min(max_wire)], max_body)? {
+        None if buf.len() > max_wire => Err(ChunkError::TooLarge),
+        done => Ok(done),
+    }
+}
+
+fn dechunk_within(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, ChunkError> {
     let mut body = Vec::new();
     let mut at = 0;
     loop {
         let Some(eol) = find_crlf(&buf[at..]) else {
-            // A size line longer than this is not a size line.
-            return if buf.len() - at > 1024 {
+            return if buf.len() - at > MAX_SIZE_LINE {
                 Err(ChunkError::Malformed)
             } else {
                 Ok(None)
             };
         };
+        if eol > MAX_SIZE_LINE {
+            return Err(ChunkError::Malformed);
+        }
         let line = std::str::from_utf8(&buf[at..at + eol]).map_err(|_| ChunkError::Malformed)?;
         let size_text = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| ChunkError::Malformed)?;
+        // chunk-size = 1*HEXDIG: `from_str_radix` alone would also take a leading `+`.
+        if size_text.is_empty() || !size_text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ChunkError::Malformed);
+        }
+        // Hex digits only, so the one way to fail is a size past usize::MAX.
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| ChunkError::TooLarge)?;
         at += eol + 2;
         if size == 0 {
             // Trailer fields until an empty line; they are read and ignored.
@@ -173,14 +205,18 @@ pub fn dechunk(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, 
                 }
             }
         }
-        if body.len() + size > max_body {
+        // Subtract, never add: `body.len() + size` wrapped for a size near usize::MAX (body
+        // `1\r\na\r\nffffffffffffffff\r\n`), and the slice below then panicked. The body so far
+        // is within the limit, so this cannot underflow.
+        if size > max_body - body.len() {
             return Err(ChunkError::TooLarge);
         }
-        if buf.len() < at + size + 2 {
+        let rest = &buf[at..];
+        if rest.len() < size || rest.len() - size < 2 {
             return Ok(None);
         }
-        body.extend_from_slice(&buf[at..at + size]);
-        if &buf[at + size..at + size + 2] != b"\r\n" {
+        body.extend_from_slice(&rest[..size]);
+        if &rest[size..size + 2] != b"\r\n" {
             return Err(ChunkError::Malformed);
         }
         at += size + 2;
@@ -197,6 +233,7 @@ pub fn reason(status: u16) -> &'static str {
         101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -285,6 +322,36 @@ mod tests {
         assert_eq!(dechunk(raw, 5), Err(ChunkError::TooLarge));
         assert_eq!(dechunk(b"zz\r\n", 100), Err(ChunkError::Malformed));
         assert_eq!(dechunk(b"2\r\nabX\r\n", 100), Err(ChunkError::Malformed));
+    }
+
+    #[test]
+    fn dechunk_bounds_sizes_lines_and_framing() {
+        // `body.len() + size` used to overflow here (fuzz/regressions/http_request/).
+        assert_eq!(
+            dechunk(b"1\r\na\r\nffffffffffffffff\r\n", 100),
+            Err(ChunkError::TooLarge)
+        );
+        assert_eq!(
+            dechunk(b"fffffffffffffffff\r\n", 100),
+            Err(ChunkError::TooLarge)
+        );
+        assert_eq!(
+            dechunk(b"+1\r\na\r\n0\r\n\r\n", 100),
+            Err(ChunkError::Malformed)
+        );
+        // A long size line is refused whether or not its CRLF has arrived.
+        let mut long = b"1;".to_vec();
+        long.extend_from_slice(&[b'x'; 1100]);
+        assert_eq!(dechunk(&long, 100), Err(ChunkError::Malformed));
+        long.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+        assert_eq!(dechunk(&long, 100), Err(ChunkError::Malformed));
+        // Endless trailers: refused once past the framing allowance, not buffered for ever.
+        let mut trailers = b"1\r\na\r\n0\r\n".to_vec();
+        while trailers.len() <= 2 * 100 + 16 * 1024 {
+            trailers.extend_from_slice(b"X-Pad: yyyyyyyyyyyyyyyy\r\n");
+        }
+        assert_eq!(dechunk(&trailers, 100), Err(ChunkError::TooLarge));
+        assert_eq!(dechunk(&trailers[..1000], 100), Ok(None));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use super::handshake;
 use super::http::{self, Head, HeadError, Method};
 use crate::api::{self, error::envelope};
+use crate::ops;
 use crate::shard::Shard;
 use crate::ws::session;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -90,15 +91,22 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         }
 
         // Operations routes (the ops issue extends these).
-        if let Some(status) = probe(&shard, &head) {
+        if let Some((status, content_type, body)) = probe(&shard, &head) {
             buf.drain(..head_len);
             out.clear();
-            let body: &[u8] = if status == 200 {
-                b"ok\n"
-            } else {
-                b"not ready\n"
-            };
-            http::write_response(&mut out, status, http::TEXT, "", body, head.close);
+            http::write_response(&mut out, status, content_type, "", &body, head.close);
+            if stream.write_all(&out).await.is_err() || head.close {
+                return;
+            }
+            continue;
+        }
+        // Metrics and the status page (src/ops/).
+        if let Some(route) = ops::route(&head) {
+            buf.drain(..head_len);
+            let r = ops::respond(&shard, route, &head).await;
+            let (status, close) = (r.status, head.close);
+            out.clear();
+            http::write_response(&mut out, status, r.content_type, r.headers, &r.body, close);
             if stream.write_all(&out).await.is_err() || head.close {
                 return;
             }
@@ -130,7 +138,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         } else {
             let length = head.content_length.unwrap_or(0);
             if length > config.max_body_bytes as u64 {
-                tracing::info!(%peer, core = shard.id, length, "request body over MaxBodyBytes refused");
+                tracing::debug!(%peer, core = shard.id, length, "request body over MaxBodyBytes refused");
                 return reject(&mut stream, &mut out, 413, "request body too large").await;
             }
             let length = length as usize;
@@ -159,6 +167,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         };
         let body = chunked_body.as_deref().unwrap_or(&buf[head_len..consumed]);
 
+        let started = Instant::now();
         let result = match route {
             Some(route) => api::handle(&shard, route, &head, body).await,
             None => Err(api::error::ApiError::NotFound),
@@ -167,7 +176,14 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             tracing::debug!(%peer, core = shard.id, path = %head.path, error = %e, "API request refused");
         }
         let status = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status());
-        let extra = if status == 405 { "Allow: POST\r\n" } else { "" };
+        let (path, ok) = (&head.path, result.is_ok());
+        (shard.metrics).api_request(path, route.is_some(), status, ok, started.elapsed());
+        let extra = match status {
+            405 => "Allow: POST\r\n",
+            // RFC 9110 section 15.5.2: a 401 names how to authenticate (docs/auth.md).
+            401 => "WWW-Authenticate: HMAC-SHA256 realm=\"wspush\"\r\n",
+            _ => "",
+        };
         out.clear();
         http::write_response(
             &mut out,
@@ -194,18 +210,30 @@ async fn reject(stream: &mut TcpStream, out: &mut Vec<u8>, status: u16, why: &st
     let _ = stream.write_all(out).await;
 }
 
-/// `GET /healthz` and `GET /readyz`: the status they answer with, if the head is one of them.
-fn probe(shard: &Shard, head: &Head) -> Option<u16> {
+/// Operations routes, if the head is one: the status, content type and body to answer with.
+/// `GET /healthz`: 200 `{"status":"ok"}` while the process serves. `GET /readyz`: 200
+/// `{"status":"ready"}` once every core accepts and (cluster) etcd membership is established,
+/// else 503 `{"status":"not ready","reason":...}` (also while draining, so a balancer stops
+/// sending here before the listeners close).
+fn probe(shard: &Shard, head: &Head) -> Option<(u16, &'static str, Vec<u8>)> {
     if head.method != Some(Method::Get) {
         return None;
     }
+    let json =
+        |status, body: serde_json::Value| Some((status, http::JSON, body.to_string().into_bytes()));
     match head.path.as_str() {
-        "/healthz" => Some(200),
-        "/readyz" => Some(if crate::runtime::is_ready() && !shard.draining.get() {
-            200
-        } else {
-            503
-        }),
+        "/healthz" => json(200, serde_json::json!({"status": "ok"})),
+        "/readyz" => {
+            let reason =
+                crate::runtime::not_ready_reason().or(shard.draining.get().then_some("draining"));
+            match reason {
+                None => json(200, serde_json::json!({"status": "ready"})),
+                Some(reason) => json(
+                    503,
+                    serde_json::json!({"status": "not ready", "reason": reason}),
+                ),
+            }
+        }
         _ => None,
     }
 }
@@ -413,7 +441,41 @@ async fn upgrade(
     // idle connection's memory is that small task plus its registry entry.
     match handshake::system_id(&head.query) {
         Some(system_id) => {
+            // Issue 7: a system with a secret needs a connect token. Nothing between this
+            // check and add_conn awaits, so the core's view of the system cannot change between.
+            let user_id = match crate::auth::authorize_connect(&shard, &system_id, &head.query)
+                .await
+            {
+                Ok(user_id) => user_id,
+                Err(refusal) => {
+                    tracing::info!(%peer, core = shard.id, system = %system_id, status = refusal.status,
+                        why = %refusal.why, "WebSocket connect refused");
+                    let extra = match refusal.status {
+                        401 => "WWW-Authenticate: Bearer realm=\"wspush\"\r\n",
+                        _ => "Retry-After: 5\r\n",
+                    };
+                    let body = format!("{}\n", refusal.why);
+                    let mut out = Vec::new();
+                    http::write_response(
+                        &mut out,
+                        refusal.status,
+                        http::TEXT,
+                        extra,
+                        body.as_bytes(),
+                        true,
+                    );
+                    let _ = stream.write_all(&out).await;
+                    return;
+                }
+            };
             let conn = shard.add_conn(stream, &system_id, peer);
+            if let Some(user_id) = user_id {
+                // The token's userId binds the connection from its first frame on, as a
+                // bind_to_group would (send_to_user finds it through the user index).
+                shard.set_user_id(&conn, &user_id);
+            }
+            // After the token's userId is set, so the online event carries it.
+            crate::webhook::conn_event(&shard, crate::webhook::Kind::Online, &conn, "");
             // The 101 goes through the connection's queue, so it leaves in the same write as
             // the welcome frame the session queues next: one send per handshake, not two.
             shard.enqueue(&conn, std::sync::Arc::from(response.into_bytes()));

@@ -1,6 +1,8 @@
 //! Messages between cores. Only owned, `Send` values cross: strings as `Arc<str>`, frames as the
 //! shared `Arc<[u8]>` built once by the core that received the API request.
 
+use crate::cluster::proto::{Member, StatsPart};
+use crate::shard::SystemInfo;
 use crate::ws::frame::SharedFrame;
 use std::sync::Arc;
 
@@ -41,10 +43,48 @@ pub enum Op {
         generation: u32,
         system: Arc<str>,
     },
-    /// To core 0, the single writer of the registered-systems set: add if absent.
-    Register { system: Arc<str> },
-    /// From core 0 to the others: a system was registered.
-    AddSystem { system: Arc<str> },
+    /// Whether the client is connected and not on its way out.
+    IsOnline {
+        slot: u32,
+        generation: u32,
+        system: Arc<str>,
+    },
+    /// Queue `frame` to every client of the system on this core.
+    SystemPush {
+        system: Arc<str>,
+        frame: SharedFrame,
+    },
+    /// Remove the client from a group; 1003 to the remaining members if it was one.
+    Unbind {
+        slot: u32,
+        generation: u32,
+        system: Arc<str>,
+        group: Arc<str>,
+    },
+    /// Queue `frame` to this core's connections of the system bound with `user_id`.
+    UserPush {
+        system: Arc<str>,
+        user_id: Arc<str>,
+        frame: SharedFrame,
+    },
+    /// This core's members of the group with their userId and extend.
+    Presence { system: Arc<str>, group: Arc<str> },
+    /// This core's share of get_system_stats.
+    Stats { system: Arc<str> },
+    /// This core's counters (and with `detail` its systems and groups) for the ops routes.
+    Metrics { detail: bool },
+    /// To core 0, the single writer of the registered-systems set: add if absent, with the
+    /// options it was registered with.
+    Register {
+        system: Arc<str>,
+        info: Arc<SystemInfo>,
+    },
+    /// From core 0 to the others (or from a core that looked the system up in etcd): a system
+    /// was registered. Every core keeps the same `Arc`.
+    AddSystem {
+        system: Arc<str>,
+        info: Arc<SystemInfo>,
+    },
 }
 
 pub enum Reply {
@@ -53,6 +93,10 @@ pub enum Reply {
     /// How many targets were reached.
     Count(usize),
     List(Vec<String>),
+    Members(Vec<Member>),
+    Stats(StatsPart),
+    /// Answer to `Op::Metrics` (boxed: it is much larger than the other answers).
+    Metrics(Box<crate::ops::metrics::CoreSnapshot>),
     /// The client was found but a limit refused the op; the text says which.
     Refused(String),
     /// The core could not be reached (shutting down).
@@ -62,5 +106,13 @@ pub enum Reply {
 impl Reply {
     pub fn found(&self) -> bool {
         matches!(self, Reply::Done(true))
+    }
+
+    /// The `Count`, or 0 for any other answer.
+    pub fn count(&self) -> usize {
+        match self {
+            Reply::Count(n) => *n,
+            _ => 0,
+        }
     }
 }

@@ -10,9 +10,10 @@
 pub mod conn;
 pub mod inbox;
 pub mod registry;
+pub mod stats;
 pub mod system;
 
-use crate::cluster::proto::{RemoteOp, RemoteReply};
+use crate::cluster::proto::{Member, RemoteOp, RemoteReply};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::ids::{ClientAddr, IdCodec};
@@ -27,7 +28,7 @@ use glommio::{GlommioError, ResourceType};
 use inbox::{CoreMsg, Op, Reply};
 use indexmap::IndexMap;
 use registry::Registry;
-pub use system::SystemInfo;
+use stats::StatsPart;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -35,12 +36,32 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+pub use system::SystemInfo;
 
 /// Connections of one system on this core, and its groups here.
 #[derive(Default)]
 struct SystemState {
     clients: IndexMap<u32, Rc<Conn>>,
     groups: HashMap<Rc<str>, IndexMap<u32, Rc<Conn>>>,
+    /// send_to_user's index: userId -> this core's connections of the system bound with it.
+    /// Never holds "" (a connection without a userId is no user's). Changed only by
+    /// [`Shard::set_user_id`] and [`Shard::remove_conn`].
+    users: HashMap<Rc<str>, IndexMap<u32, Rc<Conn>>>,
+}
+
+impl SystemState {
+    /// Takes the connection in `slot` out of `user_id`'s entry of the user index.
+    fn forget_user(&mut self, user_id: &str, slot: u32) {
+        if user_id.is_empty() {
+            return;
+        }
+        if let Some(conns) = self.users.get_mut(user_id) {
+            conns.swap_remove(&slot);
+            if conns.is_empty() {
+                self.users.remove(user_id);
+            }
+        }
+    }
 }
 
 /// Size of the per-core read buffer every connection's reads land in.
@@ -74,6 +95,8 @@ pub struct Shard {
     ping: SharedFrame,
     /// Cluster mode only: the peer table and links of this core.
     cluster: std::cell::OnceCell<Rc<Cluster>>,
+    /// This core's counters, summed over the cores only when `/metrics` is scraped.
+    pub metrics: crate::ops::metrics::CoreMetrics,
 }
 
 impl Shard {
@@ -106,6 +129,7 @@ impl Shard {
             refused_logged: Cell::new(None),
             ping: frame::ping(),
             cluster: std::cell::OnceCell::new(),
+            metrics: Default::default(),
         }
     }
 
@@ -132,20 +156,32 @@ impl Shard {
         self.cluster.get()
     }
 
-    /// Whether a system is registered. In cluster mode a name this core has not heard of yet is
-    /// looked up in etcd, so a request racing the watch is never wrongly refused.
+    /// Whether a system is registered (see [`Self::lookup_system`]).
     pub async fn is_registered(self: &Rc<Self>, system: &str) -> Result<bool, String> {
-        if self.registered.borrow().contains_key(system) {
-            return Ok(true);
+        Ok(self.lookup_system(system).await?.is_some())
+    }
+
+    /// A registered system's options, `None` when it is not registered. In cluster mode a name
+    /// this core has not heard of yet is looked up in etcd (value and all), so a request racing
+    /// the watch is neither wrongly refused nor let through without its secret's checks.
+    pub async fn lookup_system(
+        self: &Rc<Self>,
+        system: &str,
+    ) -> Result<Option<Arc<SystemInfo>>, String> {
+        if let Some(info) = self.system_info(system) {
+            return Ok(Some(info));
         }
         let Some(cluster) = self.cluster() else {
-            return Ok(false);
+            return Ok(None);
         };
-        let known = cluster.is_registered(system).await?;
-        if known {
-            self.add_system_everywhere(Arc::from(system)).await;
-        }
-        Ok(known)
+        let Some(info) = cluster.lookup_system(system).await? else {
+            return Ok(None);
+        };
+        let info = Arc::new(info);
+        self.add_system_everywhere(Arc::from(system), info.clone())
+            .await;
+        // The watch may have delivered it meanwhile: answer with what the core kept.
+        Ok(Some(self.system_info(system).unwrap_or(info)))
     }
 
     /// A registered system's options (secret, webhook URL), if this core knows the system.
@@ -153,26 +189,78 @@ impl Shard {
         self.registered.borrow().get(system).cloned()
     }
 
-    /// Systems learned from etcd's watch.
-    pub fn add_systems(&self, systems: &[String]) {
-        let mut registered = self.registered.borrow_mut();
-        for s in systems {
-            registered
-                .entry(Box::from(s.as_str()))
-                .or_insert_with(Default::default);
+    /// Systems learned from etcd (the snapshot after each connect, then the watch). etcd is
+    /// the authority here, so a value an operator rewrote there (a rotated secret) replaces
+    /// what this core knew.
+    pub fn add_systems(self: &Rc<Self>, systems: &[(String, Arc<SystemInfo>)]) {
+        for (system, info) in systems {
+            self.learn_system(system, info.clone(), true);
         }
     }
 
-    async fn add_system_everywhere(self: &Rc<Self>, system: Arc<str>) {
+    async fn add_system_everywhere(self: &Rc<Self>, system: Arc<str>, info: Arc<SystemInfo>) {
         let calls = (0..self.nr_cores).map(|core| {
             self.call(
                 core,
                 Op::AddSystem {
                     system: system.clone(),
+                    info: info.clone(),
                 },
             )
         });
         join_all(calls).await;
+    }
+
+    /// Records a system's options on this core; without `replace` the first record wins.
+    /// Returns whether anything changed.
+    ///
+    /// The original lets clients connect to systems that are not registered yet, so when a
+    /// system gains a secret (or its secret changes), this core's connections of it were never
+    /// checked against that secret: they are closed with 1008 and must come back with a token.
+    /// A connection verified by a token was verified after its core knew the secret, so it
+    /// survives the same record arriving again (an etcd reconnect re-sends every system).
+    fn learn_system(self: &Rc<Self>, system: &str, info: Arc<SystemInfo>, replace: bool) -> bool {
+        let old_secret = {
+            let mut registered = self.registered.borrow_mut();
+            match registered.get_mut(system) {
+                Some(old) if !replace || **old == *info => return false,
+                Some(old) => std::mem::replace(old, info.clone()).secret.clone(),
+                None => {
+                    registered.insert(Box::from(system), info.clone());
+                    None
+                }
+            }
+        };
+        if info.secret.is_some() && info.secret != old_secret {
+            self.close_unverified(system);
+        }
+        true
+    }
+
+    /// Closes (1008) this core's connections of `system`: they connected without a token the
+    /// system's secret now demands.
+    fn close_unverified(self: &Rc<Self>, system: &str) {
+        let conns: Vec<Rc<Conn>> = self
+            .systems
+            .borrow()
+            .get(system)
+            .map(|state| state.clients.values().cloned().collect())
+            .unwrap_or_default();
+        for conn in conns {
+            if conn.end_reason.get().is_some() {
+                continue;
+            }
+            tracing::info!(client = %conn.client_id, peer = %conn.peer, core = self.id, system,
+                "closing a connection made without a token: its system now has a secret");
+            conn.end_reason.set(Some(EndReason::Kicked));
+            self.enqueue_close(&conn, frame::close_code::POLICY, "token required");
+            // As close_client: a client that does not answer the close frame is cut.
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(Duration::from_secs(2)).await;
+                conn.cut(EndReason::Kicked);
+            })
+            .detach();
+        }
     }
 
     // ---- connections -------------------------------------------------------------------------
@@ -186,6 +274,7 @@ impl Shard {
             return true;
         }
         self.refused_full.set(self.refused_full.get() + 1);
+        self.metrics.connects_refused.inc();
         let now = Instant::now();
         let due = self
             .refused_logged
@@ -243,6 +332,7 @@ impl Shard {
             .or_default()
             .clients
             .insert(conn.slot, conn.clone());
+        self.metrics.connects.inc();
         conn
     }
 
@@ -261,6 +351,9 @@ impl Shard {
         let mut systems = self.systems.borrow_mut();
         if let Some(state) = systems.get_mut(&conn.system) {
             state.clients.swap_remove(&conn.slot);
+            if let Some(info) = conn.info.borrow().as_ref() {
+                state.forget_user(&info.user_id, conn.slot);
+            }
             for group in &groups {
                 if let Some(members) = state.groups.get_mut(group) {
                     members.swap_remove(&conn.slot);
@@ -280,6 +373,8 @@ impl Shard {
     /// remaining members (1002) on every core.
     pub async fn end_conn(self: &Rc<Self>, conn: &Rc<Conn>, reason: EndReason) {
         let groups = self.remove_conn(conn);
+        self.metrics.disconnected(reason);
+        crate::webhook::conn_event(self, crate::webhook::Kind::Offline, conn, "");
         tracing::debug!(client = %conn.client_id, peer = %conn.peer, core = self.id, ?reason, groups = groups.len(), "client disconnected");
         if groups.is_empty() {
             return;
@@ -330,6 +425,7 @@ impl Shard {
                 drop(out);
                 tracing::warn!(client = %conn.client_id, peer = %conn.peer, core = self.id, frames, bytes,
                     "slow consumer: outbound queue full, closing with 1008");
+                self.metrics.queue_full.inc();
                 self.drop_slow_consumer(conn);
                 return false;
             }
@@ -372,11 +468,19 @@ impl Shard {
         .detach();
     }
 
-    /// Queues a close frame; the socket's write side is shut once it is written.
+    /// Queues a close frame; the socket's write side is shut once it is written. The close
+    /// passes the queue limits (a few bytes, and nothing follows it): a queue that is full when
+    /// the server closes (a drain, a kick) is still delivered before it, not dropped for a 1008.
     pub fn enqueue_close(self: &Rc<Self>, conn: &Rc<Conn>, code: u16, reason: &str) {
-        if self.enqueue(conn, frame::close(code, reason)) {
-            conn.out.borrow_mut().close_after = true;
+        if conn.write_state.get() == WriteState::Dead || conn.out.borrow().close_after {
+            return;
         }
+        {
+            let mut out = conn.out.borrow_mut();
+            out.push_unbounded(frame::close(code, reason));
+            out.close_after = true;
+        }
+        self.mark_dirty(conn);
     }
 
     /// Writes every dirty connection's queue: what was queued since the last flush goes out in
@@ -445,12 +549,21 @@ impl Shard {
         }
     }
 
-    /// Pings every connection and drops those silent for longer than PongTimeout.
-    pub fn heartbeat(self: &Rc<Self>) {
+    /// Pings the connections of slice `slice` of `slices` (by slot) and drops those silent for
+    /// longer than PongTimeout. Called once per HeartbeatInterval/slices, so each connection is
+    /// visited once per interval and the pings of a core are spread over it.
+    pub fn heartbeat(self: &Rc<Self>, slice: u32, slices: u32) {
         let now = Instant::now();
-        for conn in self.all_conns() {
+        let due: Vec<Rc<Conn>> = self
+            .registry
+            .borrow()
+            .iter()
+            .filter(|conn| conn.slot % slices == slice)
+            .cloned()
+            .collect();
+        for conn in due {
             if now.duration_since(conn.last_seen.get()) > self.config.pong_timeout {
-                tracing::info!(client = %conn.client_id, peer = %conn.peer, core = self.id,
+                tracing::debug!(client = %conn.client_id, peer = %conn.peer, core = self.id,
                     "no pong within PongTimeout, dropping connection");
                 conn.cut(EndReason::PongTimeout);
             } else {
@@ -469,7 +582,12 @@ impl Shard {
         f: SharedFrame,
     ) -> bool {
         match self.find(slot, generation, system) {
-            Some(conn) => self.enqueue(&conn, f),
+            Some(conn) => {
+                let bytes = f.len();
+                let queued = self.enqueue(&conn, f);
+                self.metrics.pushed(queued as usize, bytes);
+                queued
+            }
             None => false,
         }
     }
@@ -482,9 +600,7 @@ impl Shard {
                 None => return 0,
             }
         };
-        for conn in &members {
-            self.enqueue(conn, f.clone());
-        }
+        self.push_to(&members, f);
         members.len()
     }
 
@@ -504,7 +620,7 @@ impl Shard {
         if conn.end_reason.get().is_some() {
             return true;
         }
-        tracing::info!(client = %conn.client_id, peer = %conn.peer, core = self.id, "closing client on API request");
+        tracing::debug!(client = %conn.client_id, peer = %conn.peer, core = self.id, "closing client on API request");
         conn.end_reason.set(Some(EndReason::Kicked));
         self.enqueue_close(&conn, frame::close_code::NORMAL, "closed by server");
         // The client should answer the close frame and hang up; if it does not, cut it.
@@ -514,6 +630,168 @@ impl Shard {
         })
         .detach();
         true
+    }
+
+    /// Sets the connection's userId and keeps send_to_user's index in step with it: besides a
+    /// disconnect, the one place that index changes. bind_to_group calls it (the latest bind's
+    /// userId wins, as in the original), and so may anything else that learns a connection's
+    /// user (a connect token). An empty userId takes the connection out of the index. Runs on
+    /// the connection's own core; a connection already removed only gets the field set.
+    pub fn set_user_id(&self, conn: &Rc<Conn>, user_id: &str) {
+        let old = {
+            let mut info = conn.info.borrow_mut();
+            if info.as_ref().map_or("", |i| i.user_id.as_str()) == user_id {
+                return;
+            }
+            let info = info.get_or_insert_with(Box::default);
+            std::mem::replace(&mut info.user_id, user_id.to_string())
+        };
+        let mut systems = self.systems.borrow_mut();
+        let Some(state) = systems.get_mut(&conn.system) else {
+            return;
+        };
+        if !state
+            .clients
+            .get(&conn.slot)
+            .is_some_and(|c| Rc::ptr_eq(c, conn))
+        {
+            return;
+        }
+        state.forget_user(&old, conn.slot);
+        if user_id.is_empty() {
+            return;
+        }
+        match state.users.get_mut(user_id) {
+            Some(conns) => {
+                conns.insert(conn.slot, conn.clone());
+            }
+            None => {
+                let mut conns = IndexMap::new();
+                conns.insert(conn.slot, conn.clone());
+                state.users.insert(Rc::from(user_id), conns);
+            }
+        }
+    }
+
+    /// unbind_from_group: takes `conn` out of `group` (it stays connected and keeps its userId
+    /// and extend), then tells the group's remaining members on every node with a 1003. False,
+    /// and nothing pushed, when it was not a member. The one unbind path: the API's, and any
+    /// other caller's.
+    pub async fn unbind_from_group(self: &Rc<Self>, conn: &Rc<Conn>, group: Arc<str>) -> bool {
+        if !self.leave_group_local(conn, &group) {
+            return false;
+        }
+        crate::webhook::conn_event(self, crate::webhook::Kind::Unbind, conn, &group);
+        tracing::debug!(client = %conn.client_id, core = self.id, group = %group, "client left a group");
+        let frame = message::push_frame(
+            &self.message_id(),
+            "",
+            message::CODE_LEFT,
+            message::MSG_LEFT,
+            &conn.member_event_data(),
+        );
+        self.push_group(Arc::from(&*conn.system), group, frame)
+            .await;
+        true
+    }
+
+    /// Removes `conn` from `group` on this core; false if it was not a member.
+    fn leave_group_local(&self, conn: &Rc<Conn>, group: &str) -> bool {
+        {
+            let mut info = conn.info.borrow_mut();
+            let Some(info) = info.as_mut() else {
+                return false;
+            };
+            let Some(at) = info.groups.iter().position(|g| &**g == group) else {
+                return false;
+            };
+            info.groups.remove(at);
+        }
+        let mut systems = self.systems.borrow_mut();
+        if let Some(state) = systems.get_mut(&conn.system) {
+            if let Some(members) = state.groups.get_mut(group) {
+                members.swap_remove(&conn.slot);
+                if members.is_empty() {
+                    state.groups.remove(group);
+                }
+            }
+        }
+        true
+    }
+
+    /// Connected and not on its way out (closing, cut, or dropped as a slow consumer).
+    fn is_online_local(&self, slot: u32, generation: u32, system: &str) -> bool {
+        self.find(slot, generation, system)
+            .is_some_and(|conn| conn.end_reason.get().is_none())
+    }
+
+    /// Queues `f` to each of `conns`; returns how many took it.
+    fn push_to(self: &Rc<Self>, conns: &[Rc<Conn>], f: &SharedFrame) -> usize {
+        let queued = conns
+            .iter()
+            .filter(|conn| self.enqueue(conn, f.clone()))
+            .count();
+        self.metrics.pushed(queued, f.len());
+        queued
+    }
+
+    /// The clients of `pick(system's state)` on this core. Copied out (one `Vec` per push, not
+    /// one allocation per recipient) so no borrow of the index is held while queuing.
+    fn conns_of(
+        &self,
+        system: &str,
+        pick: impl FnOnce(&SystemState) -> Option<&IndexMap<u32, Rc<Conn>>>,
+    ) -> Vec<Rc<Conn>> {
+        let systems = self.systems.borrow();
+        systems
+            .get(system)
+            .and_then(pick)
+            .map(|conns| conns.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn system_push_local(self: &Rc<Self>, system: &str, f: &SharedFrame) -> usize {
+        let conns = self.conns_of(system, |s| Some(&s.clients));
+        self.push_to(&conns, f)
+    }
+
+    fn user_push_local(self: &Rc<Self>, system: &str, user_id: &str, f: &SharedFrame) -> usize {
+        let conns = self.conns_of(system, |s| s.users.get(user_id));
+        self.push_to(&conns, f)
+    }
+
+    fn presence_local(&self, system: &str, group: &str) -> Vec<Member> {
+        let systems = self.systems.borrow();
+        let Some(members) = systems.get(system).and_then(|s| s.groups.get(group)) else {
+            return Vec::new();
+        };
+        members
+            .values()
+            .map(|conn| {
+                let info = conn.info.borrow();
+                let (user_id, extend) = info
+                    .as_ref()
+                    .map_or(("", ""), |i| (i.user_id.as_str(), i.extend.as_str()));
+                Member {
+                    client_id: conn.client_id.to_string(),
+                    user_id: user_id.to_string(),
+                    extend: extend.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    fn stats_local(&self, system: &str) -> StatsPart {
+        let systems = self.systems.borrow();
+        let Some(state) = systems.get(system) else {
+            return StatsPart::default();
+        };
+        StatsPart {
+            clients: state.clients.len() as u64,
+            groups: state.groups.keys().map(|g| stats::name_hash(g)).collect(),
+            users: state.users.keys().map(|u| stats::name_hash(u)).collect(),
+            ..StatsPart::default()
+        }
     }
 
     /// Sets user data and joins the group. `Some(true)`: first bind (announce it), `Some(false)`:
@@ -531,22 +809,27 @@ impl Shard {
         let Some(conn) = self.find(slot, generation, system) else {
             return Ok(None);
         };
+        let member = {
+            let mut info = conn.info.borrow_mut();
+            let info = info.get_or_insert_with(Box::default);
+            let member = info.groups.iter().any(|g| &**g == group);
+            let most = self.config.max_groups_per_client;
+            if !member && info.groups.len() >= most {
+                tracing::debug!(client = %conn.client_id, core = self.id, group, "bind_to_group refused: MaxGroupsPerClient reached");
+                return Err(format!(
+                    "client is in {most} groups already, the MaxGroupsPerClient limit"
+                ));
+            }
+            info.extend = extend;
+            member
+        };
+        // As the original: the latest bind's userId/extend win, even for a group already joined.
+        self.set_user_id(&conn, &user_id);
+        if member {
+            return Ok(Some((conn, false)));
+        }
         let mut info = conn.info.borrow_mut();
         let info = info.get_or_insert_with(Box::default);
-        let member = info.groups.iter().any(|g| &**g == group);
-        let most = self.config.max_groups_per_client;
-        if !member && info.groups.len() >= most {
-            tracing::info!(client = %conn.client_id, core = self.id, group, "bind_to_group refused: MaxGroupsPerClient reached");
-            return Err(format!(
-                "client is in {most} groups already, the MaxGroupsPerClient limit"
-            ));
-        }
-        // As the original: the latest bind's userId/extend win, even for a group already joined.
-        info.user_id = user_id;
-        info.extend = extend;
-        if member {
-            return Ok(Some((conn.clone(), false)));
-        }
         let mut systems = self.systems.borrow_mut();
         let state = systems.entry(conn.system.clone()).or_default();
         let group: Rc<str> = match state.groups.get_key_value(group) {
@@ -584,6 +867,7 @@ impl Shard {
             tag,
             op,
         };
+        self.metrics.core_requests.inc();
         if self.mesh.send_to(core, msg).await.is_err() {
             self.pending.borrow_mut().remove(&tag);
             return Reply::Unreachable;
@@ -705,6 +989,179 @@ impl Shard {
         list
     }
 
+    /// Runs `make()` on every core of this node, this one included, all at once; the answers
+    /// in core order.
+    async fn on_every_core(self: &Rc<Self>, make: impl Fn() -> Op) -> Vec<Reply> {
+        join_all((0..self.nr_cores).map(|core| self.call(core, make()))).await
+    }
+
+    /// Runs `op` on every peer node (none outside cluster mode), all at once; the answers of
+    /// those that gave one. A peer that failed or timed out is left out (logged at debug: the
+    /// link logs its loss once, a line per request would flood).
+    async fn on_every_peer(&self, op: RemoteOp, what: &str) -> Vec<RemoteReply> {
+        let Some(cluster) = self.cluster() else {
+            return Vec::new();
+        };
+        let peers = cluster.peers();
+        let answers = join_all(peers.iter().map(|&addr| cluster.call(addr, op.clone()))).await;
+        peers
+            .iter()
+            .zip(answers)
+            .filter_map(|(addr, answer)| match answer {
+                Ok(reply) => Some(reply),
+                Err(e) => {
+                    tracing::debug!(peer = %addr, core = self.id, error = %e, what, "peer left out");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// send_to_system on this node: every client of the system on every core. Returns how many
+    /// took the frame.
+    pub async fn push_system_node(
+        self: &Rc<Self>,
+        system: &Arc<str>,
+        frame: &SharedFrame,
+    ) -> usize {
+        let answers = self
+            .on_every_core(|| Op::SystemPush {
+                system: system.clone(),
+                frame: frame.clone(),
+            })
+            .await;
+        answers.iter().map(Reply::count).sum()
+    }
+
+    /// send_to_system: every client of the system on every node.
+    pub async fn push_system(self: &Rc<Self>, system: Arc<str>, frame: SharedFrame) -> usize {
+        let op = RemoteOp::SystemPush {
+            system: system.to_string(),
+            frame: frame.to_vec(),
+        };
+        let (local, remote) = futures_util::future::join(
+            self.push_system_node(&system, &frame),
+            self.on_every_peer(op, "send_to_system"),
+        )
+        .await;
+        local + remote.iter().map(RemoteReply::count).sum::<usize>()
+    }
+
+    /// send_to_user on this node: the system's connections bound with `user_id`, every core.
+    pub async fn push_user_node(
+        self: &Rc<Self>,
+        system: &Arc<str>,
+        user_id: &Arc<str>,
+        frame: &SharedFrame,
+    ) -> usize {
+        let answers = self
+            .on_every_core(|| Op::UserPush {
+                system: system.clone(),
+                user_id: user_id.clone(),
+                frame: frame.clone(),
+            })
+            .await;
+        answers.iter().map(Reply::count).sum()
+    }
+
+    /// send_to_user: the system's connections bound with `user_id` on every node; returns how
+    /// many took the frame.
+    pub async fn push_user(
+        self: &Rc<Self>,
+        system: Arc<str>,
+        user_id: Arc<str>,
+        frame: SharedFrame,
+    ) -> usize {
+        let op = RemoteOp::UserPush {
+            system: system.to_string(),
+            user_id: user_id.to_string(),
+            frame: frame.to_vec(),
+        };
+        let (local, remote) = futures_util::future::join(
+            self.push_user_node(&system, &user_id, &frame),
+            self.on_every_peer(op, "send_to_user"),
+        )
+        .await;
+        local + remote.iter().map(RemoteReply::count).sum::<usize>()
+    }
+
+    /// The group's members on this node with their user data.
+    pub async fn presence_node(
+        self: &Rc<Self>,
+        system: &Arc<str>,
+        group: &Arc<str>,
+    ) -> Vec<Member> {
+        let answers = self
+            .on_every_core(|| Op::Presence {
+                system: system.clone(),
+                group: group.clone(),
+            })
+            .await;
+        let mut list = Vec::new();
+        for answer in answers {
+            if let Reply::Members(more) = answer {
+                list.extend(more);
+            }
+        }
+        list
+    }
+
+    /// get_group_presence: the group's members on every node with their user data.
+    pub async fn group_presence(self: &Rc<Self>, system: Arc<str>, group: Arc<str>) -> Vec<Member> {
+        let op = RemoteOp::Presence {
+            system: system.to_string(),
+            group: group.to_string(),
+        };
+        let (mut list, remote) = futures_util::future::join(
+            self.presence_node(&system, &group),
+            self.on_every_peer(op, "get_group_presence"),
+        )
+        .await;
+        for answer in remote {
+            if let RemoteReply::Members(more) = answer {
+                list.extend(more);
+            }
+        }
+        list
+    }
+
+    /// This node's share of get_system_stats, normalized (see [`stats`]).
+    pub async fn stats_node(self: &Rc<Self>, system: &Arc<str>) -> StatsPart {
+        let answers = self
+            .on_every_core(|| Op::Stats {
+                system: system.clone(),
+            })
+            .await;
+        let mut total = StatsPart::default();
+        for answer in answers {
+            if let Reply::Stats(part) = answer {
+                total.merge(part);
+            }
+        }
+        total.normalize();
+        total
+    }
+
+    /// get_system_stats: clients summed over the cluster, groups and users as distinct names
+    /// across every node (a group with members on two nodes counts once).
+    pub async fn system_stats(self: &Rc<Self>, system: Arc<str>) -> stats::SystemStats {
+        let op = RemoteOp::Stats {
+            system: system.to_string(),
+        };
+        let (mut total, remote) = futures_util::future::join(
+            self.stats_node(&system),
+            self.on_every_peer(op, "get_system_stats"),
+        )
+        .await;
+        for answer in remote {
+            if let RemoteReply::Stats(part) = answer {
+                total.merge(part);
+            }
+        }
+        total.normalize();
+        total.counts()
+    }
+
     /// Queues `frame` to the clients `per_core[core]` of `system`, one `Deliver` per core that
     /// has any, all cores at once. Returns how many were reached.
     pub async fn deliver_on_cores(
@@ -794,7 +1251,56 @@ impl Shard {
                 };
                 RemoteReply::Done(self.call(target.core as usize, op).await.found())
             }
-            RemoteOp::Bind { .. } | RemoteOp::Close { .. } => RemoteReply::Done(false),
+            RemoteOp::IsOnline { target, system } if valid(target.core) => {
+                let op = Op::IsOnline {
+                    slot: target.slot,
+                    generation: target.generation,
+                    system: Arc::from(system),
+                };
+                RemoteReply::Done(self.call(target.core as usize, op).await.found())
+            }
+            RemoteOp::Unbind {
+                target,
+                system,
+                group,
+            } if valid(target.core) => {
+                let op = Op::Unbind {
+                    slot: target.slot,
+                    generation: target.generation,
+                    system: Arc::from(system),
+                    group: Arc::from(group),
+                };
+                RemoteReply::Done(self.call(target.core as usize, op).await.found())
+            }
+            RemoteOp::SystemPush { system, frame } => {
+                let reached = self
+                    .push_system_node(&Arc::from(system), &Arc::from(frame))
+                    .await;
+                RemoteReply::Count(reached as u32)
+            }
+            RemoteOp::UserPush {
+                system,
+                user_id,
+                frame,
+            } => {
+                let reached = self
+                    .push_user_node(&Arc::from(system), &Arc::from(user_id), &Arc::from(frame))
+                    .await;
+                RemoteReply::Count(reached as u32)
+            }
+            RemoteOp::Presence { system, group } => RemoteReply::Members(
+                self.presence_node(&Arc::from(system), &Arc::from(group))
+                    .await,
+            ),
+            RemoteOp::Stats { system } => {
+                let mut part = self.stats_node(&Arc::from(system)).await;
+                part.cap(stats::MAX_HASHES);
+                RemoteReply::Stats(part)
+            }
+            RemoteOp::Bind { .. }
+            | RemoteOp::Close { .. }
+            | RemoteOp::IsOnline { .. }
+            | RemoteOp::Unbind { .. } => RemoteReply::Done(false),
         }
     }
 
@@ -802,16 +1308,48 @@ impl Shard {
     /// registrations of one name cannot both succeed. Cluster: an etcd transaction decides, then
     /// every core here learns it at once (the watch tells the other nodes). Ok(false): it
     /// already existed; Err: etcd could not be reached.
-    pub async fn register(self: &Rc<Self>, system: Arc<str>) -> Result<bool, String> {
+    pub async fn register(
+        self: &Rc<Self>,
+        system: Arc<str>,
+        info: Arc<SystemInfo>,
+    ) -> Result<bool, String> {
         let Some(cluster) = self.cluster() else {
-            return Ok(self.call(0, Op::Register { system }).await.found());
+            return Ok(self.call(0, Op::Register { system, info }).await.found());
         };
-        let created = cluster.register(&system).await?;
+        let created = cluster.register(&system, &info).await?;
         if created {
-            tracing::info!(system = %system, "system registered in etcd");
-            self.add_system_everywhere(system).await;
+            tracing::info!(system = %system, secret = info.secret.is_some(), "system registered in etcd");
+            self.add_system_everywhere(system, info).await;
         }
         Ok(created)
+    }
+
+    /// This core's counters and state for `/metrics`; with `detail`, also its systems and
+    /// groups (and, on core 0, the registered names) for `/status.json`.
+    fn metrics_snapshot(&self, detail: bool) -> crate::ops::metrics::CoreSnapshot {
+        use crate::ops::metrics::SystemSnapshot;
+        let mut s = self.metrics.snapshot(self.id);
+        s.connections = self.registry.borrow().len() as u64;
+        s.registered_systems = self.registered.borrow().len() as u64;
+        if let Some(cluster) = self.cluster() {
+            s.links = cluster.link_stats();
+        }
+        if detail {
+            s.systems = (self.systems.borrow().iter())
+                .map(|(name, state)| SystemSnapshot {
+                    system: name.to_string(),
+                    clients: state.clients.len() as u64,
+                    groups: (state.groups.iter())
+                        .map(|(g, members)| (g.to_string(), members.len() as u64))
+                        .collect(),
+                })
+                .collect();
+            if self.id == 0 {
+                let registered = self.registered.borrow();
+                s.registered = registered.keys().map(|k| k.to_string()).collect();
+            }
+        }
+        s
     }
 
     /// Ops that complete without waiting; `Err(op)` for those that must.
@@ -842,14 +1380,27 @@ impl Shard {
                 generation,
                 system,
             } => Reply::Done(self.close_local(slot, generation, &system)),
-            Op::AddSystem { system } => {
-                self.registered
-                    .borrow_mut()
-                    .entry(Box::from(&*system))
-                    .or_insert_with(Default::default);
+            Op::AddSystem { system, info } => {
+                self.learn_system(&system, info, false);
                 Reply::Done(true)
             }
-            op @ (Op::Bind { .. } | Op::Register { .. }) => return Err(op),
+            Op::IsOnline {
+                slot,
+                generation,
+                system,
+            } => Reply::Done(self.is_online_local(slot, generation, &system)),
+            Op::SystemPush { system, frame } => {
+                Reply::Count(self.system_push_local(&system, &frame))
+            }
+            Op::UserPush {
+                system,
+                user_id,
+                frame,
+            } => Reply::Count(self.user_push_local(&system, &user_id, &frame)),
+            Op::Presence { system, group } => Reply::Members(self.presence_local(&system, &group)),
+            Op::Stats { system } => Reply::Stats(self.stats_local(&system)),
+            Op::Metrics { detail } => Reply::Metrics(Box::new(self.metrics_snapshot(detail))),
+            op @ (Op::Bind { .. } | Op::Register { .. } | Op::Unbind { .. }) => return Err(op),
         })
     }
 
@@ -870,6 +1421,7 @@ impl Shard {
                         Err(why) => return Reply::Refused(why),
                     };
                 if first {
+                    crate::webhook::conn_event(&self, crate::webhook::Kind::Bind, &conn, &group);
                     let data = conn.member_event_data();
                     let frame = message::push_frame(
                         &self.message_id(),
@@ -882,14 +1434,20 @@ impl Shard {
                 }
                 Reply::Done(true)
             }
-            Op::Register { system } => {
+            Op::Unbind {
+                slot,
+                generation,
+                system,
+                group,
+            } => match self.find(slot, generation, &system) {
+                Some(conn) => Reply::Done(self.unbind_from_group(&conn, group).await),
+                None => Reply::Done(false),
+            },
+            Op::Register { system, info } => {
                 debug_assert_eq!(self.id, 0, "bug: Register must run on core 0");
-                {
-                    let mut registered = self.registered.borrow_mut();
-                    if registered.contains_key(&*system) {
-                        return Reply::Done(false);
-                    }
-                    registered.insert(Box::from(&*system), Default::default());
+                // Only a new name is recorded: a secret cannot be changed by registering again.
+                if !self.learn_system(&system, info.clone(), false) {
+                    return Reply::Done(false);
                 }
                 let mut waits = Vec::new();
                 for core in 1..self.nr_cores {
@@ -897,13 +1455,14 @@ impl Shard {
                         core,
                         Op::AddSystem {
                             system: system.clone(),
+                            info: info.clone(),
                         },
                     ));
                 }
                 for wait in waits {
                     wait.await;
                 }
-                tracing::info!(system = %system, "system registered");
+                tracing::info!(system = %system, secret = info.secret.is_some(), "system registered");
                 Reply::Done(true)
             }
             op => match self.execute_sync(op) {
@@ -938,6 +1497,7 @@ impl Shard {
     }
 
     fn reply(self: &Rc<Self>, to: usize, tag: u64, reply: Reply) {
+        self.metrics.core_replies.inc();
         match self.mesh.try_send_to(to, CoreMsg::Reply { tag, reply }) {
             Ok(()) => {}
             Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {

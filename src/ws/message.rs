@@ -8,8 +8,11 @@ use super::frame::{self, SharedFrame};
 pub const CODE_SYSTEM_ID_ERROR: i64 = -1001;
 pub const CODE_ONLINE: i64 = 1001;
 pub const CODE_OFFLINE: i64 = 1002;
+/// wspush's own: a client left a group by unbind_from_group and is still connected.
+pub const CODE_LEFT: i64 = 1003;
 pub const MSG_ONLINE: &str = "client online";
 pub const MSG_OFFLINE: &str = "client offline";
+pub const MSG_LEFT: &str = "client left the group";
 
 /// Appends `s` as a JSON string literal.
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {

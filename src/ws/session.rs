@@ -25,7 +25,7 @@ enum Step {
 /// As the original: a connect without systemId gets a -1001 frame saying why, then the close.
 /// It never gets a clientId.
 pub async fn refuse_without_system_id(shard: &Shard, mut stream: TcpStream, peer: SocketAddr) {
-    tracing::info!(%peer, core = shard.id, "WebSocket connect without systemId refused");
+    tracing::debug!(%peer, core = shard.id, "WebSocket connect without systemId refused");
     let mut out = message::missing_system_id().to_vec();
     out.extend_from_slice(&frame::close(close_code::POLICY, "systemId is required"));
     let _ = stream.write_all(&out).await;
@@ -129,7 +129,7 @@ fn on_scratch(
                 }
             }
             Err(Violation { code, reason }) => {
-                tracing::info!(client = %conn.client_id, peer = %conn.peer, core = shard.id, code, reason,
+                tracing::debug!(client = %conn.client_id, peer = %conn.peer, core = shard.id, code, reason,
                     "closing connection after a protocol violation");
                 shard.enqueue_close(conn, code, reason);
                 return Step::End(EndReason::ProtocolError);

@@ -188,6 +188,21 @@ impl Etcd {
         keys.sort();
         keys
     }
+
+    /// Puts `key` = `value` through etcd's v3 JSON gateway, as an operator (or the original
+    /// go-websocket) writing etcd directly would.
+    pub fn put(&self, key: &str, value: &str) {
+        let body = json!({ "key": B64.encode(key), "value": B64.encode(value) });
+        let resp = try_http(
+            self.client_port,
+            "POST",
+            "/v3/kv/put",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("etcd put {key:?}: {e}"));
+        assert_eq!(resp.status, 200, "etcd put {key:?}: {}", resp.text());
+    }
 }
 
 impl Drop for Etcd {
@@ -289,9 +304,14 @@ impl Node {
                 Err(why) => {
                     last_log = server.stderr_log();
                     if !last_log.to_ascii_lowercase().contains("in use") {
+                        // The node's own reason, if it still answers (e.g. which part is not
+                        // ready yet).
+                        let readyz = try_http(port, "GET", "/readyz", &[], b"")
+                            .map(|r| format!("{} {}", r.status, r.text()))
+                            .unwrap_or_else(|e| e.to_string());
                         panic!(
                             "cluster node (http {port}, rpc {rpc_port}) did not become ready: \
-                             {why}\n--- node log ---\n{last_log}"
+                             {why} (/readyz now: {readyz})\n--- node log ---\n{last_log}"
                         );
                     }
                 }

@@ -8,8 +8,11 @@
 //! Each test file compiles this module on its own and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod auth;
 pub mod etcd;
+pub mod load;
 pub mod nginx;
+pub mod receiver;
 
 use serde_json::{json, Value};
 use std::fs::File;
@@ -629,7 +632,15 @@ pub struct Ws {
 
 /// Opens a WebSocket to `path_and_query` and returns it before reading anything.
 pub fn ws_handshake(port: u16, path_and_query: &str) -> WebSocket<TcpStream> {
-    let stream = connect(port);
+    ws_handshake_over(connect(port), port, path_and_query)
+}
+
+/// [`ws_handshake`] over a socket the caller connected (e.g. with its own buffer sizes).
+pub fn ws_handshake_over(
+    stream: TcpStream,
+    port: u16,
+    path_and_query: &str,
+) -> WebSocket<TcpStream> {
     let url = format!("ws://127.0.0.1:{port}{path_and_query}");
     match tungstenite::client::client(url.as_str(), stream) {
         Ok((ws, resp)) => {
@@ -645,7 +656,7 @@ fn is_timeout(e: &tungstenite::Error) -> bool {
 }
 
 /// How a connection ended, seen from the client.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
     /// A close frame with this code (1005 when it had none).
     Close(u16),
@@ -657,8 +668,29 @@ impl Ws {
     /// Connects to `/ws?systemId=<system>` and reads the welcome frame
     /// `{"code":0,"msg":"success","data":{"clientId":...}}`.
     pub fn connect(port: u16, system: &str) -> Ws {
+        Ws::connect_over(connect(port), port, system)
+    }
+
+    /// A client whose socket asks the kernel for a receive buffer of only `rcvbuf` bytes (set
+    /// before connecting, so the TCP window stays small): while it does not read, what the
+    /// server pushes piles up in the server's own queue rather than in kernel buffers.
+    pub fn connect_small_rcvbuf(port: u16, system: &str, rcvbuf: usize) -> Ws {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        socket.connect(&addr.into()).expect("connect to wspush");
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Ws::connect_over(stream, port, system)
+    }
+
+    /// Handshake for `system` over `stream`, then the welcome frame (see [`Ws::connect`]).
+    pub fn connect_over(stream: TcpStream, port: u16, system: &str) -> Ws {
         let mut ws = Ws {
-            ws: ws_handshake(port, &format!("/ws?systemId={system}")),
+            ws: ws_handshake_over(stream, port, &format!("/ws?systemId={system}")),
             client_id: String::new(),
         };
         let welcome = ws.recv_json();

@@ -1,0 +1,613 @@
+//! Authentication, all opt-in (issue 7): nothing here runs unless the operator sets `ApiKey` or a
+//! system registers with a `secret`, so the original's callers see no difference.
+//!
+//! - **ApiKey** (`[wspush] ApiKey`): every `/api/*` request must carry
+//!   `Authorization: apikey <key>`, else 403. Checked first, before the method and `SystemId`.
+//! - **API signatures**: the calls of a system that has a secret carry
+//!   `X-Signature: hex(HMAC-SHA256(secret, raw body))`, else 401.
+//! - **Connect tokens**: a `/ws` connect of a system that has a secret carries `token=<JWT>` in
+//!   its query: HS256, signed with the secret, `exp` required, optional `userId` (the connection
+//!   starts bound to it) and `systemId` (must name the system connected to). Else 401.
+//!
+//! Every comparison of a secret value is constant-time: the ApiKey through SHA-256 digests and
+//! `subtle` (so neither the content nor the length leaks through timing), signatures through
+//! `Mac::verify_slice`. The pure checks come first; [`authorize_connect`] is the glue the `/ws`
+//! upgrade calls. `docs/auth.md` is the caller's side of this file.
+
+use crate::shard::Shard;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::rc::Rc;
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Clock skew allowed on `exp` and `nbf`, in seconds: a token is still accepted this long after
+/// it expired, so a backend whose clock is a little ahead of the server's does not see fresh
+/// tokens refused. Keep token lifetimes well above it.
+pub const JWT_LEEWAY_SECS: u64 = 30;
+
+/// Shortest and longest secret `register` accepts. A short key makes HMAC guessable offline
+/// from one signed request; the upper bound only keeps etcd values and memory small.
+pub const SECRET_MIN_BYTES: usize = 16;
+pub const SECRET_MAX_BYTES: usize = 256;
+
+// ---- ApiKey ------------------------------------------------------------------------------------
+
+/// Why a request was refused by the ApiKey check (403).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiKeyError {
+    #[error("Authorization header is required: this server wants Authorization: apikey <ApiKey>")]
+    Missing,
+    #[error("Authorization header must use the apikey scheme (Authorization: apikey <ApiKey>)")]
+    Scheme,
+    #[error("Authorization header does not carry this server's ApiKey")]
+    Wrong,
+}
+
+/// Checks an `Authorization` header value against the configured key. The scheme name is
+/// case-insensitive (RFC 9110 section 11.1); the key is compared as SHA-256 digests in constant
+/// time, so timing reveals neither its bytes nor its length.
+pub fn check_api_key(expected: &str, authorization: Option<&str>) -> Result<(), ApiKeyError> {
+    let value = authorization.map(str::trim).unwrap_or("");
+    if value.is_empty() {
+        return Err(ApiKeyError::Missing);
+    }
+    let (scheme, key) = value.split_once([' ', '\t']).unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("apikey") {
+        return Err(ApiKeyError::Scheme);
+    }
+    let given = Sha256::digest(key.trim().as_bytes());
+    let wanted = Sha256::digest(expected.as_bytes());
+    if bool::from(given.as_slice().ct_eq(wanted.as_slice())) {
+        Ok(())
+    } else {
+        Err(ApiKeyError::Wrong)
+    }
+}
+
+/// The config-time check of an ApiKey: it travels in a header, so visible ASCII only, and long
+/// enough not to be guessed.
+pub fn check_api_key_config(key: &str) -> Result<(), String> {
+    if key.len() < 16 {
+        return Err(format!(
+            "must be at least 16 characters (got {}); e.g. `openssl rand -hex 32`",
+            key.len()
+        ));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be visible ASCII without spaces (it is sent in a header)".into());
+    }
+    Ok(())
+}
+
+// ---- secrets and API signatures ----------------------------------------------------------------
+
+/// Checks a `secret` given to `register`; the error completes "secret ...".
+pub fn check_secret(secret: &str) -> Result<(), String> {
+    if secret.is_empty() {
+        return Err("must not be empty: leave it out for a system without a secret".into());
+    }
+    if secret.len() < SECRET_MIN_BYTES || secret.len() > SECRET_MAX_BYTES {
+        return Err(format!(
+            "must be {SECRET_MIN_BYTES} to {SECRET_MAX_BYTES} bytes long (got {}); e.g. `openssl rand -hex 32`",
+            secret.len()
+        ));
+    }
+    Ok(())
+}
+
+/// HMAC-SHA256 (RFC 2104 with SHA-256) of `data` under `key`.
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    // new_from_slice accepts keys of every length for HMAC; the Err arm cannot happen.
+    let mut mac = match HmacSha256::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => return [0; 32],
+    };
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// The `X-Signature` value of `body` under `secret`: lowercase hex of its HMAC-SHA256. What a
+/// caller sends; the server only verifies.
+pub fn sign_hex(secret: &str, body: &[u8]) -> String {
+    let mut out = String::with_capacity(64);
+    for b in hmac_sha256(secret.as_bytes(), body) {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// Why a signed call was refused (401).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("X-Signature header is required: this system has a secret; send the hex HMAC-SHA256 of the raw request body keyed by it")]
+    Missing,
+    #[error("X-Signature must be 64 hex digits: the HMAC-SHA256 of the raw request body")]
+    Malformed,
+    #[error("X-Signature does not match the request body: sign the exact body bytes sent, with HMAC-SHA256 and the system's secret")]
+    Mismatch,
+}
+
+/// Verifies `X-Signature` over the body bytes as received (after chunked decoding). Hex digits
+/// of either case; the MAC comparison is constant-time.
+pub fn verify_signature(
+    secret: &str,
+    body: &[u8],
+    header: Option<&str>,
+) -> Result<(), SignatureError> {
+    let text = header.map(str::trim).unwrap_or("");
+    if text.is_empty() {
+        return Err(SignatureError::Missing);
+    }
+    let tag = decode_hex32(text).ok_or(SignatureError::Malformed)?;
+    let mut mac =
+        HmacSha256::new_from_slice(secret.as_bytes()).map_err(|_| SignatureError::Mismatch)?;
+    mac.update(body);
+    mac.verify_slice(&tag).map_err(|_| SignatureError::Mismatch)
+}
+
+/// 64 hex digits (either case) to 32 bytes.
+fn decode_hex32(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+// ---- JWT connect tokens --------------------------------------------------------------------
+
+/// Why a connect token was refused (401 on `/ws`). The texts go to the client as the body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("token is required: this system needs token=<JWT> in the /ws query (HS256, signed with the system's secret)")]
+    Missing,
+    #[error("token is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("token alg must be HS256, got {0}")]
+    Alg(String),
+    #[error("token signature does not match this system's secret")]
+    Signature,
+    #[error("token has no exp claim: exp (seconds since the epoch) is required")]
+    NoExp,
+    #[error("token claim {0} must be a number of seconds since the epoch")]
+    NotNumeric(&'static str),
+    #[error("token expired")]
+    Expired,
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("token userId must be a string")]
+    UserId,
+    #[error("token systemId names another system")]
+    WrongSystem,
+}
+
+/// What a verified token says about the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// The `userId` claim: the connection starts bound to it. `None` when absent or empty.
+    pub user_id: Option<String>,
+}
+
+/// Verifies a compact JWS (RFC 7515) JWT (RFC 7519) for a connect to `system`, at unix time
+/// `now`. Only HS256 (RFC 7518 section 3.2) is accepted: the algorithm is fixed by the server,
+/// never chosen by the token, so `none` and every other `alg` are refused before the signature
+/// is looked at. Parts are base64url without padding, as RFC 7515 section 2 defines them.
+pub fn verify_jwt(secret: &str, token: &str, system: &str, now: u64) -> Result<Claims, JwtError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed(
+            "not three dot-separated parts (header.payload.signature)",
+        ));
+    };
+    let header = json_part(header, "the header is not base64url JSON")?;
+    match header.get("alg") {
+        Some(Value::String(alg)) if alg == "HS256" => {}
+        Some(Value::String(alg)) => return Err(JwtError::Alg(format!("{alg:?}"))),
+        Some(_) => return Err(JwtError::Alg("a non-string".into())),
+        None => return Err(JwtError::Alg("nothing (no alg in the header)".into())),
+    }
+    // RFC 7515 section 4.1.11: extensions marked critical that we do not know mean "refuse".
+    if header.get("crit").is_some() {
+        return Err(JwtError::Malformed(
+            "crit header parameters are not supported",
+        ));
+    }
+    let tag = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| JwtError::Malformed("the signature is not base64url"))?;
+    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).map_err(|_| JwtError::Signature)?;
+    // The signing input is the two encoded parts as they appear in the token.
+    let signed_len = token.len() - signature.len() - 1;
+    mac.update(&token.as_bytes()[..signed_len]);
+    mac.verify_slice(&tag).map_err(|_| JwtError::Signature)?;
+
+    let claims = json_part(payload, "the payload is not base64url JSON")?;
+    let leeway = JWT_LEEWAY_SECS as f64;
+    let now = now as f64;
+    let exp = match claims.get("exp") {
+        None | Some(Value::Null) => return Err(JwtError::NoExp),
+        Some(v) => v.as_f64().ok_or(JwtError::NotNumeric("exp"))?,
+    };
+    if now > exp + leeway {
+        return Err(JwtError::Expired);
+    }
+    if let Some(nbf) = claims.get("nbf").filter(|v| !v.is_null()) {
+        let nbf = nbf.as_f64().ok_or(JwtError::NotNumeric("nbf"))?;
+        if now + leeway < nbf {
+            return Err(JwtError::NotYetValid);
+        }
+    }
+    match claims.get("systemId") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == system => {}
+        Some(_) => return Err(JwtError::WrongSystem),
+    }
+    let user_id = match claims.get("userId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()).filter(|s| !s.is_empty()),
+        // PHP's json_encode writes integer ids as numbers: take them as their decimal text.
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Some(_) => return Err(JwtError::UserId),
+    };
+    Ok(Claims { user_id })
+}
+
+/// A base64url part that must hold a JSON object.
+fn json_part(
+    part: &str,
+    problem: &'static str,
+) -> Result<serde_json::Map<String, Value>, JwtError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| JwtError::Malformed(problem))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(JwtError::Malformed(problem)),
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it, which then refuses every token).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The `token` parameter of a `/ws` query, percent-decoded.
+pub fn token_param(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+// ---- the /ws glue ------------------------------------------------------------------------------
+
+/// Why a connect is refused: the status and the plain-text reason sent as the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub why: String,
+}
+
+/// Decides whether a `/ws` connect to `system` may proceed. `Ok(Some(userId))`: a verified token
+/// bound the connection to that user. A system without a secret (or not registered: the original
+/// lets those connect) needs no token, and one sent anyway is ignored, since nothing can verify
+/// it. In cluster mode a token for a system this core has not heard of yet is checked against
+/// etcd, so a connect that races the watch after a register is not wrongly refused; one without
+/// a token is not (it costs etcd nothing), and if the system turns out to have a secret the
+/// connection is closed when this core learns it (see `Shard::learn_system`).
+pub async fn authorize_connect(
+    shard: &Rc<Shard>,
+    system: &str,
+    query: &str,
+) -> Result<Option<String>, Refusal> {
+    let token = token_param(query);
+    let info = match shard.system_info(system) {
+        Some(info) => Some(info),
+        None if token.is_some() && shard.cluster().is_some() => {
+            shard.lookup_system(system).await.map_err(|why| Refusal {
+                status: 503,
+                why: format!("cannot check the token now: {why}"),
+            })?
+        }
+        None => None,
+    };
+    let Some(secret) = info.as_ref().and_then(|info| info.secret.as_deref()) else {
+        return Ok(None);
+    };
+    let token = token.ok_or(JwtError::Missing);
+    match token.and_then(|t| verify_jwt(secret, &t, system, unix_now())) {
+        Ok(claims) => Ok(claims.user_id),
+        Err(e) => Err(Refusal {
+            status: 401,
+            why: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn hmac_sha256_rfc4231_vectors() {
+        // RFC 4231 section 4.2, test case 1.
+        assert_eq!(
+            hex(&hmac_sha256(&[0x0b; 20], b"Hi There")),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
+        // Test case 2: a key shorter than the output.
+        assert_eq!(
+            sign_hex("Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a key longer than the block size is hashed first.
+        assert_eq!(
+            hex(&hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn signatures_verify_in_either_case_and_nothing_else() {
+        let body = br#"{"clientId":"c"}"#;
+        let sig = sign_hex("Jefe-but-longer-1234", body);
+        assert_eq!(
+            verify_signature("Jefe-but-longer-1234", body, Some(&sig)),
+            Ok(())
+        );
+        let upper = sig.to_ascii_uppercase();
+        assert_eq!(
+            verify_signature("Jefe-but-longer-1234", body, Some(&format!(" {upper} "))),
+            Ok(())
+        );
+        assert_eq!(
+            verify_signature("Jefe-but-longer-1234", body, None),
+            Err(SignatureError::Missing)
+        );
+        assert_eq!(
+            verify_signature("Jefe-but-longer-1234", body, Some(&sig[..62])),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify_signature(
+                "Jefe-but-longer-1234",
+                body,
+                Some(&format!("{}zz", &sig[..62]))
+            ),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify_signature("another-secret-12345", body, Some(&sig)),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_signature("Jefe-but-longer-1234", br#"{"clientId":"d"}"#, Some(&sig)),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn api_key_scheme_and_value() {
+        let key = "0123456789abcdef0123";
+        assert_eq!(
+            check_api_key(key, Some("apikey 0123456789abcdef0123")),
+            Ok(())
+        );
+        assert_eq!(
+            check_api_key(key, Some("ApiKey  0123456789abcdef0123 ")),
+            Ok(())
+        );
+        assert_eq!(
+            check_api_key(key, Some("APIKEY\t0123456789abcdef0123")),
+            Ok(())
+        );
+        assert_eq!(check_api_key(key, None), Err(ApiKeyError::Missing));
+        assert_eq!(check_api_key(key, Some("  ")), Err(ApiKeyError::Missing));
+        assert_eq!(
+            check_api_key(key, Some("Bearer 0123456789abcdef0123")),
+            Err(ApiKeyError::Scheme)
+        );
+        assert_eq!(check_api_key(key, Some(key)), Err(ApiKeyError::Scheme));
+        assert_eq!(check_api_key(key, Some("apikey")), Err(ApiKeyError::Wrong));
+        assert_eq!(
+            check_api_key(key, Some("apikey 0123456789abcdef012")),
+            Err(ApiKeyError::Wrong)
+        );
+        assert!(check_api_key_config("short").is_err());
+        assert!(check_api_key_config("has a space in it, long").is_err());
+        assert!(check_api_key_config(key).is_ok());
+    }
+
+    /// A token built by hand with openssl (docs/auth.md's recipe), not by this module:
+    /// header `{"alg":"HS256","typ":"JWT"}`, payload `{"exp":4102444800,"userId":"u42"}`.
+    const HAND_MADE: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.\
+        eyJleHAiOjQxMDI0NDQ4MDAsInVzZXJJZCI6InU0MiJ9.\
+        iomgREktkw-df02OKNYQwXZ91Ts5CPQdCzY9HQuuxZM";
+    const HAND_SECRET: &str = "hand-made-secret-0123456789";
+    const NOW: u64 = 1_700_000_000;
+
+    fn b64(s: &str) -> String {
+        URL_SAFE_NO_PAD.encode(s)
+    }
+
+    fn token(secret: &str, header: &str, payload: &str) -> String {
+        let input = format!("{}.{}", b64(header), b64(payload));
+        let sig = URL_SAFE_NO_PAD.encode(hmac_sha256(secret.as_bytes(), input.as_bytes()));
+        format!("{input}.{sig}")
+    }
+
+    fn hs256(payload: &str) -> String {
+        token(HAND_SECRET, r#"{"alg":"HS256","typ":"JWT"}"#, payload)
+    }
+
+    #[test]
+    fn hand_made_token_verifies() {
+        assert_eq!(
+            verify_jwt(HAND_SECRET, HAND_MADE, "any", NOW),
+            Ok(Claims {
+                user_id: Some("u42".into())
+            })
+        );
+        assert_eq!(hs256(r#"{"exp":4102444800,"userId":"u42"}"#), HAND_MADE);
+        assert_eq!(
+            verify_jwt("not-the-secret-0123", HAND_MADE, "any", NOW),
+            Err(JwtError::Signature)
+        );
+        // One payload byte changed, signature kept.
+        let tampered = HAND_MADE.replacen("eyJleHAiOjQx", "eyJleHAiOjUx", 1);
+        assert_eq!(
+            verify_jwt(HAND_SECRET, &tampered, "any", NOW),
+            Err(JwtError::Signature)
+        );
+    }
+
+    #[test]
+    fn algorithm_is_fixed_to_hs256() {
+        let payload = b64(r#"{"exp":4102444800}"#);
+        let none = format!("{}.{payload}.", b64(r#"{"alg":"none"}"#));
+        assert!(matches!(
+            verify_jwt(HAND_SECRET, &none, "s", NOW),
+            Err(JwtError::Alg(_))
+        ));
+        let hs512 = token(HAND_SECRET, r#"{"alg":"HS512"}"#, r#"{"exp":4102444800}"#);
+        assert!(matches!(
+            verify_jwt(HAND_SECRET, &hs512, "s", NOW),
+            Err(JwtError::Alg(_))
+        ));
+        let lower = token(HAND_SECRET, r#"{"alg":"hs256"}"#, r#"{"exp":4102444800}"#);
+        assert!(matches!(
+            verify_jwt(HAND_SECRET, &lower, "s", NOW),
+            Err(JwtError::Alg(_))
+        ));
+        let missing = token(HAND_SECRET, r#"{"typ":"JWT"}"#, r#"{"exp":4102444800}"#);
+        assert!(matches!(
+            verify_jwt(HAND_SECRET, &missing, "s", NOW),
+            Err(JwtError::Alg(_))
+        ));
+        let crit = token(
+            HAND_SECRET,
+            r#"{"alg":"HS256","crit":["x"],"x":1}"#,
+            r#"{"exp":4102444800}"#,
+        );
+        assert!(matches!(
+            verify_jwt(HAND_SECRET, &crit, "s", NOW),
+            Err(JwtError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn expiry_with_leeway() {
+        let at = |exp: i64| hs256(&format!(r#"{{"exp":{exp}}}"#));
+        let now = NOW as i64;
+        assert!(verify_jwt(HAND_SECRET, &at(now + 60), "s", NOW).is_ok());
+        assert!(verify_jwt(HAND_SECRET, &at(now - 10), "s", NOW).is_ok());
+        assert!(verify_jwt(HAND_SECRET, &at(now - JWT_LEEWAY_SECS as i64), "s", NOW).is_ok());
+        assert_eq!(
+            verify_jwt(HAND_SECRET, &at(now - 31), "s", NOW),
+            Err(JwtError::Expired)
+        );
+        assert_eq!(
+            verify_jwt(HAND_SECRET, &at(-1), "s", NOW),
+            Err(JwtError::Expired)
+        );
+        let frac = hs256(&format!(r#"{{"exp":{}.5}}"#, now + 5));
+        assert!(verify_jwt(HAND_SECRET, &frac, "s", NOW).is_ok());
+        assert_eq!(
+            verify_jwt(HAND_SECRET, &hs256(r#"{"userId":"u"}"#), "s", NOW),
+            Err(JwtError::NoExp)
+        );
+        assert_eq!(
+            verify_jwt(HAND_SECRET, &hs256(r#"{"exp":"4102444800"}"#), "s", NOW),
+            Err(JwtError::NotNumeric("exp"))
+        );
+        let early = hs256(&format!(r#"{{"exp":{},"nbf":{}}}"#, now + 600, now + 300));
+        assert_eq!(
+            verify_jwt(HAND_SECRET, &early, "s", NOW),
+            Err(JwtError::NotYetValid)
+        );
+        let skewed = hs256(&format!(r#"{{"exp":{},"nbf":{}}}"#, now + 600, now + 20));
+        assert!(verify_jwt(HAND_SECRET, &skewed, "s", NOW).is_ok());
+    }
+
+    #[test]
+    fn claims_user_id_and_system() {
+        let claims = |payload: &str| verify_jwt(HAND_SECRET, &hs256(payload), "shop", NOW);
+        assert_eq!(
+            claims(r#"{"exp":4102444800,"userId":7}"#)
+                .unwrap()
+                .user_id
+                .as_deref(),
+            Some("7")
+        );
+        assert_eq!(
+            claims(r#"{"exp":4102444800,"userId":""}"#).unwrap().user_id,
+            None
+        );
+        assert_eq!(
+            claims(r#"{"exp":4102444800,"userId":["a"]}"#),
+            Err(JwtError::UserId)
+        );
+        assert!(claims(r#"{"exp":4102444800,"systemId":"shop"}"#).is_ok());
+        assert_eq!(
+            claims(r#"{"exp":4102444800,"systemId":"other"}"#),
+            Err(JwtError::WrongSystem)
+        );
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused_not_panicked_on() {
+        for bad in [
+            "",
+            "abc",
+            "a.b",
+            "a.b.c.d",
+            "!!!.e30.AAAA",
+            "e30.e30.!!!",
+            "bnVsbA.e30.",                     // header `null`
+            "eyJhbGciOiJIUzI1NiJ9.bnVsbA.",    // valid header, payload `null`, empty signature
+            "eyJhbGciOiJIUzI1NiJ9==.e30.AAAA", // padding is not base64url-no-pad
+            "..",
+        ] {
+            let got = verify_jwt(HAND_SECRET, bad, "s", NOW);
+            assert!(got.is_err(), "{bad:?} was accepted");
+        }
+        // A well-formed token whose payload is not an object, signed correctly.
+        assert!(matches!(
+            verify_jwt(HAND_SECRET, &hs256("[1]"), "s", NOW),
+            Err(JwtError::Malformed(_))
+        ));
+        assert_eq!(
+            token_param("systemId=a&token=x.y.z").as_deref(),
+            Some("x.y.z")
+        );
+        assert_eq!(token_param("systemId=a&token="), None);
+    }
+}

@@ -1,0 +1,574 @@
+//! Fuzz target bodies: one function per untrusted-input parser, shared by the libFuzzer targets
+//! of `fuzz/` (nightly, `cargo fuzz`) and the stable smoke test `tests/fuzz_smoke.rs`, so both
+//! run exactly the same code.
+//!
+//! Contract of every target: it never panics, whatever the bytes. Where a parser has an
+//! invariant the server relies on, the target asserts it, so a broken invariant is a crash too:
+//! - bytes consumed never exceed the bytes given, and limits are never exceeded;
+//! - a complete head, body or frame cut short reads as "incomplete", never as an error (the
+//!   server re-parses as bytes arrive, so a TCP split must not change the answer);
+//! - whatever is decoded re-encodes into something that decodes back to the same value.
+//!
+//! Not part of the API: `#[doc(hidden)]` in `lib.rs`.
+
+use crate::api::error::{envelope, ApiError, Data};
+use crate::api::request::{
+    decode, required, Bind, ByClient, ByGroup, NoFields, Push, PushFields, PushToClients, Register,
+    SendToGroup, SendToUser, Unbind,
+};
+use crate::cluster::proto::{self, Frame, Member, RemoteOp, RemoteReply, StatsPart, Target};
+use crate::config::Config;
+use crate::ids::{ClientAddr, IdCodec, CLIENT_ID_LEN};
+use crate::net::{handshake, http};
+use crate::ws::frame::{self, ClientFrame, MessageState};
+use crate::ws::message;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use tungstenite::protocol::frame::coding::{Data as DataCode, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// A fuzz target: any bytes in, a panic only on a bug.
+pub type FuzzTarget = fn(&[u8]);
+
+/// Every target by name: the names are the `fuzz/fuzz_targets/<name>.rs` files and the
+/// `fuzz/corpus/<name>/` seed folders.
+pub const TARGETS: &[(&str, FuzzTarget)] = &[
+    ("http_request", http_request),
+    ("ws_handshake", ws_handshake),
+    ("ws_frame", ws_frame),
+    ("api_request", api_request),
+    ("client_id", client_id),
+    ("node_frame", node_frame),
+];
+
+/// The smallest limits `Config::validate` accepts (or near them), so that inputs of a few
+/// hundred bytes also reach the "too large" branches the default limits keep out of reach.
+const SMALL_HEAD: usize = 256;
+const SMALL_BODY: usize = 64;
+const SMALL_MESSAGE: usize = 64;
+
+/// HTTP/1.x requests as the API listener reads them: heads back to back on one keep-alive
+/// connection, each followed by a Content-Length or chunked body.
+pub fn http_request(data: &[u8]) {
+    let config = Config::default();
+    http_requests_with(data, config.max_head_bytes, config.max_body_bytes);
+    http_requests_with(data, SMALL_HEAD, SMALL_BODY);
+}
+
+fn http_requests_with(data: &[u8], max_head: usize, max_body: usize) {
+    let mut at = 0;
+    while at < data.len() {
+        let buf = &data[at..];
+        let Some((head, head_len)) = head_of(buf, max_head) else {
+            return;
+        };
+        // The route table takes any path.
+        let _ = crate::api::route(&head.path);
+        let rest = &buf[head_len..];
+        let body_len = if head.chunked {
+            match http::dechunk(rest, max_body) {
+                Ok(Some((body, used))) => {
+                    assert!(used <= rest.len(), "dechunk used more than it was given");
+                    assert!(body.len() <= max_body, "dechunked body over the limit");
+                    assert!(body.len() <= used, "body longer than its encoding");
+                    // Two cuts: the last byte, and one the input's length picks.
+                    for cut in [used - 1, data.len() % used] {
+                        assert_eq!(
+                            http::dechunk(&rest[..cut], max_body),
+                            Ok(None),
+                            "a chunked body cut at {cut} of {used} must read as incomplete"
+                        );
+                    }
+                    used
+                }
+                Ok(None) | Err(_) => return,
+            }
+        } else {
+            // The listener refuses a Content-Length over the limit before reading the body.
+            let length = head.content_length.unwrap_or(0);
+            if length > max_body as u64 || rest.len() < length as usize {
+                return;
+            }
+            length as usize
+        };
+        if head.close {
+            return;
+        }
+        at += head_len + body_len;
+    }
+}
+
+/// Parses a head and checks its invariants; `None` when incomplete or refused.
+fn head_of(buf: &[u8], max_head: usize) -> Option<(http::Head, usize)> {
+    match http::parse_head(buf, max_head) {
+        Ok(Some((head, len))) => {
+            assert!(
+                len > 0 && len <= buf.len() && len <= max_head,
+                "head length {len} out of bounds"
+            );
+            assert!(
+                buf[..len].ends_with(b"\n"),
+                "a head ends with an empty line"
+            );
+            // Two cuts: the last byte, and one the input's length picks.
+            for cut in [len - 1, buf.len() % len] {
+                assert!(
+                    matches!(http::parse_head(&buf[..cut], max_head), Ok(None)),
+                    "a head cut at {cut} of {len} must read as incomplete"
+                );
+            }
+            assert!(!head.path.contains('?'), "the query is split off the path");
+            assert!(head.minor_version <= 1);
+            Some((head, len))
+        }
+        Ok(None) => {
+            assert!(buf.len() < max_head, "an incomplete head past the limit");
+            None
+        }
+        Err(e) => {
+            assert!(matches!(e.status(), 400 | 431));
+            None
+        }
+    }
+}
+
+/// A WebSocket upgrade request: the head, the 101 (or the refusal), the `systemId` query
+/// parameter, and the frames the client sent right behind the head.
+pub fn ws_handshake(data: &[u8]) {
+    let Some((head, head_len)) = head_of(data, Config::default().max_head_bytes) else {
+        return;
+    };
+    match handshake::response(&head) {
+        Ok(response) => check_101(&head, &response),
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+    if let Some(system) = handshake::system_id(&head.query) {
+        assert!(!system.is_empty(), "an empty systemId reads as absent");
+    }
+    // Bytes past the head are the session's first frames.
+    read_frames(&data[head_len..], Config::default().max_message_bytes);
+}
+
+/// The 101 must be a well-formed response carrying the RFC 6455 accept key of the request's key.
+fn check_101(head: &http::Head, response: &str) {
+    let key = head.ws_key.as_deref().expect("bug: a 101 without a key");
+    let mut headers = [httparse::EMPTY_HEADER; 8];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let len = match parsed.parse(response.as_bytes()) {
+        Ok(httparse::Status::Complete(len)) => len,
+        other => panic!("the 101 does not parse: {other:?}"),
+    };
+    assert_eq!(len, response.len(), "bytes after the 101's head");
+    assert_eq!(parsed.code, Some(101));
+    let accept = parsed
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
+        .expect("the 101 names its accept key");
+    assert_eq!(accept.value, handshake::accept_key(key).as_bytes());
+}
+
+/// A client's byte stream after the handshake, read as the session reads it.
+pub fn ws_frame(data: &[u8]) {
+    read_frames(data, Config::default().max_message_bytes);
+    read_frames(data, SMALL_MESSAGE);
+}
+
+fn read_frames(data: &[u8], max_message: usize) {
+    // read_frame unmasks in place: work on a copy.
+    let mut buf = data.to_vec();
+    let mut state = MessageState::default();
+    let mut at = 0;
+    while at < buf.len() {
+        // The session keeps an incomplete tail and reads again from its start; check that a
+        // frame one byte short of complete waits for more, on a copy (the state is not touched
+        // by an incomplete read, but the bytes would be by a complete one).
+        let mut before = buf[at..].to_vec();
+        let mut probe_state = state;
+        let step = frame::read_frame(&mut buf[at..], &mut state, max_message);
+        match step {
+            Ok(Some((f, used))) => {
+                assert!(
+                    used >= 6 && used <= before.len(),
+                    "frame length {used} out of bounds"
+                );
+                match f {
+                    ClientFrame::Ping(payload) => assert!(payload.len() <= 125),
+                    ClientFrame::Close(Some(code)) => {
+                        assert!((1000..5000).contains(&code), "close code {code}")
+                    }
+                    ClientFrame::Data | ClientFrame::Pong | ClientFrame::Close(None) => {}
+                }
+                let short =
+                    frame::read_frame(&mut before[..used - 1], &mut probe_state, max_message);
+                assert!(
+                    matches!(short, Ok(None)),
+                    "a frame one byte short must read as incomplete, got {short:?}"
+                );
+                if matches!(f, ClientFrame::Close(_)) {
+                    // The session stops reading after a close.
+                    return;
+                }
+                at += used;
+            }
+            Ok(None) => return,
+            Err(v) => {
+                assert!(
+                    matches!(
+                        v.code,
+                        frame::close_code::PROTOCOL_ERROR | frame::close_code::TOO_BIG
+                    ),
+                    "violation code {}",
+                    v.code
+                );
+                // The reason goes into a close frame: at most 123 bytes.
+                assert!(v.reason.len() <= 123);
+                let close = frame::close(v.code, v.reason);
+                assert!(close.len() <= 2 + 125);
+                return;
+            }
+        }
+    }
+}
+
+/// An API request body, decoded as every route decodes it, and what the routes build from it:
+/// the pushed frame (its JSON must parse back to the same fields) or the error envelope.
+pub fn api_request(data: &[u8]) {
+    if let Some(req) = decoded::<Push>(data) {
+        let _ = required("clientId", req.client_id);
+        check_push(&req.fields, None);
+    }
+    if let Some(req) = decoded::<PushToClients>(data) {
+        if let Some(ids) = req.client_ids {
+            let ids: Vec<String> = ids.into_iter().map(|s| s.into_owned()).collect();
+            let json = envelope(&Ok(Data::OnlineList(ids.clone())));
+            let value: serde_json::Value =
+                serde_json::from_slice(&json).expect("the envelope is not JSON");
+            assert_eq!(value["data"]["count"], ids.len());
+        }
+        check_push(&req.fields, None);
+    }
+    if let Some(req) = decoded::<SendToGroup>(data) {
+        let _ = required("groupName", req.group_name);
+        check_push(&req.fields, None);
+    }
+    if let Some(req) = decoded::<SendToUser>(data) {
+        let _ = required("userId", req.user_id);
+        check_push(&req.fields, None);
+    }
+    if let Some(fields) = decoded::<PushFields>(data) {
+        check_push(&fields, None);
+    }
+    if let Some(req) = decoded::<Register>(data) {
+        let _ = required("systemId", req.system_id);
+    }
+    if let Some(req) = decoded::<Bind>(data) {
+        // bind_to_group announces the member to the group with a 1001 push: a JSON string.
+        let client = req.client_id.as_deref().unwrap_or("");
+        let user = req.user_id.as_deref().unwrap_or("");
+        let extend = req.extend.as_deref().unwrap_or("");
+        let event = message::member_event_data(client, user, extend);
+        let inner: String = serde_json::from_str(&event).expect("event data is not a JSON string");
+        let member: serde_json::Value =
+            serde_json::from_str(&inner).expect("event data does not hold JSON");
+        assert_eq!(member["clientId"], client);
+        assert_eq!(member["userId"], user);
+        assert_eq!(member["extend"], extend);
+        check_push(&PushFields::default(), Some(&event));
+        let _ = required("groupName", req.group_name);
+    }
+    if let Some(req) = decoded::<Unbind>(data) {
+        let _ = required("clientId", req.client_id);
+        let _ = required("groupName", req.group_name);
+    }
+    let _ = decoded::<NoFields>(data);
+    if let Some(req) = decoded::<ByGroup>(data) {
+        let _ = required("groupName", req.group_name);
+    }
+    if let Some(req) = decoded::<ByClient>(data) {
+        let _ = required("clientId", req.client_id);
+    }
+}
+
+/// Decodes a body; a refusal must be a 200 or 400 with a JSON envelope.
+fn decoded<'a, T: Deserialize<'a>>(data: &'a [u8]) -> Option<T> {
+    match decode::<T>(data) {
+        Ok(req) => Some(req),
+        Err(e) => {
+            assert!(matches!(e, ApiError::BadJson(_) | ApiError::Field { .. }));
+            assert!(matches!(e.status(), 200 | 400));
+            let json = envelope(&Err(e));
+            let _: serde_json::Value =
+                serde_json::from_slice(&json).expect("the error envelope is not JSON");
+            None
+        }
+    }
+}
+
+/// Builds the pushed frame as the route does and reads it back as a client would.
+fn check_push(fields: &PushFields, data_owned: Option<&str>) {
+    let send_user = fields.send_user_id.as_deref().unwrap_or("");
+    let msg = fields.msg.as_deref().unwrap_or("");
+    let code = fields.code.unwrap_or(0);
+    let data = data_owned.unwrap_or_else(|| fields.data.map(|raw| raw.get()).unwrap_or("\"\""));
+    let pushed = message::push_frame("1-2", send_user, code, msg, data);
+    let json = text_payload(&pushed);
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Pushed<'a> {
+        message_id: String,
+        send_user_id: String,
+        code: i64,
+        msg: String,
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+    let back: Pushed = serde_json::from_slice(json).expect("the pushed JSON does not parse");
+    assert_eq!(back.message_id, "1-2");
+    assert_eq!(back.send_user_id, send_user);
+    assert_eq!(back.code, code);
+    assert_eq!(back.msg, msg);
+    // `data` is forwarded byte for byte.
+    assert_eq!(back.data.get(), data);
+}
+
+/// The payload of a complete, final, unmasked text frame (what the server sends).
+fn text_payload(bytes: &[u8]) -> &[u8] {
+    let mut cursor = std::io::Cursor::new(bytes);
+    let (header, len) = FrameHeader::parse(&mut cursor)
+        .expect("the server's frame header does not parse")
+        .expect("the server's frame header is incomplete");
+    assert!(header.is_final && header.mask.is_none());
+    assert_eq!(header.opcode, OpCode::Data(DataCode::Text));
+    let start = cursor.position() as usize;
+    assert_eq!(start as u64 + len, bytes.len() as u64, "frame length field");
+    &bytes[start..]
+}
+
+/// clientIds: any string a caller sends is refused unless this node's key sealed it; an id
+/// sealed for an address (taken from the input) opens to that address, and any single-character
+/// change to it is refused.
+pub fn client_id(data: &[u8]) {
+    let codec = IdCodec::new(&Config::default().crypto_key);
+    let text = String::from_utf8_lossy(data);
+    if let Some(addr) = codec.open(&text) {
+        // Only reachable by forging AES-GCM-SIV; if it ever happens, it must at least be coherent.
+        assert_eq!(codec.open(&codec.seal(&addr)), Some(addr));
+    }
+    let mut input = Input::new(data);
+    let addr = ClientAddr {
+        node: SocketAddrV4::new(Ipv4Addr::from(input.u32()), input.u16()),
+        core: input.byte(),
+        slot: input.u32(),
+        generation: input.u32(),
+    };
+    let id = codec.seal(&addr);
+    assert_eq!(id.len(), CLIENT_ID_LEN);
+    assert!(id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    assert_eq!(codec.open(&id), Some(addr));
+    assert_eq!(
+        IdCodec::new("0123456789abcdef0123456789abcdef").open(&id),
+        None
+    );
+
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    // The rest of the input: (position, replacement) pairs, each tried on its own.
+    while !input.is_empty() {
+        let at = input.byte() as usize % CLIENT_ID_LEN;
+        let with = ALPHABET[input.byte() as usize % ALPHABET.len()];
+        let mut tampered = id.clone().into_bytes();
+        if tampered[at] == with {
+            continue;
+        }
+        tampered[at] = with;
+        let tampered = String::from_utf8(tampered).expect("bug: ASCII is UTF-8");
+        assert_eq!(codec.open(&tampered), None, "a tampered id opened");
+    }
+    // Truncated or extended ids are refused.
+    assert_eq!(codec.open(&id[..CLIENT_ID_LEN - 1]), None);
+    assert_eq!(codec.open(&format!("{id}A")), None);
+}
+
+/// Node links: arbitrary bytes read as a link's stream (frames back to back), then a frame built
+/// from the input, encoded and decoded back.
+pub fn node_frame(data: &[u8]) {
+    let mut at = 0;
+    while at < data.len() {
+        match proto::decode(&data[at..]) {
+            Ok(Some((frame, used))) => {
+                assert!(
+                    used >= 6 && used <= data.len() - at,
+                    "frame length {used} out of bounds"
+                );
+                round_trip(&frame);
+                at += used;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    round_trip(&build_frame(&mut Input::new(data)));
+}
+
+/// encode then decode gives the same frame, all its bytes used; cut short, it waits for more.
+fn round_trip(frame: &Frame) {
+    let mut wire = Vec::new();
+    proto::encode(frame, &mut wire);
+    match proto::decode(&wire) {
+        Ok(Some((back, used))) => {
+            assert_eq!(&back, frame, "decode(encode(frame)) differs");
+            assert_eq!(used, wire.len());
+        }
+        other => panic!("an encoded frame does not decode: {other:?}"),
+    }
+    for cut in [0, 5, 6, wire.len() - 1] {
+        assert_eq!(proto::decode(&wire[..cut]), Ok(None), "cut at {cut}");
+    }
+}
+
+/// A [`Frame`] of every shape, its fields read from the input.
+fn build_frame(input: &mut Input) -> Frame {
+    let id = input.u64();
+    let target = |input: &mut Input| Target {
+        core: input.byte(),
+        slot: input.u32(),
+        generation: input.u32(),
+    };
+    let op = match input.byte() % 20 {
+        0 => RemoteOp::Deliver {
+            system: input.string(),
+            targets: (0..input.byte() % 8).map(|_| target(input)).collect(),
+            frame: input.bytes().to_vec(),
+        },
+        1 => RemoteOp::Bind {
+            target: target(input),
+            system: input.string(),
+            group: input.string(),
+            user_id: input.string(),
+            extend: input.string(),
+        },
+        2 => RemoteOp::GroupPush {
+            system: input.string(),
+            group: input.string(),
+            frame: input.bytes().to_vec(),
+        },
+        3 => RemoteOp::OnlineList {
+            system: input.string(),
+            group: input.string(),
+        },
+        4 => RemoteOp::Close {
+            target: target(input),
+            system: input.string(),
+        },
+        5 => RemoteOp::IsOnline {
+            target: target(input),
+            system: input.string(),
+        },
+        6 => RemoteOp::SystemPush {
+            system: input.string(),
+            frame: input.bytes().to_vec(),
+        },
+        7 => RemoteOp::Unbind {
+            target: target(input),
+            system: input.string(),
+            group: input.string(),
+        },
+        8 => RemoteOp::UserPush {
+            system: input.string(),
+            user_id: input.string(),
+            frame: input.bytes().to_vec(),
+        },
+        9 => RemoteOp::Presence {
+            system: input.string(),
+            group: input.string(),
+        },
+        10 => RemoteOp::Stats {
+            system: input.string(),
+        },
+        shape => {
+            let reply = match shape {
+                11 => RemoteReply::Done(input.byte() & 1 == 1),
+                12 => RemoteReply::Count(input.u32()),
+                13 => RemoteReply::List((0..input.byte() % 8).map(|_| input.string()).collect()),
+                14 => RemoteReply::Failed(input.string()),
+                15 => RemoteReply::Refused(input.string()),
+                16 => RemoteReply::Members(
+                    (0..input.byte() % 8)
+                        .map(|_| Member {
+                            client_id: input.string(),
+                            user_id: input.string(),
+                            extend: input.string(),
+                        })
+                        .collect(),
+                ),
+                _ => RemoteReply::Stats(StatsPart {
+                    clients: input.u64(),
+                    groups: (0..input.byte() % 16).map(|_| input.u64()).collect(),
+                    users: (0..input.byte() % 16).map(|_| input.u64()).collect(),
+                    unlisted_groups: input.u64(),
+                    unlisted_users: input.u64(),
+                }),
+            };
+            return Frame::Response { id, reply };
+        }
+    };
+    Frame::Request { id, op }
+}
+
+/// Reads typed values off the front of the input; past its end every value is zero or empty,
+/// so any input builds something.
+struct Input<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Input<'a> {
+    fn new(data: &'a [u8]) -> Input<'a> {
+        Input { rest: data }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (head, tail) = self.rest.split_at(n.min(self.rest.len()));
+        self.rest = tail;
+        head
+    }
+
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        let got = self.take(N);
+        out[..got.len()].copy_from_slice(got);
+        out
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.array::<1>()[0]
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_be_bytes(self.array())
+    }
+
+    fn u32(&mut self) -> u32 {
+        u32::from_be_bytes(self.array())
+    }
+
+    fn u64(&mut self) -> u64 {
+        u64::from_be_bytes(self.array())
+    }
+
+    /// A length byte, then that many bytes (fewer at the end of the input).
+    fn bytes(&mut self) -> &'a [u8] {
+        let n = self.byte() as usize;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> String {
+        String::from_utf8_lossy(self.bytes()).into_owned()
+    }
+}

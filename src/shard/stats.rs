@@ -1,0 +1,142 @@
+//! get_system_stats: counting a system's distinct groups and users across cores and nodes.
+//!
+//! A group with members on two cores or two nodes must count once, and so must a userId bound on
+//! several connections. Summing per-node counts would count such a group on every node; shipping
+//! the names would make the answer as large as the system. So each core hashes every name to 64
+//! bits, a node sends its sorted, distinct hashes (8 bytes a name), and the node that got the
+//! request unions them and counts. Two different names share a hash with probability about
+//! n²/2^65 for n distinct names (under 1e-7 for a million), and a shared hash only makes a count
+//! one too low: exact enough for a statistic, and far cheaper than the names.
+//!
+//! The hash is FNV-1a followed by the splitmix64 finalizer, written here rather than taken from
+//! std so that every node of a cluster computes the same value whatever compiler built it (std's
+//! `DefaultHasher` may change between Rust releases; a mixed cluster would then overcount).
+//!
+//! A node sends at most [`MAX_HASHES`] hashes of each kind (4 MiB, a quarter of the node frame
+//! limit each); past that the rest are counted but not listed, and the answer becomes an upper
+//! bound rather than a frame too large for the link.
+
+pub use crate::cluster::proto::StatsPart;
+
+/// Hashes of each kind (groups, users) one node sends at most.
+pub const MAX_HASHES: usize = 1 << 19;
+
+/// The answer of get_system_stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SystemStats {
+    pub clients: u64,
+    pub groups: u64,
+    pub users: u64,
+}
+
+/// A name's 64-bit hash, the same on every node and every build.
+pub fn name_hash(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name.as_bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    super::mix64(h)
+}
+
+impl StatsPart {
+    /// Adds another core's or node's share.
+    pub fn merge(&mut self, other: StatsPart) {
+        self.clients += other.clients;
+        self.groups.extend(other.groups);
+        self.users.extend(other.users);
+        self.unlisted_groups += other.unlisted_groups;
+        self.unlisted_users += other.unlisted_users;
+    }
+
+    /// Sorts and deduplicates the hashes: what makes a spanning group count once.
+    pub fn normalize(&mut self) {
+        for hashes in [&mut self.groups, &mut self.users] {
+            hashes.sort_unstable();
+            hashes.dedup();
+        }
+    }
+
+    /// Keeps at most `max` hashes of each kind (of a normalized part), counting the rest.
+    pub fn cap(&mut self, max: usize) {
+        if self.groups.len() > max {
+            self.unlisted_groups += (self.groups.len() - max) as u64;
+            self.groups.truncate(max);
+        }
+        if self.users.len() > max {
+            self.unlisted_users += (self.users.len() - max) as u64;
+            self.users.truncate(max);
+        }
+    }
+
+    /// The counts of a normalized part.
+    pub fn counts(&self) -> SystemStats {
+        SystemStats {
+            clients: self.clients,
+            groups: self.groups.len() as u64 + self.unlisted_groups,
+            users: self.users.len() as u64 + self.unlisted_users,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(clients: u64, groups: &[&str], users: &[&str]) -> StatsPart {
+        StatsPart {
+            clients,
+            groups: groups.iter().map(|g| name_hash(g)).collect(),
+            users: users.iter().map(|u| name_hash(u)).collect(),
+            ..StatsPart::default()
+        }
+    }
+
+    #[test]
+    fn the_hash_is_pinned() {
+        // Nodes of one cluster must agree: a change here must bump PROTO_VERSION.
+        assert_eq!(name_hash(""), super::super::mix64(0xcbf2_9ce4_8422_2325));
+        assert_eq!(name_hash("room"), name_hash("room"));
+        assert_ne!(name_hash("room"), name_hash("roon"));
+        assert_ne!(name_hash("ab"), name_hash("ba"));
+    }
+
+    #[test]
+    fn a_name_on_several_parts_counts_once() {
+        let mut total = part(3, &["room", "lobby"], &["alice", "bob"]);
+        total.merge(part(2, &["room"], &["alice"]));
+        total.merge(part(1, &["solo"], &[]));
+        total.merge(StatsPart::default());
+        total.normalize();
+        assert_eq!(
+            total.counts(),
+            SystemStats {
+                clients: 6,
+                groups: 3,
+                users: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_capped_part_counts_what_it_does_not_list() {
+        let names: Vec<String> = (0..10).map(|i| format!("g{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut node = part(10, &refs, &refs[..3]);
+        node.normalize();
+        node.cap(4);
+        assert_eq!((node.groups.len(), node.unlisted_groups), (4, 6));
+        assert_eq!((node.users.len(), node.unlisted_users), (3, 0));
+        let mut total = part(1, &[], &[]);
+        total.merge(node);
+        total.normalize();
+        assert_eq!(
+            total.counts(),
+            SystemStats {
+                clients: 11,
+                groups: 10,
+                users: 3
+            }
+        );
+    }
+}

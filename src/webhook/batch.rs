@@ -1,0 +1,715 @@
+//! Batching and retries, as pure state: events in, jobs out, outcomes in. No sockets and no
+//! clock of its own (every call is given `now`), so the rules are unit-tested directly.
+//!
+//! Rules, per destination (one system's URL):
+//! - Events wait in a FIFO buffer of at most [`Limits::buffer`] events; one more drops the
+//!   oldest (counted as `dropped_buffer_full`).
+//! - A batch is cut when [`Limits::max_batch`] events wait, or when the oldest has waited
+//!   [`Limits::window`], or at once during the shutdown flush.
+//! - At most one batch is in flight. A failed batch is kept and resent unchanged (same body,
+//!   same `X-Webhook-Id`) after [`backoff`] (0.5 s doubling to 30 s), before any newer event:
+//!   order per destination is kept, and a failing destination only ever holds one sender.
+//! - A destination with nothing buffered or in flight for [`FORGET_AFTER`] is forgotten.
+
+use super::client::Url;
+use super::{count_drop, DropReason, Event};
+use crate::shard::SystemInfo;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most events in one POST.
+pub const MAX_BATCH: usize = 100;
+/// Longest an event waits for others to share its POST.
+pub const WINDOW: Duration = Duration::from_millis(100);
+/// First retry delay after a failed POST; doubles with each failure in a row.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Largest retry delay: a dead receiver is tried twice a minute.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A destination idle this long is forgotten (its entry, not any event).
+pub const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_batch: usize,
+    pub window: Duration,
+    /// Events one destination may have waiting (`WebhookBuffer`).
+    pub buffer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_batch: MAX_BATCH,
+            window: WINDOW,
+            buffer: 10_000,
+        }
+    }
+}
+
+/// Delay before the next attempt after `failures` failures in a row (1 = the first failure).
+pub fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (BACKOFF_MIN * (1u32 << doublings)).min(BACKOFF_MAX)
+}
+
+/// One POST for a sender thread to make.
+pub struct Job {
+    pub system: Box<str>,
+    pub url_text: Box<str>,
+    pub url: Arc<Url>,
+    pub body: Arc<[u8]>,
+    pub signature: Option<Arc<str>>,
+    /// `X-Webhook-Id`: the same on every attempt of one batch, so receivers can drop repeats.
+    pub batch_id: Arc<str>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub events: usize,
+}
+
+impl Job {
+    /// The headers besides Host, Content-Type and Content-Length.
+    pub fn headers(&self) -> Vec<(&str, &str)> {
+        let mut headers = vec![("X-Webhook-Id", &*self.batch_id)];
+        if let Some(signature) = &self.signature {
+            headers.push(("X-Signature", signature));
+        }
+        headers
+    }
+
+    pub fn delivered(self) -> Outcome {
+        self.outcome(Ok(()))
+    }
+
+    pub fn failed(self, why: impl Into<String>) -> Outcome {
+        self.outcome(Err(why.into()))
+    }
+
+    fn outcome(self, result: Result<(), String>) -> Outcome {
+        Outcome {
+            system: self.system,
+            url: self.url_text,
+            result,
+        }
+    }
+}
+
+/// How a [`Job`] went.
+#[derive(Debug)]
+pub struct Outcome {
+    pub system: Box<str>,
+    pub url: Box<str>,
+    /// Err: why it failed (logged).
+    pub result: Result<(), String>,
+}
+
+/// A batch that was sent and is either in flight or waiting for its retry.
+struct Flight {
+    body: Arc<[u8]>,
+    signature: Option<Arc<str>>,
+    id: Arc<str>,
+    events: usize,
+    attempts: u32,
+}
+
+struct Dest {
+    /// None: the URL is not a usable `http://` URL; its events are dropped.
+    url: Option<Arc<Url>>,
+    /// The options of the latest event: a rotated secret signs the next batch cut.
+    info: Arc<SystemInfo>,
+    pending: VecDeque<(Instant, Event)>,
+    flight: Option<Flight>,
+    /// A sender holds this destination's flight now.
+    sending: bool,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_active: Instant,
+}
+
+impl Dest {
+    fn idle(&self) -> bool {
+        self.pending.is_empty() && self.flight.is_none() && !self.sending
+    }
+
+    fn events(&self) -> usize {
+        self.pending.len() + self.flight.as_ref().map_or(0, |f| f.events)
+    }
+}
+
+/// Every destination's buffer, batch in flight and retry state.
+pub struct Batcher {
+    /// system -> URL -> destination (a system has one URL; keyed by both so that a system whose
+    /// URL changed never mixes the two streams).
+    dests: HashMap<Box<str>, HashMap<Box<str>, Dest>>,
+    limits: Limits,
+    node: String,
+    flushing: bool,
+    next_batch: u64,
+    last_sweep: Option<Instant>,
+}
+
+impl Batcher {
+    pub fn new(limits: Limits, node: String) -> Batcher {
+        Batcher {
+            dests: HashMap::new(),
+            limits,
+            node,
+            flushing: false,
+            // Random start: batch ids of two processes (or two runs) do not collide.
+            next_batch: rand::random(),
+            last_sweep: None,
+        }
+    }
+
+    /// Buffers one event for its destination (dropping the oldest if the buffer is full).
+    pub fn push(&mut self, event: Event, now: Instant) {
+        let Some(url) = event.info.webhook_url.as_deref() else {
+            return;
+        };
+        let dest = match self
+            .dests
+            .get_mut(event.system())
+            .and_then(|urls| urls.get_mut(url))
+        {
+            Some(dest) => dest,
+            None => {
+                let parsed = match Url::parse(url) {
+                    Ok(u) => Some(Arc::new(u)),
+                    Err(e) => {
+                        tracing::warn!(system = event.system(), url, error = %e,
+                            "webhook URL unusable: this system's events are dropped");
+                        None
+                    }
+                };
+                let dest = Dest {
+                    url: parsed,
+                    info: event.info.clone(),
+                    pending: VecDeque::new(),
+                    flight: None,
+                    sending: false,
+                    failures: 0,
+                    retry_at: None,
+                    last_active: now,
+                };
+                self.dests
+                    .entry(Box::from(event.system()))
+                    .or_default()
+                    .entry(Box::from(url))
+                    .or_insert(dest)
+            }
+        };
+        dest.last_active = now;
+        if !Arc::ptr_eq(&dest.info, &event.info) {
+            dest.info = event.info.clone();
+        }
+        if dest.url.is_none() {
+            count_drop(DropReason::Undeliverable, 1);
+            return;
+        }
+        if dest.pending.len() >= self.limits.buffer.max(1) {
+            dest.pending.pop_front();
+            count_drop(DropReason::BufferFull, 1);
+        }
+        dest.pending.push_back((now, event));
+    }
+
+    /// The POSTs due now: retries whose backoff has passed, then new batches that are full or
+    /// whose oldest event has waited a whole window. One per destination at most.
+    pub fn ready(&mut self, now: Instant) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        for (system, urls) in &mut self.dests {
+            for (url_text, dest) in urls.iter_mut() {
+                if dest.sending {
+                    continue;
+                }
+                let Some(url) = dest.url.clone() else {
+                    continue;
+                };
+                if dest.flight.is_none() {
+                    let due = match dest.pending.front() {
+                        None => false,
+                        Some((at, _)) => {
+                            self.flushing
+                                || dest.pending.len() >= self.limits.max_batch
+                                || now.duration_since(*at) >= self.limits.window
+                        }
+                    };
+                    if !due {
+                        continue;
+                    }
+                    let take = dest.pending.len().min(self.limits.max_batch.max(1));
+                    let body: Arc<[u8]> = Arc::from(render(
+                        system,
+                        &self.node,
+                        dest.pending.iter().take(take).map(|(_, e)| e),
+                    ));
+                    dest.pending.drain(..take);
+                    let signature = dest
+                        .info
+                        .secret
+                        .as_deref()
+                        .filter(|secret| !secret.is_empty())
+                        .map(|secret| Arc::from(crate::auth::sign_hex(secret, &body)));
+                    let id = self.next_batch;
+                    self.next_batch = id.wrapping_add(1);
+                    dest.flight = Some(Flight {
+                        body,
+                        signature,
+                        id: Arc::from(format!("{id:016x}")),
+                        events: take,
+                        attempts: 0,
+                    });
+                } else if dest.retry_at.is_some_and(|at| at > now) {
+                    continue;
+                }
+                let Some(flight) = dest.flight.as_mut() else {
+                    continue;
+                };
+                flight.attempts += 1;
+                dest.sending = true;
+                dest.retry_at = None;
+                dest.last_active = now;
+                jobs.push(Job {
+                    system: system.clone(),
+                    url_text: url_text.clone(),
+                    url,
+                    body: flight.body.clone(),
+                    signature: flight.signature.clone(),
+                    batch_id: flight.id.clone(),
+                    attempt: flight.attempts,
+                    events: flight.events,
+                });
+            }
+        }
+        self.sweep(now);
+        jobs
+    }
+
+    /// Applies a sender's report: a delivered batch frees the destination for the next one; a
+    /// failed one is kept for a retry after the backoff.
+    pub fn finished(&mut self, outcome: Outcome, now: Instant) {
+        let Some(dest) = self
+            .dests
+            .get_mut(&*outcome.system)
+            .and_then(|urls| urls.get_mut(&*outcome.url))
+        else {
+            return;
+        };
+        dest.sending = false;
+        dest.last_active = now;
+        match outcome.result {
+            Ok(()) => {
+                if dest.failures > 0 {
+                    tracing::info!(system = %outcome.system, url = %outcome.url,
+                        failures = dest.failures, "webhook receiver reachable again");
+                }
+                dest.flight = None;
+                dest.failures = 0;
+                dest.retry_at = None;
+            }
+            Err(why) => {
+                dest.failures = dest.failures.saturating_add(1);
+                let delay = backoff(dest.failures);
+                dest.retry_at = Some(now + delay);
+                let (events, attempt) = dest
+                    .flight
+                    .as_ref()
+                    .map_or((0, 0), |f| (f.events, f.attempts));
+                tracing::warn!(system = %outcome.system, url = %outcome.url, error = %why,
+                    attempt, events, waiting = dest.pending.len(), retry_in_ms = delay.as_millis() as u64,
+                    "webhook POST failed; will retry");
+            }
+        }
+    }
+
+    /// When [`Batcher::ready`] next has something to do without new input: the earliest retry or
+    /// batch window among destinations no sender holds.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.dests
+            .values()
+            .flat_map(|urls| urls.values())
+            .filter(|d| !d.sending && d.url.is_some())
+            .filter_map(|d| match &d.flight {
+                Some(_) => d.retry_at,
+                None => d.pending.front().map(|(at, _)| *at + self.limits.window),
+            })
+            .min()
+    }
+
+    /// Shutdown: from now on batches are cut without waiting for their window, and each waiting
+    /// retry is tried once at once (later failures back off as usual).
+    pub fn flush_all(&mut self) {
+        self.flushing = true;
+        for dest in self.dests.values_mut().flat_map(|urls| urls.values_mut()) {
+            dest.retry_at = None;
+        }
+    }
+
+    /// Nothing buffered, nothing in flight, nothing waiting for a retry.
+    pub fn is_empty(&self) -> bool {
+        self.dests
+            .values()
+            .flat_map(|urls| urls.values())
+            .all(Dest::idle)
+    }
+
+    /// Forgets everything; returns how many events that was.
+    pub fn abandon(&mut self) -> usize {
+        let left = self
+            .dests
+            .values()
+            .flat_map(|urls| urls.values())
+            .map(Dest::events)
+            .sum();
+        self.dests.clear();
+        left
+    }
+
+    /// Events buffered or in flight, over all destinations.
+    pub fn waiting(&self) -> usize {
+        self.dests
+            .values()
+            .flat_map(|urls| urls.values())
+            .map(Dest::events)
+            .sum()
+    }
+
+    /// Drops destinations idle for [`FORGET_AFTER`], at most once a minute.
+    fn sweep(&mut self, now: Instant) {
+        if self
+            .last_sweep
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
+        self.dests.retain(|_, urls| {
+            urls.retain(|_, d| !(d.idle() && now.duration_since(d.last_active) >= FORGET_AFTER));
+            !urls.is_empty()
+        });
+    }
+}
+
+/// The body of one POST:
+/// `{"systemId":..,"node":..,"events":[{"event","clientId","userId","groupName","extend","time"}]}`.
+pub fn render<'a>(system: &str, node: &str, events: impl Iterator<Item = &'a Event>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"systemId\":");
+    json_str(&mut out, system);
+    out.extend_from_slice(b",\"node\":");
+    json_str(&mut out, node);
+    out.extend_from_slice(b",\"events\":[");
+    for (i, e) in events.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"event\":\"");
+        out.extend_from_slice(e.kind.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"clientId\":");
+        json_str(&mut out, e.client_id());
+        out.extend_from_slice(b",\"userId\":");
+        json_str(&mut out, e.user_id());
+        out.extend_from_slice(b",\"groupName\":");
+        json_str(&mut out, e.group());
+        out.extend_from_slice(b",\"extend\":");
+        json_str(&mut out, e.extend());
+        out.extend_from_slice(b",\"time\":");
+        out.extend_from_slice(itoa::Buffer::new().format(e.time_ms).as_bytes());
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::SystemInfo;
+    use crate::webhook::Kind;
+    use serde_json::Value;
+
+    fn info(url: &str, secret: Option<&str>) -> Arc<SystemInfo> {
+        Arc::new(SystemInfo {
+            secret: secret.map(String::from),
+            webhook_url: Some(url.to_string()),
+        })
+    }
+
+    fn event(info: &Arc<SystemInfo>, system: &str, kind: Kind, client: &str) -> Event {
+        Event::new(kind, info.clone(), system, client, "u", "g", "x", 7).unwrap()
+    }
+
+    fn batcher(buffer: usize) -> Batcher {
+        Batcher::new(
+            Limits {
+                buffer,
+                ..Limits::default()
+            },
+            "127.0.0.1:7900".into(),
+        )
+    }
+
+    fn body(job: &Job) -> Value {
+        serde_json::from_slice(&job.body).unwrap()
+    }
+
+    fn clients(job: &Job) -> Vec<String> {
+        body(job)["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["clientId"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn backoff_doubles_from_half_a_second_to_thirty() {
+        let ms: Vec<u128> = (1..=9).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(
+            ms,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+        assert_eq!(backoff(0), BACKOFF_MIN);
+    }
+
+    #[test]
+    fn an_event_fits_the_queue_slot_the_config_documents() {
+        // WebhookQueue's "about 64 bytes a slot": the event plus the queue's stamp word.
+        assert!(
+            std::mem::size_of::<Event>() <= 56,
+            "{}",
+            std::mem::size_of::<Event>()
+        );
+    }
+
+    #[test]
+    fn event_fields_round_trip_through_the_packed_text() {
+        let i = info("http://h/", None);
+        let e = Event::new(Kind::Bind, i, "sys", "cl", "ü", "", "{\"a\":1}", 9).unwrap();
+        assert_eq!(
+            (
+                e.system(),
+                e.client_id(),
+                e.user_id(),
+                e.group(),
+                e.extend()
+            ),
+            ("sys", "cl", "ü", "", "{\"a\":1}")
+        );
+    }
+
+    #[test]
+    fn a_batch_waits_for_its_window_unless_it_is_full() {
+        let i = info("http://127.0.0.1:1/hook", None);
+        let mut b = batcher(1000);
+        let t0 = Instant::now();
+        b.push(event(&i, "s", Kind::Online, "c0"), t0);
+        assert!(b.ready(t0 + Duration::from_millis(50)).is_empty());
+        assert_eq!(b.next_deadline(), Some(t0 + WINDOW));
+        let jobs = b.ready(t0 + WINDOW);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(clients(&jobs[0]), ["c0"]);
+
+        // A full batch goes at once; the rest waits for the one in flight.
+        let mut b = batcher(1000);
+        for n in 0..250 {
+            b.push(event(&i, "s", Kind::Online, &format!("c{n}")), t0);
+        }
+        let jobs = b.ready(t0);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].events, MAX_BATCH);
+        assert_eq!(clients(&jobs[0])[0], "c0");
+        assert!(
+            b.ready(t0).is_empty(),
+            "one batch in flight per destination"
+        );
+        let job = jobs.into_iter().next().unwrap();
+        b.finished(job.delivered(), t0);
+        let jobs = b.ready(t0);
+        assert_eq!(clients(&jobs[0])[0], "c100");
+        b.finished(jobs.into_iter().next().unwrap().delivered(), t0);
+        // 50 left: not full, so they wait for the window of their oldest.
+        assert!(b.ready(t0).is_empty());
+        let jobs = b.ready(t0 + WINDOW);
+        assert_eq!(jobs[0].events, 50);
+        b.finished(jobs.into_iter().next().unwrap().delivered(), t0 + WINDOW);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn the_body_has_the_documented_shape() {
+        let i = info("http://127.0.0.1:1/", None);
+        let mut b = batcher(10);
+        let t0 = Instant::now();
+        let e = Event::new(Kind::Unbind, i, "sys\"1", "cid", "uid", "grp", "ext", 1234).unwrap();
+        b.push(e, t0);
+        let jobs = b.ready(t0 + WINDOW);
+        assert_eq!(
+            body(&jobs[0]),
+            serde_json::json!({
+                "systemId": "sys\"1",
+                "node": "127.0.0.1:7900",
+                "events": [{"event": "unbind", "clientId": "cid", "userId": "uid",
+                            "groupName": "grp", "extend": "ext", "time": 1234}]
+            })
+        );
+        assert!(jobs[0].signature.is_none());
+        assert_eq!(jobs[0].headers().len(), 1, "X-Webhook-Id only");
+    }
+
+    #[test]
+    fn destinations_are_independent() {
+        let a = info("http://127.0.0.1:1/a", None);
+        let c = info("http://127.0.0.1:1/c", None);
+        let mut b = batcher(10);
+        let t0 = Instant::now();
+        b.push(event(&a, "A", Kind::Online, "a0"), t0);
+        b.push(event(&c, "C", Kind::Online, "c0"), t0);
+        let jobs = b.ready(t0 + WINDOW);
+        assert_eq!(jobs.len(), 2);
+        // A fails and backs off; C keeps flowing meanwhile.
+        let t1 = t0 + WINDOW;
+        for job in jobs {
+            let outcome = if &*job.system == "A" {
+                job.failed("refused")
+            } else {
+                job.delivered()
+            };
+            b.finished(outcome, t1);
+        }
+        b.push(event(&c, "C", Kind::Offline, "c1"), t1);
+        b.push(event(&a, "A", Kind::Offline, "a1"), t1);
+        let jobs = b.ready(t1 + WINDOW);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(&*jobs[0].system, "C");
+    }
+
+    #[test]
+    fn a_failed_batch_is_resent_unchanged_after_the_backoff_before_newer_events() {
+        let i = info("http://127.0.0.1:1/", Some("k"));
+        let mut b = batcher(1000);
+        let t0 = Instant::now();
+        b.push(event(&i, "s", Kind::Online, "c0"), t0);
+        let first = b.ready(t0 + WINDOW).pop().unwrap();
+        let (body0, id0, sig0) = (
+            first.body.clone(),
+            first.batch_id.clone(),
+            first.signature.clone(),
+        );
+        assert_eq!(first.attempt, 1);
+        let mut now = t0 + WINDOW;
+        b.finished(first.failed("connection refused"), now);
+        b.push(event(&i, "s", Kind::Offline, "c1"), now);
+        for failures in 1..=3u32 {
+            assert_eq!(b.next_deadline(), Some(now + backoff(failures)));
+            assert!(b
+                .ready(now + backoff(failures) - Duration::from_millis(1))
+                .is_empty());
+            now += backoff(failures);
+            let retry = b.ready(now).pop().unwrap();
+            assert_eq!(retry.attempt, failures + 1);
+            assert_eq!((&retry.body, &retry.batch_id), (&body0, &id0));
+            assert_eq!(retry.signature, sig0);
+            if failures < 3 {
+                b.finished(retry.failed("500"), now);
+            } else {
+                b.finished(retry.delivered(), now);
+            }
+        }
+        // Then the newer event, in a batch of its own with a new id.
+        let next = b.ready(now).pop().unwrap();
+        assert_eq!(clients(&next), ["c1"]);
+        assert_ne!(next.batch_id, id0);
+        assert_eq!(next.attempt, 1);
+    }
+
+    #[test]
+    fn a_full_buffer_drops_the_oldest_waiting_events_not_the_batch_in_flight() {
+        let i = info("http://127.0.0.1:1/", None);
+        let mut b = batcher(3);
+        let t0 = Instant::now();
+        b.push(event(&i, "s", Kind::Online, "c0"), t0);
+        let job = b.ready(t0 + WINDOW).pop().unwrap();
+        b.finished(job.failed("down"), t0 + WINDOW);
+        let before = crate::webhook::stats().dropped_buffer_full;
+        for n in 1..=5 {
+            b.push(event(&i, "s", Kind::Online, &format!("c{n}")), t0 + WINDOW);
+        }
+        // Other tests may drop concurrently: at least these two.
+        assert!(crate::webhook::stats().dropped_buffer_full >= before + 2);
+        assert_eq!(b.waiting(), 4, "the batch in flight plus 3 buffered");
+        let now = t0 + WINDOW + backoff(1);
+        let retry = b.ready(now).pop().unwrap();
+        assert_eq!(clients(&retry), ["c0"]);
+        b.finished(retry.delivered(), now);
+        let next = b.ready(now + WINDOW).pop().unwrap();
+        assert_eq!(clients(&next), ["c3", "c4", "c5"]);
+    }
+
+    #[test]
+    fn the_shutdown_flush_skips_windows_and_waiting_retries_once() {
+        let i = info("http://127.0.0.1:1/", None);
+        let mut b = batcher(100);
+        let t0 = Instant::now();
+        b.push(event(&i, "s", Kind::Online, "c0"), t0);
+        let job = b.ready(t0 + WINDOW).pop().unwrap();
+        b.finished(job.failed("down"), t0 + WINDOW);
+        b.flush_all();
+        let retry = b.ready(t0 + WINDOW).pop().unwrap();
+        assert_eq!(retry.attempt, 2);
+        b.finished(retry.failed("down"), t0 + WINDOW);
+        assert!(b.ready(t0 + WINDOW).is_empty(), "later failures back off");
+        assert!(!b.is_empty());
+        assert_eq!(b.abandon(), 1);
+        assert!(b.is_empty());
+
+        let mut b = batcher(100);
+        b.push(event(&i, "s", Kind::Online, "c0"), t0);
+        b.flush_all();
+        assert_eq!(b.ready(t0).len(), 1, "no window while flushing");
+    }
+
+    #[test]
+    fn an_unusable_url_drops_its_events() {
+        let i = info("https://example.com/", None);
+        let mut b = batcher(100);
+        let t0 = Instant::now();
+        b.push(event(&i, "s", Kind::Online, "c0"), t0);
+        assert!(b.ready(t0 + WINDOW).is_empty());
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn idle_destinations_are_forgotten() {
+        let i = info("http://127.0.0.1:1/", None);
+        let mut b = batcher(100);
+        let t0 = Instant::now();
+        b.push(event(&i, "s", Kind::Online, "c0"), t0);
+        let job = b.ready(t0 + WINDOW).pop().unwrap();
+        b.finished(job.delivered(), t0 + WINDOW);
+        assert_eq!(b.dests.len(), 1);
+        b.ready(t0 + WINDOW + FORGET_AFTER + Duration::from_secs(60));
+        assert!(b.dests.is_empty());
+    }
+
+    #[test]
+    fn a_system_with_a_secret_gets_signed_batches() {
+        let i = info("http://127.0.0.1:1/", Some("0123456789abcdef"));
+        let mut b = batcher(10);
+        let t0 = Instant::now();
+        b.push(event(&i, "s", Kind::Online, "c0"), t0);
+        let job = b.ready(t0 + WINDOW).pop().unwrap();
+        let signature = job.signature.as_deref().unwrap();
+        crate::auth::verify_signature("0123456789abcdef", &job.body, Some(signature)).unwrap();
+        assert_eq!(
+            job.headers(),
+            [("X-Webhook-Id", &*job.batch_id), ("X-Signature", signature)]
+        );
+    }
+}

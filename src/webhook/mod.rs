@@ -1,0 +1,579 @@
+//! Webhooks (issue 7): connection events POSTed to a system's `webhookUrl`, off the data path.
+//!
+//! ```text
+//!  core 0 ─┐ emit(): one allocation, try_push          ┌─ sender 1 ─ POST ─> receiver A
+//!  core 1 ─┼──> ArrayQueue (WebhookQueue) ──> batcher ──┼─ sender 2 ─ POST ─> receiver B
+//!  core N ─┘    full: drop + count + warn   (one thread)└─ ...  (WebhookWorkers threads)
+//! ```
+//!
+//! - **Cores** call [`emit`] (or [`conn_event`]) from the core that owns the connection, so every
+//!   event is sent by the node that owns it. Nothing happens, not even an allocation, when the
+//!   system has no webhook URL. Otherwise the event is packed into one allocation and offered to a
+//!   bounded lock-free queue with a non-blocking push; a full queue drops the event, counts it and
+//!   logs at most one warn line a second. A core never waits for the webhook threads.
+//! - **The batcher** ("wspush-webhook", one std thread) drains that queue into one buffer per
+//!   destination (system, URL), cuts batches of up to [`batch::MAX_BATCH`] events (or what
+//!   arrived within [`batch::WINDOW`] of the oldest), and hands each to a sender. A destination has
+//!   at most one batch in flight, so its events arrive in order; a failed batch is resent as it
+//!   was, with exponential backoff, while newer events wait in the destination's bounded buffer.
+//!   The batching and retry rules are the pure [`batch::Batcher`].
+//! - **Senders** (`WebhookWorkers` std threads) POST with the blocking client of [`client`]. A
+//!   slow or dead receiver holds one sender for at most its timeouts, and never more than one at a
+//!   time (one batch in flight per destination), so the other destinations keep flowing on the
+//!   other senders; only as many simultaneously stuck receivers as there are senders can delay the
+//!   rest.
+//!
+//! Delivery is at least once: a batch whose 2xx answer is lost is sent again. `docs/webhooks.md`
+//! is the user-facing contract (request shape, signature, retries, drops).
+
+pub mod batch;
+pub mod client;
+
+use crate::config::Config;
+use crate::shard::conn::Conn;
+use crate::shard::{Shard, SystemInfo};
+use crossbeam_queue::ArrayQueue;
+use std::net::SocketAddrV4;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What happened to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A WebSocket of the system connected.
+    Online,
+    /// It went away, whatever the reason (one event, however many groups it was in).
+    Offline,
+    /// It joined a group (first bind of that group only).
+    Bind,
+    /// It left a group by `unbind_from_group` and is still online.
+    Unbind,
+}
+
+impl Kind {
+    /// The `"event"` value in the POSTed JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Online => "online",
+            Kind::Offline => "offline",
+            Kind::Bind => "bind",
+            Kind::Unbind => "unbind",
+        }
+    }
+}
+
+/// One event on its way from a core to the batcher. Its strings are packed into one allocation
+/// (system, clientId, userId, groupName, extend), so emitting costs one `malloc` and a reference
+/// count, whatever the fields.
+pub struct Event {
+    /// The system's options (URL, secret) as the emitting core knew them.
+    pub info: Arc<SystemInfo>,
+    text: Box<str>,
+    /// Byte lengths of system, clientId, userId and groupName in `text`; extend is the rest.
+    lens: [u32; 4],
+    /// Unix time in milliseconds, taken on the core when it happened.
+    pub time_ms: u64,
+    pub kind: Kind,
+}
+
+impl Event {
+    /// None when a field is longer than 4 GiB (no request body can carry one).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kind: Kind,
+        info: Arc<SystemInfo>,
+        system: &str,
+        client_id: &str,
+        user_id: &str,
+        group: &str,
+        extend: &str,
+        time_ms: u64,
+    ) -> Option<Event> {
+        let len = |s: &str| u32::try_from(s.len()).ok();
+        let lens = [len(system)?, len(client_id)?, len(user_id)?, len(group)?];
+        let mut text = String::with_capacity(
+            system.len() + client_id.len() + user_id.len() + group.len() + extend.len(),
+        );
+        for part in [system, client_id, user_id, group, extend] {
+            text.push_str(part);
+        }
+        Some(Event {
+            info,
+            text: text.into_boxed_str(),
+            lens,
+            time_ms,
+            kind,
+        })
+    }
+
+    /// The `i`-th packed field. Every boundary is a field's end, hence a char boundary.
+    fn field(&self, i: usize) -> &str {
+        let start: usize = self.lens[..i].iter().map(|&l| l as usize).sum();
+        let end = match self.lens.get(i) {
+            Some(&l) => start + l as usize,
+            None => self.text.len(),
+        };
+        self.text.get(start..end).unwrap_or_default()
+    }
+
+    pub fn system(&self) -> &str {
+        self.field(0)
+    }
+    pub fn client_id(&self) -> &str {
+        self.field(1)
+    }
+    pub fn user_id(&self) -> &str {
+        self.field(2)
+    }
+    pub fn group(&self) -> &str {
+        self.field(3)
+    }
+    pub fn extend(&self) -> &str {
+        self.field(4)
+    }
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Event")
+            .field("kind", &self.kind)
+            .field("system", &self.system())
+            .field("client_id", &self.client_id())
+            .field("group", &self.group())
+            .field("time_ms", &self.time_ms)
+            .finish()
+    }
+}
+
+// ---- counters (the "metric" of dropped events) ----------------------------------------------
+
+static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+static DELIVERED: AtomicU64 = AtomicU64::new(0);
+static POSTS_FAILED: AtomicU64 = AtomicU64::new(0);
+static DROPPED_QUEUE_FULL: AtomicU64 = AtomicU64::new(0);
+static DROPPED_BUFFER_FULL: AtomicU64 = AtomicU64::new(0);
+static DROPPED_UNDELIVERABLE: AtomicU64 = AtomicU64::new(0);
+/// Drops not yet reported in a log line, and when the last line was written (ms since
+/// [`epoch`]): at most one warn line a second, whichever thread drops.
+static DROPS_UNLOGGED: AtomicU64 = AtomicU64::new(0);
+static DROPS_LOGGED_AT: AtomicU64 = AtomicU64::new(0);
+
+/// Webhook counters since the process started. Read by the metrics endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events the cores put on the queue.
+    pub accepted: u64,
+    /// Events in batches a receiver answered with 2xx (a resent batch counts once per 2xx).
+    pub delivered: u64,
+    /// POST attempts that failed (connect, timeout, non-2xx); each is retried.
+    pub posts_failed: u64,
+    /// Events dropped because the queue from the cores was full (`WebhookQueue`).
+    pub dropped_queue_full: u64,
+    /// Events dropped, oldest first, because a destination's buffer was full (`WebhookBuffer`):
+    /// its receiver was down or slower than the events came.
+    pub dropped_buffer_full: u64,
+    /// Events dropped because their URL is not a valid `http://` URL, or still undelivered when
+    /// the shutdown's final flush ran out of time.
+    pub dropped_undeliverable: u64,
+}
+
+impl Stats {
+    /// Every event dropped, for whatever reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_queue_full + self.dropped_buffer_full + self.dropped_undeliverable
+    }
+}
+
+pub fn stats() -> Stats {
+    Stats {
+        accepted: ACCEPTED.load(Ordering::Relaxed),
+        delivered: DELIVERED.load(Ordering::Relaxed),
+        posts_failed: POSTS_FAILED.load(Ordering::Relaxed),
+        dropped_queue_full: DROPPED_QUEUE_FULL.load(Ordering::Relaxed),
+        dropped_buffer_full: DROPPED_BUFFER_FULL.load(Ordering::Relaxed),
+        dropped_undeliverable: DROPPED_UNDELIVERABLE.load(Ordering::Relaxed),
+    }
+}
+
+/// Every webhook event dropped since the process started.
+pub fn dropped() -> u64 {
+    stats().dropped()
+}
+
+/// Why an event was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    QueueFull,
+    BufferFull,
+    Undeliverable,
+}
+
+/// Counts `n` dropped events and writes the rate-limited warn line if one is due.
+pub(crate) fn count_drop(why: DropReason, n: u64) {
+    let counter = match why {
+        DropReason::QueueFull => &DROPPED_QUEUE_FULL,
+        DropReason::BufferFull => &DROPPED_BUFFER_FULL,
+        DropReason::Undeliverable => &DROPPED_UNDELIVERABLE,
+    };
+    counter.fetch_add(n, Ordering::Relaxed);
+    DROPS_UNLOGGED.fetch_add(n, Ordering::Relaxed);
+    log_drops_if_due();
+}
+
+/// The one warn line a second about drops, with how many since the last line. Called on every
+/// drop and by the batcher at least once a second, so the last drops of a burst are reported too.
+fn log_drops_if_due() {
+    if DROPS_UNLOGGED.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    // +1000 so the very first drop is logged at once (the clock starts at 0).
+    let now = epoch().elapsed().as_millis() as u64 + 1000;
+    let last = DROPS_LOGGED_AT.load(Ordering::Relaxed);
+    if now < last + 1000
+        || DROPS_LOGGED_AT
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    let n = DROPS_UNLOGGED.swap(0, Ordering::Relaxed);
+    if n > 0 {
+        let s = stats();
+        tracing::warn!(
+            dropped = n,
+            total = s.dropped(),
+            queue_full = s.dropped_queue_full,
+            buffer_full = s.dropped_buffer_full,
+            undeliverable = s.dropped_undeliverable,
+            "webhook events dropped"
+        );
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+// ---- the cores' side ------------------------------------------------------------------------
+
+/// What the cores share with the batcher. Process-wide: set once by [`start`].
+struct Hub {
+    /// Allocated by the first event: a process whose systems have no webhook never pays for
+    /// `capacity` slots.
+    queue: OnceLock<ArrayQueue<Event>>,
+    capacity: usize,
+    /// The batcher thread, set by the batcher itself when it starts (it drains the queue right
+    /// after, so an event pushed before that is not missed).
+    batcher: OnceLock<Thread>,
+    /// Set by the batcher just before it parks with an empty queue; a core that pushes while it
+    /// is set wakes the batcher (one futex call per idle-to-busy transition, not per event).
+    sleeping: AtomicBool,
+}
+
+static HUB: OnceLock<Hub> = OnceLock::new();
+
+/// Events the batcher takes from the queue before it looks at batches and outcomes again.
+const DRAIN_AT_ONCE: usize = 4096;
+
+/// Offers one event to the batcher. Never blocks: a full queue drops the event and counts it.
+/// Does nothing (and allocates nothing) when `info` has no webhook URL or webhooks are not
+/// started (unit tests, benches).
+pub fn emit(
+    info: &Arc<SystemInfo>,
+    kind: Kind,
+    system: &str,
+    client_id: &str,
+    user_id: &str,
+    group: &str,
+    extend: &str,
+) {
+    if info.webhook_url.is_none() {
+        return;
+    }
+    let Some(hub) = HUB.get() else {
+        return;
+    };
+    let time_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let Some(event) = Event::new(
+        kind,
+        info.clone(),
+        system,
+        client_id,
+        user_id,
+        group,
+        extend,
+        time_ms,
+    ) else {
+        count_drop(DropReason::Undeliverable, 1);
+        return;
+    };
+    let queue = hub.queue.get_or_init(|| ArrayQueue::new(hub.capacity));
+    if queue.push(event).is_err() {
+        count_drop(DropReason::QueueFull, 1);
+        return;
+    }
+    ACCEPTED.fetch_add(1, Ordering::Relaxed);
+    // Pairs with the fence in the batcher between setting `sleeping` and checking the queue:
+    // either it sees this event, or this core sees it asleep and wakes it.
+    fence(Ordering::SeqCst);
+    if hub.sleeping.load(Ordering::Relaxed) && hub.sleeping.swap(false, Ordering::AcqRel) {
+        if let Some(batcher) = hub.batcher.get() {
+            batcher.unpark();
+        }
+    }
+}
+
+/// [`emit`] for a connection of this core: looks up its system's options and takes userId and
+/// extend from the connection. `group` is `""` for online/offline. Must run on the core that
+/// owns `conn`.
+pub fn conn_event(shard: &Shard, kind: Kind, conn: &Conn, group: &str) {
+    let Some(info) = shard.system_info(&conn.system) else {
+        return;
+    };
+    if info.webhook_url.is_none() {
+        return;
+    }
+    // A caller holding the info mutably (inside a bind) would make borrow() panic: never panic
+    // here, send empty fields instead.
+    let guard = conn.info.try_borrow().ok();
+    let (user_id, extend) = guard
+        .as_ref()
+        .and_then(|g| g.as_ref())
+        .map_or(("", ""), |i| (i.user_id.as_str(), i.extend.as_str()));
+    emit(
+        &info,
+        kind,
+        &conn.system,
+        &conn.client_id,
+        user_id,
+        group,
+        extend,
+    );
+}
+
+// ---- the threads ----------------------------------------------------------------------------
+
+/// Tunables of the webhook threads, from `[wspush]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `WebhookQueue`: events the cores may have queued for the batcher.
+    pub queue: usize,
+    /// `WebhookBuffer`: events one destination may have waiting while it fails or lags.
+    pub buffer: usize,
+    /// `WebhookWorkers`: sender threads, i.e. POSTs in flight at once.
+    pub workers: usize,
+    /// `WebhookTimeoutMs`: connect, write and read timeout of one POST.
+    pub timeout: Duration,
+    /// This node's `host:RPCPort`, the `"node"` of every batch.
+    pub node: String,
+    /// `ShutdownGrace`: how long the final flush may take once the cores have stopped.
+    pub grace: Duration,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config, node: SocketAddrV4) -> Settings {
+        Settings {
+            queue: config.webhook_queue,
+            buffer: config.webhook_buffer,
+            workers: config.webhook_workers,
+            timeout: config.webhook_timeout,
+            node: node.to_string(),
+            grace: config.shutdown_grace,
+        }
+    }
+}
+
+/// A message to the batcher from a sender or from [`Webhooks::stop`].
+enum ToBatcher {
+    Done(batch::Outcome),
+    Stop(Instant),
+}
+
+/// The running webhook threads.
+pub struct Webhooks {
+    to_batcher: mpsc::Sender<ToBatcher>,
+    batcher: JoinHandle<()>,
+    grace: Duration,
+}
+
+/// Starts the batcher and the senders. Call once per process, before the cores start; a second
+/// call fails.
+pub fn start(settings: Settings) -> std::io::Result<Webhooks> {
+    let hub = Hub {
+        queue: OnceLock::new(),
+        capacity: settings.queue.max(1),
+        batcher: OnceLock::new(),
+        sleeping: AtomicBool::new(false),
+    };
+    if HUB.set(hub).is_err() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "webhook threads started twice",
+        ));
+    }
+    let _ = epoch();
+    let (to_batcher, inbox) = mpsc::channel::<ToBatcher>();
+    let (jobs_tx, jobs_rx) = mpsc::channel::<batch::Job>();
+    let workers = settings.workers.max(1);
+    let timeout = settings.timeout;
+    let grace = settings.grace;
+    let batcher = std::thread::Builder::new()
+        .name("wspush-webhook".into())
+        .spawn(move || run_batcher(settings, inbox, jobs_tx))?;
+    let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+    for i in 0..workers {
+        let jobs = jobs_rx.clone();
+        let done = to_batcher.clone();
+        let wake = batcher.thread().clone();
+        std::thread::Builder::new()
+            .name(format!("wspush-webhook-{i}"))
+            // The client needs a few KiB of stack; no need to reserve the default 2 MiB.
+            .stack_size(256 << 10)
+            .spawn(move || run_sender(jobs, done, wake, timeout))?;
+    }
+    Ok(Webhooks {
+        to_batcher,
+        batcher,
+        grace,
+    })
+}
+
+impl Webhooks {
+    /// Sends what is buffered (ignoring batch windows and backoff), waits until it is delivered
+    /// or `ShutdownGrace` has passed, and stops the batcher. Call it once the cores have stopped,
+    /// so their last offline events are in. Events still undelivered are counted as dropped and
+    /// logged. Senders stuck on a receiver are left to the process exit.
+    pub fn stop(self) {
+        let deadline = Instant::now() + self.grace;
+        if self.to_batcher.send(ToBatcher::Stop(deadline)).is_ok() {
+            self.batcher.thread().unpark();
+            let _ = self.batcher.join();
+        }
+    }
+}
+
+/// The batcher thread: queue -> per-destination buffers -> batches -> senders; outcomes back.
+fn run_batcher(
+    settings: Settings,
+    inbox: mpsc::Receiver<ToBatcher>,
+    jobs: mpsc::Sender<batch::Job>,
+) {
+    let Some(hub) = HUB.get() else {
+        tracing::error!("bug: webhook batcher started without its hub");
+        return;
+    };
+    let _ = hub.batcher.set(std::thread::current());
+    let mut batcher = batch::Batcher::new(
+        batch::Limits {
+            buffer: settings.buffer,
+            ..batch::Limits::default()
+        },
+        settings.node,
+    );
+    let mut stop_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if let Some(queue) = hub.queue.get() {
+            // Bounded, so a storm of events cannot starve the dispatch of batches below.
+            for _ in 0..DRAIN_AT_ONCE {
+                match queue.pop() {
+                    Some(event) => batcher.push(event, now),
+                    None => break,
+                }
+            }
+        }
+        loop {
+            match inbox.try_recv() {
+                Ok(ToBatcher::Done(outcome)) => batcher.finished(outcome, now),
+                Ok(ToBatcher::Stop(deadline)) => {
+                    stop_at = Some(deadline);
+                    batcher.flush_all();
+                }
+                Err(_) => break,
+            }
+        }
+        for job in batcher.ready(now) {
+            if let Err(mpsc::SendError(job)) = jobs.send(job) {
+                // Every sender died (they do not panic; this is a safety net).
+                batcher.finished(job.failed("no webhook sender thread is running"), now);
+            }
+        }
+        log_drops_if_due();
+        if let Some(deadline) = stop_at {
+            if batcher.is_empty() {
+                return;
+            }
+            if now >= deadline {
+                let left = batcher.abandon();
+                tracing::warn!(
+                    events = left,
+                    "webhook events still undelivered when ShutdownGrace ran out: dropped"
+                );
+                count_drop(DropReason::Undeliverable, left as u64);
+                log_drops_if_due();
+                return;
+            }
+        }
+        // Sleep until the next batch window or retry, or at most a second (the drop log and a
+        // safety net against a lost wake-up), unless an event arrives first.
+        let mut wake_at = now + Duration::from_secs(1);
+        if let Some(at) = batcher.next_deadline() {
+            wake_at = wake_at.min(at);
+        }
+        if let Some(at) = stop_at {
+            wake_at = wake_at.min(at);
+        }
+        hub.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let queued = hub.queue.get().is_some_and(|q| !q.is_empty());
+        if !queued {
+            std::thread::park_timeout(wake_at.saturating_duration_since(Instant::now()));
+        }
+        hub.sleeping.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A sender thread: POSTs one batch at a time and reports how it went.
+fn run_sender(
+    jobs: Arc<Mutex<mpsc::Receiver<batch::Job>>>,
+    done: mpsc::Sender<ToBatcher>,
+    wake: Thread,
+    timeout: Duration,
+) {
+    let mut client = client::Client::new(timeout);
+    loop {
+        // The lock is held only while waiting for the next job; the POST runs without it.
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else {
+            return; // the batcher stopped
+        };
+        let result = client.post(&job.url, &job.headers(), &job.body);
+        let outcome = match result {
+            Ok(status) if (200..300).contains(&status) => {
+                DELIVERED.fetch_add(job.events as u64, Ordering::Relaxed);
+                job.delivered()
+            }
+            Ok(status) => {
+                POSTS_FAILED.fetch_add(1, Ordering::Relaxed);
+                job.failed(format!("the receiver answered {status}"))
+            }
+            Err(e) => {
+                POSTS_FAILED.fetch_add(1, Ordering::Relaxed);
+                job.failed(e.to_string())
+            }
+        };
+        if done.send(ToBatcher::Done(outcome)).is_err() {
+            return;
+        }
+        wake.unpark();
+    }
+}

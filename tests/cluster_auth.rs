@@ -1,0 +1,240 @@
+//! Issue 7's per-system secrets in cluster mode, with a real etcd and two real nodes: a secret
+//! registered through one node is stored in etcd (`ws/account/<systemId>`) and enforced by the
+//! other, on the API and on `/ws`; values written the original's way (no secret) keep working
+//! unsigned; an operator's edit of the value in etcd is followed by every node.
+
+mod common;
+
+use common::auth::*;
+use common::etcd::*;
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn push_body(client: &str, data: &str) -> Value {
+    json!({"clientId": client, "sendUserId": "s", "code": 7, "msg": "m", "data": data})
+}
+
+/// The `ws/account/<system>` value in etcd, as JSON.
+fn account_value(etcd: &Etcd, system: &str) -> Value {
+    let key = format!("ws/account/{system}");
+    let kvs = etcd.get_prefix(&key);
+    let (_, value) = kvs
+        .iter()
+        .find(|(k, _)| *k == key)
+        .unwrap_or_else(|| panic!("{key} is not in etcd: {kvs:?}"));
+    serde_json::from_str(value).unwrap_or_else(|e| panic!("{key} = {value:?}: {e}"))
+}
+
+/// Polls `check` every 50 ms until it holds, for at most 10 s (the watch is fast; this only
+/// absorbs a loaded machine).
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_secret_registered_on_one_node_is_enforced_by_the_other() {
+    let etcd = Etcd::start();
+    let nodes = Node::start_many(&etcd, 2, &[]);
+    converge(&nodes);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let system = unique("cluster-secret");
+
+    // A client that connected to B before the system existed (the original allows it) ...
+    let mut early = b.ws(&system);
+
+    let resp = post(
+        a.port,
+        None,
+        "/api/register",
+        &[],
+        json!({"systemId": system, "secret": SECRET, "webhookUrl": "http://127.0.0.1:9/hook"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(resp.json()["code"], 0, "{}", resp.text());
+    // ... is closed by B once B learns the secret from etcd's watch.
+    assert_eq!(early.expect_end(IO_TIMEOUT, false), Ended::Close(1008));
+
+    // The secret and the webhook URL travel in the original's value, next to its fields.
+    let value = account_value(&etcd, &system);
+    assert_eq!(value["systemId"], json!(system), "{value}");
+    assert!(value["registerTime"].is_i64(), "{value}");
+    assert_eq!(value["secret"], SECRET, "{value}");
+    assert_eq!(value["webhookUrl"], "http://127.0.0.1:9/hook", "{value}");
+
+    // B enforces the signature ...
+    let body = json!({"groupName": "g"}).to_string();
+    let unsigned = post(
+        b.port,
+        Some(&system),
+        "/api/get_online_list",
+        &[],
+        body.as_bytes(),
+    );
+    assert_refused(&unsigned, 401, "X-Signature");
+    let wrong = post(
+        b.port,
+        Some(&system),
+        "/api/get_online_list",
+        &[(
+            "X-Signature",
+            &sign("not-the-secret-0123456789", body.as_bytes()),
+        )],
+        body.as_bytes(),
+    );
+    assert_refused(&wrong, 401, "does not match");
+    let v = signed(
+        b.port,
+        &system,
+        SECRET,
+        "/api/get_online_list",
+        &json!({"groupName": "g"}),
+    );
+    assert_eq!(v["code"], 0, "{v}");
+    // ... and the connect token.
+    assert_ws_refused(b.port, &format!("systemId={system}"), "token is required");
+    assert_ws_refused(
+        b.port,
+        &format!(
+            "systemId={system}&token={}",
+            token("not-the-secret-0123456789", None)
+        ),
+        "signature",
+    );
+    let mut on_b = ws_with_token(b.port, &system, &token(SECRET, Some("carol")));
+    let mut on_a = ws_with_token(a.port, &system, &token(SECRET, None));
+
+    // Signed pushes cross nodes both ways; the token's userId is known cluster-wide.
+    let v = signed(
+        a.port,
+        &system,
+        SECRET,
+        "/api/send_to_client",
+        &push_body(&on_b.client_id, "a->b"),
+    );
+    assert_eq!(v["code"], 0, "{v}");
+    assert_eq!(on_b.recv_json()["data"], "a->b");
+    let v = signed(
+        b.port,
+        &system,
+        SECRET,
+        "/api/send_to_client",
+        &push_body(&on_a.client_id, "b->a"),
+    );
+    assert_eq!(v["code"], 0, "{v}");
+    assert_eq!(on_a.recv_json()["data"], "b->a");
+    let v = signed(
+        a.port,
+        &system,
+        SECRET,
+        "/api/send_to_user",
+        &json!({"userId": "carol", "sendUserId": "", "code": 3, "msg": "", "data": "for carol"}),
+    );
+    assert_eq!(v["data"]["count"], 1, "{v}");
+    assert_eq!(on_b.recv_json()["data"], "for carol");
+    on_a.expect_nothing(QUIET_MS);
+    // An unsigned call through A is refused too, and delivers nothing.
+    let body = push_body(&on_b.client_id, "unsigned").to_string();
+    let resp = post(
+        a.port,
+        Some(&system),
+        "/api/send_to_client",
+        &[],
+        body.as_bytes(),
+    );
+    assert_refused(&resp, 401, "X-Signature");
+    on_b.expect_nothing(QUIET_MS);
+}
+
+#[test]
+fn systems_in_the_originals_format_need_no_signature() {
+    let etcd = Etcd::start();
+    let nodes = Node::start_many(&etcd, 2, &[]);
+    converge(&nodes);
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    // Written as go-websocket writes it, and one value that is not JSON at all.
+    let original = unique("original");
+    etcd.put(
+        &format!("ws/account/{original}"),
+        &json!({"systemId": original, "registerTime": 1_700_000_000}).to_string(),
+    );
+    let garbage = unique("garbage-value");
+    etcd.put(&format!("ws/account/{garbage}"), "not json");
+
+    for system in [&original, &garbage] {
+        for node in [a, b] {
+            let v = api(
+                node.port,
+                Some(system),
+                "/api/get_online_list",
+                &json!({"groupName": "g"}),
+            );
+            assert_eq!(v["code"], 0, "{system} through :{}: {v}", node.port);
+        }
+        // No token needed; unsigned pushes cross nodes.
+        let mut on_a = a.ws(system);
+        let mut on_b = b.ws(system);
+        let v = api(
+            b.port,
+            Some(system),
+            "/api/send_to_client",
+            &push_body(&on_a.client_id, "x"),
+        );
+        assert_eq!(v["code"], 0, "{v}");
+        assert_eq!(on_a.recv_json()["data"], "x");
+        let v = api(
+            a.port,
+            Some(system),
+            "/api/send_to_client",
+            &push_body(&on_b.client_id, "y"),
+        );
+        assert_eq!(v["code"], 0, "{v}");
+        assert_eq!(on_b.recv_json()["data"], "y");
+        on_a.expect_nothing(QUIET_MS);
+    }
+
+    // An operator who adds a secret to the value in etcd closes the system on every node.
+    let rotated = "operator-written-secret-0123456789";
+    etcd.put(
+        &format!("ws/account/{original}"),
+        &json!({"systemId": original, "registerTime": 1_700_000_000, "secret": rotated})
+            .to_string(),
+    );
+    let body = json!({"groupName": "g"}).to_string();
+    for node in [a, b] {
+        eventually(
+            &format!("node :{} enforces the new secret", node.port),
+            || {
+                post(
+                    node.port,
+                    Some(&original),
+                    "/api/get_online_list",
+                    &[],
+                    body.as_bytes(),
+                )
+                .status
+                    == 401
+            },
+        );
+        let v = signed(
+            node.port,
+            &original,
+            rotated,
+            "/api/get_online_list",
+            &json!({"groupName": "g"}),
+        );
+        assert_eq!(v["code"], 0, "{v}");
+        assert_ws_refused(
+            node.port,
+            &format!("systemId={original}"),
+            "token is required",
+        );
+        let _ok = ws_with_token(node.port, &original, &token(rotated, None));
+    }
+}
