@@ -134,6 +134,13 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(Head, usize)>, 
             head.signature = Some(value.to_string());
         }
     }
+    // RFC 9112 §6.3: a request with both is an error. Behind a proxy that picks the other
+    // framing, accepting it would let one request smuggle a second one past the proxy.
+    if head.chunked && head.content_length.is_some() {
+        return Err(HeadError::Malformed(
+            "both Content-Length and Transfer-Encoding: chunked".into(),
+        ));
+    }
     Ok(Some((head, len)))
 }
 
@@ -286,6 +293,20 @@ mod tests {
         assert!(head.expect_continue);
         assert!(!head.close);
         assert_eq!(&raw[len..], b"{\"a\":1}");
+    }
+
+    #[test]
+    fn both_content_length_and_chunked_is_refused() {
+        // Either order: a proxy in front may frame by the other header (request smuggling).
+        for raw in [
+            &b"POST /api/x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            &b"POST /api/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"[..],
+        ] {
+            let e = parse_head(raw, 8192).unwrap_err();
+            assert_eq!(e.status(), 400, "{e:?}");
+        }
+        let chunked = b"POST /api/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(parse_head(chunked, 8192).unwrap().unwrap().0.chunked);
     }
 
     #[test]
