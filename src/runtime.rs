@@ -21,6 +21,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use std::io::Write;
 use std::net::SocketAddrV4;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -332,6 +333,15 @@ async fn run_core(
         .detach();
     }
 
+    // Duplicates of the listening sockets, shut when the drain starts. Cancelling the accept
+    // tasks alone leaves the sockets listening (io_uring's pending accept still holds them)
+    // until exit, so new clients would complete a TCP handshake and then hang; after the
+    // shutdown they are refused at once (or, with SO_REUSEPORT, go to a core still open).
+    let listening: Vec<std::net::TcpListener> = [Some(&start.http), start.rpc.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.try_clone().ok())
+        .collect();
     let mut tasks = Vec::new();
     if let (Some(membership), Some(rpc)) = (membership, start.rpc) {
         shard.set_cluster(Rc::new(Cluster::new(
@@ -382,6 +392,9 @@ async fn run_core(
     shard.draining.set(true);
     for task in tasks {
         task.cancel().await;
+    }
+    for l in listening {
+        sys::shutdown(l.as_raw_fd(), sys::Shutdown::Both);
     }
     drain(&shard).await;
     Ok(())

@@ -299,6 +299,22 @@ fn sigterm_waits_for_a_client_that_does_not_read_only_until_the_grace_ends() {
 
     server.signal(libc::SIGTERM);
     let signalled = Instant::now();
+    // While the drain waits for that client, new connections are refused at once instead of
+    // completing a TCP handshake and hanging until exit. The process exits at 1.9 s at the
+    // earliest (asserted below), so a refusal before 1.5 s comes from the draining server.
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", server.port)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ => {
+                assert!(
+                    signalled.elapsed() < Duration::from_millis(1500),
+                    "new connections still accepted {:?} into the drain",
+                    signalled.elapsed()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
     let status = server
         .wait_exit(Duration::from_secs(10))
         .expect("wspush still running 10 s after SIGTERM with a 2 s grace");
@@ -324,10 +340,14 @@ fn sigterm_with_a_queue_at_its_limit_still_delivers_it_then_1001() {
     // 1001, although the close frame is one frame past the limit.
     const LIMIT: u64 = 4;
     const PAD: usize = 400_000;
+    // No heartbeat during the test: a ping is a frame too, and one more frame in this exactly
+    // full queue would (rightly) close the client as a slow consumer before SIGTERM.
     let mut server = Server::start_with(&[
         "ShutdownGrace = 5",
         "QueueFrames = 4",
         "QueueBytes = 268435456",
+        "HeartbeatInterval = 300",
+        "PongTimeout = 600",
     ]);
     server.register("full");
     let mut slow = Ws::connect_small_rcvbuf(server.port, "full", 4096);
