@@ -10,7 +10,7 @@
 set -u
 cd "$(dirname "$0")"
 secs=${FUZZ_SECS:-600}
-targets=${*:-http_request ws_handshake ws_frame api_request client_id node_frame}
+targets=${*:-http_request ws_handshake ws_frame api_request client_id node_frame auth}
 mkdir -p logs
 # -a: debug assertions and overflow checks on, so arithmetic overflow is a crash too.
 nice -n 19 cargo +nightly fuzz build -a || exit 1

@@ -40,6 +40,7 @@ pub const TARGETS: &[(&str, FuzzTarget)] = &[
     ("api_request", api_request),
     ("client_id", client_id),
     ("node_frame", node_frame),
+    ("auth", auth),
 ];
 
 /// The smallest limits `Config::validate` accepts (or near them), so that inputs of a few
@@ -570,5 +571,52 @@ impl<'a> Input<'a> {
 
     fn string(&mut self) -> String {
         String::from_utf8_lossy(self.bytes()).into_owned()
+    }
+}
+
+/// The auth parsers of issue 7 on untrusted text: the `token` of a `/ws` query, the JWT itself
+/// (header, claims, signature), an `Authorization` header, an `X-Signature` over a body (first
+/// line the header, the rest the body), a webhook URL, and an etcd account value. Invariants: a
+/// body signed with the secret verifies; a token re-signed with the secret over the input's own
+/// header and payload is never refused for its signature, and one signed with another secret is
+/// never accepted.
+pub fn auth(data: &[u8]) {
+    use crate::auth::{self, JwtError};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    const SECRET: &str = "fuzz-secret-0123456789abcdef";
+    const NOW: u64 = 1_800_000_000;
+    let text = String::from_utf8_lossy(data);
+    let _ = auth::token_param(&text);
+    let _ = auth::check_api_key("fuzz-api-key-0123456789", Some(&text));
+    let _ = crate::shard::system::check_webhook_url(&text);
+    let _ = crate::cluster::membership::parse_account("sys", data);
+
+    let (header, body) = text.split_once('\n').unwrap_or((&text, ""));
+    let _ = auth::verify_signature(SECRET, body.as_bytes(), Some(header));
+    let signed = auth::sign_hex(SECRET, body.as_bytes());
+    assert!(
+        auth::verify_signature(SECRET, body.as_bytes(), Some(&signed)).is_ok(),
+        "bug: a body signed with the secret does not verify"
+    );
+
+    let _ = auth::verify_jwt(SECRET, &text, "sys", NOW);
+    let mut parts = text.splitn(3, '.');
+    if let (Some(h), Some(p)) = (parts.next(), parts.next()) {
+        let signing_input = format!("{h}.{p}");
+        let sign = |key: &[u8]| {
+            let tag = auth::hmac_sha256(key, signing_input.as_bytes());
+            format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(tag))
+        };
+        let verdict = auth::verify_jwt(SECRET, &sign(SECRET.as_bytes()), "sys", NOW);
+        assert!(
+            !matches!(verdict, Err(JwtError::Signature)),
+            "bug: a token signed with the secret was refused for its signature"
+        );
+        let forged = auth::verify_jwt(SECRET, &sign(b"another-secret-0123456789"), "sys", NOW);
+        assert!(
+            forged.is_err(),
+            "bug: a token signed with another secret was accepted"
+        );
     }
 }

@@ -242,7 +242,8 @@ smoke_tests!(
     ws_frame,
     api_request,
     client_id,
-    node_frame
+    node_frame,
+    auth
 );
 
 /// The committed seeds are what their names say: complete, valid inputs that reach the deep
@@ -336,6 +337,7 @@ fn seeds() -> Vec<(&'static str, Seeds)> {
         ("api_request", api_seeds()),
         ("client_id", client_id_seeds()),
         ("node_frame", node_frame_seeds()),
+        ("auth", auth_seeds()),
     ]
 }
 
@@ -652,4 +654,29 @@ fn node_frame_seeds() -> Seeds {
     pipelined.extend_from_slice(&done);
     out.push(("pipelined", pipelined));
     out
+}
+
+/// A valid HS256 token for system "sys" (header, claims with exp and userId, signature with the
+/// target's secret), a bare Authorization value, a signature line plus body, a webhook URL and
+/// an account value as the original and wspush write it.
+fn auth_seeds() -> Seeds {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(br#"{"exp":1800000060,"userId":"u1","systemId":"sys"}"#);
+    let input = format!("{header}.{claims}");
+    let tag = wspush::auth::hmac_sha256(b"fuzz-secret-0123456789abcdef", input.as_bytes());
+    let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag));
+    let body = r#"{"clientId":"x","code":1}"#;
+    let signature = wspush::auth::sign_hex("fuzz-secret-0123456789abcdef", body.as_bytes());
+    vec![
+        ("jwt", token.into_bytes()),
+        ("apikey", b"apikey fuzz-api-key-0123456789".to_vec()),
+        ("signature", format!("{signature}\n{body}").into_bytes()),
+        ("webhook_url", b"http://127.0.0.1:8080/hooks/wspush?x=1".to_vec()),
+        (
+            "account",
+            br#"{"systemId":"sys","registerTime":1764000000,"secret":"0123456789abcdef","webhookUrl":"http://10.0.0.1/h"}"#.to_vec(),
+        ),
+    ]
 }
