@@ -39,21 +39,12 @@ fn run(args: &[&str]) -> Ran {
         .stderr(File::create(&err).unwrap())
         .spawn()
         .expect("spawn wspush");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "wspush {args:?} still running after 15 s; stderr:\n{}",
-                std::fs::read_to_string(&err).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_child(
+        &mut child,
+        Duration::from_secs(15),
+        &format!("wspush {args:?}"),
+        &err,
+    );
     let ran = Ran {
         status,
         stdout: std::fs::read_to_string(&out).unwrap_or_default(),

@@ -13,7 +13,7 @@ use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long one Chromium run may take (start-up on a busy 2-core machine included).
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
@@ -61,21 +61,7 @@ fn run_chromium(dir: &Path, url: &str, args: &[&str]) -> String {
         .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromium().display()));
-    let deadline = Instant::now() + BROWSER_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "chromium still running after {BROWSER_TIMEOUT:?}; stderr:\n{}",
-                std::fs::read_to_string(&stderr_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_child(&mut child, BROWSER_TIMEOUT, "chromium", &stderr_path);
     let _ = std::fs::remove_dir_all(&profile);
     assert!(
         status.success(),

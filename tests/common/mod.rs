@@ -285,6 +285,31 @@ impl Drop for Server {
     }
 }
 
+/// Waits for `child` to exit within `timeout`; past it, kills it and panics naming `what` with
+/// the contents of its `log` file.
+pub fn wait_child(
+    child: &mut Child,
+    timeout: Duration,
+    what: &str,
+    log: &std::path::Path,
+) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} still running after {timeout:?}; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs the binary with `args` until it exits (at most 15 s; a server that keeps running is
 /// killed and the test fails). Returns the exit status and stderr.
 pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
@@ -297,21 +322,12 @@ pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
         .stderr(File::create(&err_path).unwrap())
         .spawn()
         .expect("spawn wspush");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "wspush {args:?} still running after 15 s; stderr:\n{}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_child(
+        &mut child,
+        Duration::from_secs(15),
+        &format!("wspush {args:?}"),
+        &err_path,
+    );
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
     (status, stderr)
