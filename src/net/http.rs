@@ -51,6 +51,8 @@ pub enum HeadError {
     TooLarge,
     #[error("invalid Content-Length")]
     BadLength,
+    #[error("unsupported Transfer-Encoding: {0}")]
+    UnsupportedCoding(String),
 }
 
 impl HeadError {
@@ -58,6 +60,8 @@ impl HeadError {
         match self {
             HeadError::Malformed(_) | HeadError::BadLength => 400,
             HeadError::TooLarge => 431,
+            // RFC 9112 section 6.1: a transfer coding the server does not understand.
+            HeadError::UnsupportedCoding(_) => 501,
         }
     }
 }
@@ -103,13 +107,27 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(Head, usize)>, 
             .trim();
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let n: u64 = value.parse().map_err(|_| HeadError::BadLength)?;
+            let n = parse_length(value).ok_or(HeadError::BadLength)?;
             if head.content_length.is_some_and(|old| old != n) {
                 return Err(HeadError::BadLength);
             }
             head.content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            head.chunked |= has_token(value, "chunked");
+            // Several headers form one list, in order (RFC 9110 section 5.3).
+            for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                if head.chunked {
+                    // RFC 9112 section 6.3: chunked must be the last coding.
+                    return Err(HeadError::Malformed(
+                        "Transfer-Encoding: chunked is not the last coding".into(),
+                    ));
+                }
+                if !coding.eq_ignore_ascii_case("chunked") {
+                    return Err(HeadError::UnsupportedCoding(
+                        coding.chars().take(32).collect(),
+                    ));
+                }
+                head.chunked = true;
+            }
         } else if name.eq_ignore_ascii_case("connection") {
             if has_token(value, "close") {
                 head.close = true;
@@ -142,6 +160,15 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(Head, usize)>, 
         ));
     }
     Ok(Some((head, len)))
+}
+
+/// A `Content-Length` value: 1 to 19 ASCII digits and nothing else (RFC 9110 section 8.6). A
+/// sign, a space or a list would be read differently by another parser in front of us.
+fn parse_length(value: &str) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
 }
 
 /// Case-insensitive membership in a comma-separated header value.
@@ -248,6 +275,7 @@ pub fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "Error",
     }
@@ -307,6 +335,41 @@ mod tests {
         }
         let chunked = b"POST /api/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(parse_head(chunked, 8192).unwrap().unwrap().0.chunked);
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        for bad in ["+5", "-5", "5 5", "5,5", "0x5", "", "12345678901234567890"] {
+            let raw = format!("POST /api/x HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
+            let e = parse_head(raw.as_bytes(), 8192).unwrap_err();
+            assert_eq!(e, HeadError::BadLength, "Content-Length: {bad:?}");
+        }
+        let raw = b"POST /api/x HTTP/1.1\r\nContent-Length: 007\r\n\r\n";
+        assert_eq!(
+            parse_head(raw, 8192).unwrap().unwrap().0.content_length,
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn transfer_encoding_must_end_in_chunked_and_know_every_coding() {
+        let status = |te: &str| {
+            let raw = format!("POST /api/x HTTP/1.1\r\n{te}\r\n\r\n");
+            parse_head(raw.as_bytes(), 8192)
+                .map(|h| h.unwrap().0.chunked)
+                .map_err(|e| e.status())
+        };
+        assert_eq!(status("Transfer-Encoding: chunked"), Ok(true));
+        assert_eq!(status("Transfer-Encoding: CHUNKED"), Ok(true));
+        // A coding we cannot decode: 501, never "no body" (the body would be read as a request).
+        assert_eq!(status("Transfer-Encoding: gzip"), Err(501));
+        assert_eq!(status("Transfer-Encoding: gzip, chunked"), Err(501));
+        // chunked not last, or twice, across one or two headers: 400.
+        assert_eq!(status("Transfer-Encoding: chunked, gzip"), Err(400));
+        assert_eq!(
+            status("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked"),
+            Err(400)
+        );
     }
 
     #[test]
