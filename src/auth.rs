@@ -313,9 +313,12 @@ pub struct Refusal {
 /// bound the connection to that user. A system without a secret (or not registered: the original
 /// lets those connect) needs no token, and one sent anyway is ignored, since nothing can verify
 /// it. In cluster mode a token for a system this core has not heard of yet is checked against
-/// etcd, so a connect that races the watch after a register is not wrongly refused; one without
-/// a token is not (it costs etcd nothing), and if the system turns out to have a secret the
-/// connection is closed when this core learns it (see `Shard::learn_system`).
+/// etcd, so a connect that races the watch after a register is not wrongly refused. One without
+/// a token is looked up only until the core has had etcd's list of systems once (a node that
+/// just started knows none, and must not let tokenless clients into a system with a secret);
+/// after that an unknown system is taken as unregistered, so connects to made-up names cost
+/// etcd nothing, and a system registered with a secret within the watch's lag closes such
+/// connections when this core learns it (see `Shard::learn_system`).
 pub async fn authorize_connect(
     shard: &Rc<Shard>,
     system: &str,
@@ -324,7 +327,7 @@ pub async fn authorize_connect(
     let token = token_param(query);
     let info = match shard.system_info(system) {
         Some(info) => Some(info),
-        None if token.is_some() && shard.cluster().is_some() => {
+        None if shard.cluster().is_some() && (token.is_some() || !shard.systems_synced.get()) => {
             shard.lookup_system(system).await.map_err(|why| Refusal {
                 status: 503,
                 why: format!("cannot check the token now: {why}"),

@@ -355,6 +355,10 @@ impl Config {
         if self.cluster && self.rpc_port == self.http_port {
             problems.push(err("common.RPCPort", "must differ from HttpPort"));
         }
+        // clientIds carry the core in one byte.
+        if self.cores > 255 {
+            problems.push(err("wspush.Cores", "at most 255 cores are supported"));
+        }
         if self.rpc_timeout.is_zero() {
             problems.push(err("wspush.RpcTimeoutMs", "must be at least 1 ms"));
         }

@@ -26,9 +26,14 @@ fn body_for(route: &str, client: &str) -> Value {
         "/api/send_to_group" => {
             json!({"groupName": "g", "sendUserId": "u", "code": 1, "msg": "m", "data": "d"})
         }
-        "/api/get_online_list" => json!({"groupName": "g"}),
+        "/api/get_online_list" | "/api/get_group_presence" => json!({"groupName": "g"}),
         "/api/close_client" | "/api/is_online" => json!({ "clientId": client }),
         "/api/get_system_stats" => json!({}),
+        "/api/send_to_system" => json!({"sendUserId": "u", "code": 1, "msg": "m", "data": "d"}),
+        "/api/send_to_user" => {
+            json!({"userId": "u", "sendUserId": "u", "code": 1, "msg": "m", "data": "d"})
+        }
+        "/api/unbind_from_group" => json!({"clientId": client, "groupName": "g"}),
         _ => unreachable!("{route}"),
     }
 }
@@ -151,6 +156,10 @@ fn api_key_guards_every_api_route_first() {
         "/api/get_online_list",
         "/api/is_online",
         "/api/get_system_stats",
+        "/api/send_to_system",
+        "/api/send_to_user",
+        "/api/get_group_presence",
+        "/api/unbind_from_group",
         "/api/close_client",
     ] {
         let body = body_for(route, &ws.client_id).to_string();
@@ -207,6 +216,18 @@ fn api_key_guards_every_api_route_first() {
     assert_refused(&unknown, 403, "Authorization");
     let not_json = post(port, Some(&system), "/api/send_to_client", &[], b"{nope");
     assert_refused(&not_json, 403, "Authorization");
+    // A path under /api/ that is no route: 403 first too, so routes cannot be mapped without
+    // the key; with it, the plain 404.
+    let nowhere = post(port, Some(&system), "/api/no_such_route", &[], b"{}");
+    assert_refused(&nowhere, 403, "Authorization");
+    let nowhere = post(
+        port,
+        Some(&system),
+        "/api/no_such_route",
+        &[("Authorization", &good)],
+        b"{}",
+    );
+    assert_eq!(nowhere.status, 404, "{}", nowhere.text());
 
     // Operations routes stay open.
     assert_eq!(http(port, "GET", "/healthz", &[], b"").status, 200);

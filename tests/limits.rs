@@ -333,3 +333,56 @@ fn send_to_clients_beyond_max_ids_is_refused_before_any_delivery() {
         client.expect_nothing(100);
     }
 }
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_cut_after_head_timeout() {
+    // Pipelined requests whose answers are never read: once the kernel buffers are full the
+    // server's write waits, and HeadTimeout later the connection must end, not hold its socket
+    // and its unsent answers for ever.
+    let mut server = Server::start_with(&["HeadTimeout = 2"]);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], server.port));
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    // About 4 KiB an answer: 12 MiB in all, more than the kernel buffers both ways (the
+    // server's send buffer grows to tcp_wmem's maximum, 4 MiB by default).
+    const REQUESTS: usize = 3000;
+    let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(REQUESTS);
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // The server stops reading while its answers wait, so this may be cut short too.
+    let _ = stream.write_all(&request);
+    std::thread::sleep(Duration::from_secs(5));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let ended = loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break "eof",
+            Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break "still open";
+            }
+            Err(_) => break "reset",
+        }
+    };
+    let answers = seen.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    assert_ne!(
+        ended, "still open",
+        "{answers} answers read, then the socket stayed open"
+    );
+    assert!(
+        answers < REQUESTS,
+        "all {answers} answers arrived: the server waited for the reader instead of timing out"
+    );
+    server.assert_serves();
+}

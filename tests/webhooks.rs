@@ -64,7 +64,15 @@ fn check_event(
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["clientId", "event", "extend", "groupName", "time", "userId"],
+        [
+            "clientId",
+            "event",
+            "extend",
+            "groupName",
+            "systemId",
+            "time",
+            "userId"
+        ],
         "event keys: {e}"
     );
     assert_eq!(
@@ -447,4 +455,76 @@ fn a_full_destination_buffer_drops_the_oldest_events_and_says_so() {
         "the batch in flight, then the two newest"
     );
     assert_eq!(dropped_in_log(&server.stderr_log()), 3);
+}
+
+/// The value of one sample line of `/metrics`, by its exact series text.
+fn metric(port: u16, series: &str) -> Option<f64> {
+    let resp = http(port, "GET", "/metrics", &[], b"");
+    assert_eq!(resp.status, 200);
+    let text = resp.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn drops_are_exported_by_reason_on_metrics() {
+    let receiver = Receiver::start();
+    receiver.fail_next(usize::MAX);
+    let server = Server::start_with(&["WebhookBuffer = 1"]);
+    let system = unique("counted");
+    register_hook(server.port, &system, &receiver.url("/"), None);
+    let _first = server.ws(&system);
+    receiver.wait_until(DELIVERY, "the first failed POST", |h| !h.is_empty());
+    let _more: Vec<Ws> = (0..4).map(|_| server.ws(&system)).collect();
+    let series = r#"wspush_webhook_dropped_total{reason="buffer_full"}"#;
+    let deadline = Instant::now() + DELIVERY;
+    while metric(server.port, series) != Some(3.0) {
+        assert!(
+            Instant::now() < deadline,
+            "{series} = {:?}",
+            metric(server.port, series)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        metric(
+            server.port,
+            r#"wspush_webhook_dropped_total{reason="queue_full"}"#
+        ),
+        Some(0.0)
+    );
+    assert!(metric(server.port, "wspush_webhook_posts_failed_total").unwrap() >= 1.0);
+    assert_eq!(
+        metric(
+            server.port,
+            r#"wspush_webhook_events_total{result="accepted"}"#
+        ),
+        Some(5.0)
+    );
+}
+
+#[test]
+fn a_batch_rejected_with_a_4xx_is_dropped_not_retried_and_newer_events_flow() {
+    let receiver = Receiver::start();
+    receiver.fail_next_with(1, 404);
+    let server = Server::start();
+    let system = unique("rejected");
+    register_hook(server.port, &system, &receiver.url("/gone"), None);
+    let ws = server.ws(&system);
+    receiver.wait_until(DELIVERY, "the rejected POST", |h| !h.is_empty());
+    // Not resent: a retry would come after 0.5 s.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(receiver.hooks().len(), 1, "a 404 was retried");
+    assert_eq!(receiver.hooks()[0].status, 404);
+    // The next event goes at once, in a batch of its own.
+    ws.close();
+    let events = receiver.wait_delivered(1, DELIVERY);
+    assert_eq!(kinds(&events), ["offline"]);
+    let series = r#"wspush_webhook_dropped_total{reason="undeliverable"}"#;
+    assert_eq!(metric(server.port, series), Some(1.0));
+    assert!(
+        server.stderr_log().contains("rejected by the receiver"),
+        "{}",
+        server.stderr_log()
+    );
 }

@@ -407,7 +407,61 @@ fn a_client_whose_queue_overflows_is_closed_with_1008() {
         Ended::Close(code) => assert_eq!(code, 1008),
         Ended::Dropped => {}
     }
+    // One warning names the client; the watcher is not named.
+    let log = server.stderr_log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("slow consumer"))
+        .collect();
+    assert_eq!(lines.len(), 1, "slow-consumer lines: {lines:?}");
+    assert!(
+        lines[0].contains(&slow.client_id) && lines[0].contains("1008"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        !log.contains(&watcher.client_id),
+        "the watcher was named: {log}"
+    );
     assert_still_served(server.port, "slow", &mut watcher);
+}
+
+#[test]
+fn a_client_over_queue_bytes_that_reads_again_gets_the_1008_close_frame() {
+    // QueueBytes alone (QueueFrames stays at its default): 16 KiB pushes into a 64 KiB queue.
+    // The client reads again as soon as the server says it gave up on it, within the second
+    // the server waits for the close frame to be taken, so the 1008 itself must arrive.
+    let server = Server::start_with(&["QueueBytes = 65536"]);
+    server.register("bytes");
+    let mut slow = Ws::connect_small_rcvbuf(server.port, "bytes", 4096);
+    let data = "y".repeat(16 * 1024);
+    let body =
+        json!({"clientId": slow.client_id, "sendUserId": "", "code": 1, "msg": "", "data": data});
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.stderr_log().contains("slow consumer") {
+        assert!(Instant::now() < deadline, "the queue never overflowed");
+        for _ in 0..8 {
+            assert_eq!(
+                api(server.port, Some("bytes"), "/api/send_to_client", &body)["code"],
+                0
+            );
+        }
+    }
+    assert_eq!(
+        slow.expect_end(Duration::from_secs(10), true),
+        Ended::Close(1008)
+    );
+    let log = server.stderr_log();
+    let line = log.lines().find(|l| l.contains("slow consumer")).unwrap();
+    assert!(line.contains(&slow.client_id), "{line}");
+    // At most 64 KiB were queued when it overflowed.
+    let bytes: usize = line
+        .split("bytes=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes= in {line}"));
+    assert!(bytes <= 65536, "{line}");
 }
 
 #[test]

@@ -59,6 +59,30 @@ pub fn route(path: &str) -> Option<Route> {
     })
 }
 
+/// Issue 7's ApiKey, when configured, comes first: a caller without it learns nothing, not even
+/// which methods, routes or systems exist.
+fn check_api_key(shard: &Shard, route: Option<Route>, head: &Head) -> Result<(), ApiError> {
+    if shard.config.api_key.is_empty() {
+        return Ok(());
+    }
+    auth::check_api_key(&shard.config.api_key, head.authorization.as_deref()).map_err(|e| {
+        if let Some(skipped) = shard.throttles.api_refused.admit() {
+            tracing::info!(core = shard.id, ?route, path = %head.path, error = %e, also = skipped,
+                "API request refused: ApiKey");
+        }
+        ApiError::Forbidden(e.to_string())
+    })
+}
+
+/// A path that is no route. Under `/api/` the ApiKey is checked first, as on every route, so
+/// that a caller without it cannot map the routes by their 403s and 404s.
+pub fn unknown_route(shard: &Shard, head: &Head) -> Result<Data, ApiError> {
+    if head.path.starts_with("/api/") {
+        check_api_key(shard, None, head)?;
+    }
+    Err(ApiError::NotFound)
+}
+
 /// Runs one API request; the result becomes the envelope in [`error::envelope`].
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -66,14 +90,7 @@ pub async fn handle(
     head: &Head,
     body: &[u8],
 ) -> Result<Data, ApiError> {
-    // Issue 7's ApiKey, when configured, comes first: a caller without it learns nothing, not
-    // even which methods or systems exist.
-    if !shard.config.api_key.is_empty() {
-        if let Err(e) = auth::check_api_key(&shard.config.api_key, head.authorization.as_deref()) {
-            tracing::info!(core = shard.id, ?route, error = %e, "API request refused: ApiKey");
-            return Err(ApiError::Forbidden(e.to_string()));
-        }
-    }
+    check_api_key(shard, Some(route), head)?;
     if head.method != Some(Method::Post) {
         return Err(ApiError::MethodNotAllowed);
     }
@@ -103,7 +120,10 @@ pub async fn handle(
     // A system with a secret signs its calls: the body as received, before anything reads it.
     if let Some(secret) = &info.secret {
         if let Err(e) = auth::verify_signature(secret, body, head.signature.as_deref()) {
-            tracing::info!(core = shard.id, ?route, system, error = %e, "API request refused: signature");
+            if let Some(skipped) = shard.throttles.api_refused.admit() {
+                tracing::info!(core = shard.id, ?route, system, error = %e, also = skipped,
+                    "API request refused: signature");
+            }
             return Err(ApiError::Unauthorized(e.to_string()));
         }
     }

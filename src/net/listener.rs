@@ -6,7 +6,7 @@
 //! keep-alive or one-shot (HTTP/1.0 / `Connection: close`, as nginx sends `/api`).
 
 use super::handshake;
-use super::http::{self, Head, HeadError, Method};
+use super::http::{self, Head, Method};
 use crate::api::{self, error::envelope};
 use crate::ops;
 use crate::shard::Shard;
@@ -65,6 +65,10 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     };
     let _ = stream.set_nodelay(true);
     let config = shard.config.clone();
+    // A client that sends requests but never reads the answers would otherwise hold this
+    // socket (and its unsent answers) for ever: a write that cannot finish within HeadTimeout
+    // ends the connection. An upgrade replaces this with the WebSocket write timeout.
+    let _ = stream.set_write_timeout(Some(config.head_timeout));
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut out: Vec<u8> = Vec::with_capacity(256);
     // The first request head must be whole within HandshakeTimeout of the accept.
@@ -91,11 +95,14 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         }
 
         // Operations routes (the ops issue extends these).
+        // These routes read no body: one that came with a request is not read, so the
+        // connection closes after the answer instead of parsing that body as a request.
+        let close = head.close || head.chunked || head.content_length.unwrap_or(0) > 0;
         if let Some((status, content_type, body)) = probe(&shard, &head) {
             buf.drain(..head_len);
             out.clear();
-            http::write_response(&mut out, status, content_type, "", &body, head.close);
-            if stream.write_all(&out).await.is_err() || head.close {
+            http::write_response(&mut out, status, content_type, "", &body, close);
+            if stream.write_all(&out).await.is_err() || close {
                 return;
             }
             continue;
@@ -104,10 +111,16 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         if let Some(route) = ops::route(&head) {
             buf.drain(..head_len);
             let r = ops::respond(&shard, route, &head).await;
-            let (status, close) = (r.status, head.close);
             out.clear();
-            http::write_response(&mut out, status, r.content_type, r.headers, &r.body, close);
-            if stream.write_all(&out).await.is_err() || head.close {
+            http::write_response(
+                &mut out,
+                r.status,
+                r.content_type,
+                r.headers,
+                &r.body,
+                close,
+            );
+            if stream.write_all(&out).await.is_err() || close {
                 return;
             }
             continue;
@@ -170,7 +183,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         let started = Instant::now();
         let result = match route {
             Some(route) => api::handle(&shard, route, &head, body).await,
-            None => Err(api::error::ApiError::NotFound),
+            None => api::unknown_route(&shard, &head),
         };
         if let Err(e) = &result {
             tracing::debug!(%peer, core = shard.id, path = %head.path, error = %e, "API request refused");
@@ -255,9 +268,7 @@ async fn read_head(
             match http::parse_head(buf, config.max_head_bytes) {
                 Ok(Some(parsed)) => return Ok(parsed),
                 Ok(None) => {}
-                Err(e @ HeadError::TooLarge)
-                | Err(e @ HeadError::Malformed(_))
-                | Err(e @ HeadError::BadLength) => {
+                Err(e) => {
                     return Err(ReadEnd::Reject(e.status(), e.to_string()));
                 }
             }
@@ -448,8 +459,10 @@ async fn upgrade(
             {
                 Ok(user_id) => user_id,
                 Err(refusal) => {
-                    tracing::info!(%peer, core = shard.id, system = %system_id, status = refusal.status,
-                        why = %refusal.why, "WebSocket connect refused");
+                    if let Some(skipped) = shard.throttles.connect_refused.admit() {
+                        tracing::info!(%peer, core = shard.id, system = %system_id, status = refusal.status,
+                            why = %refusal.why, also = skipped, "WebSocket connect refused");
+                    }
                     let extra = match refusal.status {
                         401 => "WWW-Authenticate: Bearer realm=\"wspush\"\r\n",
                         _ => "Retry-After: 5\r\n",

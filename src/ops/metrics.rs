@@ -473,8 +473,8 @@ pub struct NodeSnapshot {
     pub process: ProcessStats,
     /// Cluster mode only.
     pub etcd: Option<EtcdSnapshot>,
-    /// Webhook events dropped, when the webhook module is built in.
-    pub webhook_dropped: Option<u64>,
+    /// The webhook counters (events accepted, delivered, dropped by reason, failed POSTs).
+    pub webhook: Option<crate::webhook::Stats>,
 }
 
 impl Default for NodeSnapshot {
@@ -490,7 +490,7 @@ impl Default for NodeSnapshot {
             cores: Vec::new(),
             process: ProcessStats::default(),
             etcd: None,
-            webhook_dropped: None,
+            webhook: None,
         }
     }
 }
@@ -923,12 +923,40 @@ pub fn render(s: &NodeSnapshot) -> String {
             etcd.connect_failures,
         );
     }
-    if let Some(dropped) = s.webhook_dropped {
-        t.single(
+    if let Some(w) = s.webhook {
+        t.family(
+            "wspush_webhook_events_total",
+            "counter",
+            "Webhook events queued by the cores, and delivered (in batches answered 2xx).",
+        );
+        t.sample(
+            "wspush_webhook_events_total",
+            &[("result", "accepted")],
+            w.accepted,
+        );
+        t.sample(
+            "wspush_webhook_events_total",
+            &[("result", "delivered")],
+            w.delivered,
+        );
+        t.family(
             "wspush_webhook_dropped_total",
             "counter",
-            "Webhook events dropped (queue or buffer full, or undeliverable).",
-            dropped,
+            "Webhook events dropped: queue from the cores full, a destination's buffer full, \
+             or undeliverable (bad URL, rejected by the receiver, unsent at shutdown).",
+        );
+        for (reason, n) in [
+            ("queue_full", w.dropped_queue_full),
+            ("buffer_full", w.dropped_buffer_full),
+            ("undeliverable", w.dropped_undeliverable),
+        ] {
+            t.sample("wspush_webhook_dropped_total", &[("reason", reason)], n);
+        }
+        t.single(
+            "wspush_webhook_posts_failed_total",
+            "counter",
+            "Webhook POSTs that failed (connect, timeout, non-2xx); retried unless rejected.",
+            w.posts_failed,
         );
     }
 
@@ -1011,7 +1039,14 @@ mod tests {
                 keepalive_failures: 1,
                 connect_failures: 0,
             }),
-            webhook_dropped: Some(7),
+            webhook: Some(crate::webhook::Stats {
+                accepted: 20,
+                delivered: 12,
+                posts_failed: 3,
+                dropped_queue_full: 1,
+                dropped_buffer_full: 4,
+                dropped_undeliverable: 2,
+            }),
             start_time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             ..NodeSnapshot::default()
         }
@@ -1130,7 +1165,18 @@ mod tests {
         );
         assert_eq!(value(&text, "wspush_etcd_connected"), "1");
         assert_eq!(value(&text, "wspush_etcd_keepalive_failures_total"), "1");
-        assert_eq!(value(&text, "wspush_webhook_dropped_total"), "7");
+        assert_eq!(
+            value(
+                &text,
+                "wspush_webhook_dropped_total{reason=\"buffer_full\"}"
+            ),
+            "4"
+        );
+        assert_eq!(
+            value(&text, "wspush_webhook_events_total{result=\"delivered\"}"),
+            "12"
+        );
+        assert_eq!(value(&text, "wspush_webhook_posts_failed_total"), "3");
         assert_eq!(value(&text, "wspush_systems_registered"), "4");
         assert_eq!(value(&text, "process_start_time_seconds"), "1700000000");
         // Every family is declared once, before its samples, and every sample line belongs to
@@ -1157,7 +1203,7 @@ mod tests {
         let mut s = sample_snapshot();
         s.cluster = false;
         s.etcd = None;
-        s.webhook_dropped = None;
+        s.webhook = None;
         let text = render(&s);
         assert!(!text.contains("wspush_peer_"), "{text}");
         assert!(!text.contains("wspush_etcd_"), "{text}");

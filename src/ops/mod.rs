@@ -17,6 +17,7 @@
 
 pub mod metrics;
 pub mod status;
+pub mod throttle;
 
 use crate::net::http::{self, Head, Method};
 use crate::shard::inbox::{Op, Reply};
@@ -123,7 +124,7 @@ pub async fn gather(shard: &Rc<Shard>, detail: bool) -> NodeSnapshot {
         cores,
         process,
         etcd: shard.cluster().map(|_| metrics::ETCD.snapshot()),
-        webhook_dropped: Some(crate::webhook::dropped()),
+        webhook: Some(crate::webhook::stats()),
     }
 }
 

@@ -133,7 +133,7 @@ pub fn json(shard: &Shard, s: &NodeSnapshot) -> Value {
         "drops": {
             "slowConsumer": slow_consumer,
             "queueFull": totals.queue_full,
-            "webhook": s.webhook_dropped,
+            "webhook": s.webhook.map(|w| w.dropped()),
         },
         "process": {
             "rssBytes": s.process.rss_bytes,

@@ -88,10 +88,11 @@ pub struct Shard {
     /// Reads of every connection on this core land here; borrowed only inside one poll.
     pub scratch: RefCell<Box<[u8]>>,
     pub draining: Cell<bool>,
-    /// Upgrades refused at MaxConnsPerCore since the last log line about it, and when that
-    /// line was written: one line a second at most, however hard a flood pushes.
-    refused_full: Cell<u64>,
-    refused_logged: Cell<Option<Instant>>,
+    /// Cluster mode: whether this core has had etcd's list of systems at least once. Until
+    /// then a system it does not know may well be registered (with a secret).
+    pub systems_synced: Cell<bool>,
+    /// One log line a second at most for each kind of event a client can repeat at will.
+    pub throttles: crate::ops::throttle::CoreThrottles,
     ping: SharedFrame,
     /// Cluster mode only: the peer table and links of this core.
     cluster: std::cell::OnceCell<Rc<Cluster>>,
@@ -125,8 +126,8 @@ impl Shard {
             message_key: rand::random(),
             scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
             draining: Cell::new(false),
-            refused_full: Cell::new(0),
-            refused_logged: Cell::new(None),
+            throttles: Default::default(),
+            systems_synced: Cell::new(false),
             ping: frame::ping(),
             cluster: std::cell::OnceCell::new(),
             metrics: Default::default(),
@@ -193,6 +194,7 @@ impl Shard {
     /// the authority here, so a value an operator rewrote there (a rotated secret) replaces
     /// what this core knew.
     pub fn add_systems(self: &Rc<Self>, systems: &[(String, Arc<SystemInfo>)]) {
+        self.systems_synced.set(true);
         for (system, info) in systems {
             self.learn_system(system, info.clone(), true);
         }
@@ -246,12 +248,24 @@ impl Shard {
             .get(system)
             .map(|state| state.clients.values().cloned().collect())
             .unwrap_or_default();
+        let closing = conns
+            .iter()
+            .filter(|c| c.end_reason.get().is_none())
+            .count();
+        if closing > 0 {
+            tracing::info!(
+                core = self.id,
+                system,
+                connections = closing,
+                "closing the connections made without a token: their system now has a secret"
+            );
+        }
         for conn in conns {
             if conn.end_reason.get().is_some() {
                 continue;
             }
-            tracing::info!(client = %conn.client_id, peer = %conn.peer, core = self.id, system,
-                "closing a connection made without a token: its system now has a secret");
+            tracing::debug!(client = %conn.client_id, peer = %conn.peer, core = self.id, system,
+                "closing a connection made without a token");
             conn.end_reason.set(Some(EndReason::Kicked));
             self.enqueue_close(&conn, frame::close_code::POLICY, "token required");
             // As close_client: a client that does not answer the close frame is cut.
@@ -273,22 +287,15 @@ impl Shard {
         if held < self.config.max_conns_per_core {
             return true;
         }
-        self.refused_full.set(self.refused_full.get() + 1);
         self.metrics.connects_refused.inc();
-        let now = Instant::now();
-        let due = self
-            .refused_logged
-            .get()
-            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
-        if due {
+        if let Some(skipped) = self.throttles.conns_full.admit() {
             tracing::warn!(
                 core = self.id,
                 %peer,
                 held,
-                refused = self.refused_full.replace(0),
+                refused = skipped + 1,
                 "WebSocket refused with 503: MaxConnsPerCore reached on this core"
             );
-            self.refused_logged.set(Some(now));
         }
         false
     }
@@ -423,8 +430,10 @@ impl Shard {
             if !out.push(frame, self.config.queue_frames, self.config.queue_bytes) {
                 let (frames, bytes) = (out.len(), out.bytes);
                 drop(out);
-                tracing::warn!(client = %conn.client_id, peer = %conn.peer, core = self.id, frames, bytes,
-                    "slow consumer: outbound queue full, closing with 1008");
+                if let Some(skipped) = self.throttles.slow_consumer.admit() {
+                    tracing::warn!(client = %conn.client_id, peer = %conn.peer, core = self.id, frames, bytes,
+                        also = skipped, "slow consumer: outbound queue full, closing with 1008");
+                }
                 self.metrics.queue_full.inc();
                 self.drop_slow_consumer(conn);
                 return false;
@@ -529,8 +538,10 @@ impl Shard {
             match wrote {
                 Ok(n) => conn.out.borrow_mut().advance(n),
                 Err(e) => {
-                    tracing::warn!(client = %conn.client_id, peer = %conn.peer, core = self.id, error = %e,
-                        "socket not writable in time, dropping connection");
+                    if let Some(skipped) = self.throttles.slow_consumer.admit() {
+                        tracing::warn!(client = %conn.client_id, peer = %conn.peer, core = self.id, error = %e,
+                            also = skipped, "socket not writable in time, dropping connection");
+                    }
                     conn.cut(EndReason::SlowConsumer);
                     return;
                 }

@@ -85,13 +85,32 @@ impl Job {
         self.outcome(Err(why.into()))
     }
 
+    /// The receiver answered a status that a retry of the same body cannot change (see
+    /// [`is_rejection`]): the batch is dropped, counted, and the destination moves on.
+    pub fn rejected(self, status: u16) -> Outcome {
+        let mut outcome = self.outcome(Err(format!(
+            "the receiver rejected the batch with {status}"
+        )));
+        outcome.rejected = true;
+        outcome
+    }
+
     fn outcome(self, result: Result<(), String>) -> Outcome {
         Outcome {
             system: self.system,
             url: self.url_text,
             result,
+            rejected: false,
         }
     }
+}
+
+/// A 4xx answer other than 408 (timeout), 425 (too early) and 429 (too many requests) says the
+/// request itself is refused (a wrong path, a signature the receiver does not accept, a body it
+/// cannot parse): resending the same bytes would be refused for ever and hold back every newer
+/// event of the destination. Everything else (5xx, network errors) is retried.
+pub fn is_rejection(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 408 | 425 | 429)
 }
 
 /// How a [`Job`] went.
@@ -101,6 +120,8 @@ pub struct Outcome {
     pub url: Box<str>,
     /// Err: why it failed (logged).
     pub result: Result<(), String>,
+    /// The failure is permanent: drop the batch instead of retrying it.
+    pub rejected: bool,
 }
 
 /// A batch that was sent and is either in flight or waiting for its retry.
@@ -307,6 +328,14 @@ impl Batcher {
                 dest.failures = 0;
                 dest.retry_at = None;
             }
+            Err(why) if outcome.rejected => {
+                let events = dest.flight.take().map_or(0, |f| f.events);
+                tracing::warn!(system = %outcome.system, url = %outcome.url, error = %why, events,
+                    "webhook batch rejected by the receiver; dropping it, not retrying");
+                count_drop(DropReason::Undeliverable, events as u64);
+                dest.failures = 0;
+                dest.retry_at = None;
+            }
             Err(why) => {
                 dest.failures = dest.failures.saturating_add(1);
                 let delay = backoff(dest.failures);
@@ -391,7 +420,8 @@ impl Batcher {
 }
 
 /// The body of one POST:
-/// `{"systemId":..,"node":..,"events":[{"event","clientId","userId","groupName","extend","time"}]}`.
+/// `{"systemId":..,"node":..,"events":[{"event","systemId","clientId","userId","groupName","extend","time"}]}`.
+/// Each event names its system too, so a receiver may split a batch and keep events whole.
 pub fn render<'a>(system: &str, node: &str, events: impl Iterator<Item = &'a Event>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"systemId\":");
@@ -405,7 +435,9 @@ pub fn render<'a>(system: &str, node: &str, events: impl Iterator<Item = &'a Eve
         }
         out.extend_from_slice(b"{\"event\":\"");
         out.extend_from_slice(e.kind.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"clientId\":");
+        out.extend_from_slice(b"\",\"systemId\":");
+        json_str(&mut out, system);
+        out.extend_from_slice(b",\"clientId\":");
         json_str(&mut out, e.client_id());
         out.extend_from_slice(b",\"userId\":");
         json_str(&mut out, e.user_id());
@@ -555,7 +587,7 @@ mod tests {
             serde_json::json!({
                 "systemId": "sys\"1",
                 "node": "127.0.0.1:7900",
-                "events": [{"event": "unbind", "clientId": "cid", "userId": "uid",
+                "events": [{"event": "unbind", "systemId": "sys\"1", "clientId": "cid", "userId": "uid",
                             "groupName": "grp", "extend": "ext", "time": 1234}]
             })
         );
@@ -627,6 +659,38 @@ mod tests {
         assert_eq!(clients(&next), ["c1"]);
         assert_ne!(next.batch_id, id0);
         assert_eq!(next.attempt, 1);
+    }
+
+    #[test]
+    fn a_rejected_batch_is_dropped_and_counted_and_the_next_one_goes_at_once() {
+        let i = info("http://127.0.0.1:1/", None);
+        let mut b = batcher(1000);
+        let t0 = Instant::now();
+        b.push(event(&i, "s", Kind::Online, "c0"), t0);
+        b.push(event(&i, "s", Kind::Online, "c1"), t0);
+        let first = b.ready(t0 + WINDOW).pop().unwrap();
+        let before = crate::webhook::stats().dropped_undeliverable;
+        let now = t0 + WINDOW;
+        b.push(event(&i, "s", Kind::Offline, "c2"), now);
+        b.finished(first.rejected(404), now);
+        // Other tests may drop concurrently: at least these two.
+        assert!(crate::webhook::stats().dropped_undeliverable >= before + 2);
+        // No backoff, no resend: the newer event goes in the next window.
+        let next = b.ready(now + WINDOW).pop().unwrap();
+        assert_eq!(clients(&next), ["c2"]);
+        assert_eq!(next.attempt, 1);
+        b.finished(next.delivered(), now + WINDOW);
+        assert!(b.ready(now + WINDOW * 100).is_empty());
+    }
+
+    #[test]
+    fn only_permanent_4xx_answers_are_rejections() {
+        for status in [400, 401, 403, 404, 405, 410, 413, 422] {
+            assert!(is_rejection(status), "{status}");
+        }
+        for status in [200, 301, 408, 425, 429, 500, 502, 503, 504] {
+            assert!(!is_rejection(status), "{status}");
+        }
     }
 
     #[test]

@@ -564,7 +564,11 @@ fn run_sender(
             }
             Ok(status) => {
                 POSTS_FAILED.fetch_add(1, Ordering::Relaxed);
-                job.failed(format!("the receiver answered {status}"))
+                if batch::is_rejection(status) {
+                    job.rejected(status)
+                } else {
+                    job.failed(format!("the receiver answered {status}"))
+                }
             }
             Err(e) => {
                 POSTS_FAILED.fetch_add(1, Ordering::Relaxed);

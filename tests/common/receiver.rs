@@ -58,8 +58,10 @@ impl Hook {
 #[derive(Default)]
 struct Shared {
     hooks: Mutex<Vec<Hook>>,
-    /// Requests still to be answered with 500.
+    /// Requests still to be answered with `fail_status`.
     fail_next: AtomicUsize,
+    /// The status of a failed answer; 0 means 500.
+    fail_status: AtomicUsize,
     /// Milliseconds to hold each answer.
     delay_ms: AtomicUsize,
     /// Requests answered so far.
@@ -132,6 +134,14 @@ impl Receiver {
 
     /// Answers the next `n` requests with 500.
     pub fn fail_next(&self, n: usize) {
+        self.fail_next_with(n, 500);
+    }
+
+    /// Answers the next `n` requests with `status`.
+    pub fn fail_next_with(&self, n: usize, status: u16) {
+        self.shared
+            .fail_status
+            .store(status as usize, Ordering::SeqCst);
         self.shared.fail_next.store(n, Ordering::SeqCst);
     }
 
@@ -244,7 +254,11 @@ fn answer(stream: &mut TcpStream, mut hook: Hook, shared: &Shared) -> bool {
         .fail_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
-    hook.status = if fail { 500 } else { 200 };
+    let fail_status = match shared.fail_status.load(Ordering::SeqCst) {
+        0 => 500,
+        status => status as u16,
+    };
+    hook.status = if fail { fail_status } else { 200 };
     let status = hook.status;
     shared.hooks.lock().unwrap().push(hook);
     let delay = shared.delay_ms.load(Ordering::SeqCst);
