@@ -49,6 +49,24 @@ impl AsyncWrite for Shared {
     }
 }
 
+/// Bytes queued on one link beyond which the peer is taken as not reading: the link is closed
+/// rather than let a stalled or hostile peer grow this node's memory.
+const MAX_OUTBOX: usize = 64 << 20;
+
+/// How long a frame may stay half-received, and a write may wait for the peer to read. A link
+/// idle between frames is fine; one that stops in the middle of a frame or stops reading is
+/// dead or hostile, and holding its buffers would let it pin up to a frame's worth of memory.
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a frame was not queued.
+#[derive(Debug)]
+enum PushError {
+    /// The frame is over the receiver's limit; nothing was queued.
+    TooLarge(usize),
+    /// The peer does not read: [`MAX_OUTBOX`] bytes are waiting. The link must close.
+    Full,
+}
+
 /// Bytes waiting to be written on a link; the writer task takes them all at once, so frames
 /// queued together go out in one write.
 #[derive(Default)]
@@ -59,11 +77,20 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn push(&self, frame: &Frame) {
-        proto::encode(frame, &mut self.buf.borrow_mut());
+    fn push(&self, frame: &Frame) -> Result<(), PushError> {
+        let mut buf = self.buf.borrow_mut();
+        if buf.len() >= MAX_OUTBOX {
+            return Err(PushError::Full);
+        }
+        proto::try_encode(frame, &mut buf).map_err(|e| match e {
+            proto::ProtoError::TooLarge(n) => PushError::TooLarge(n),
+            other => unreachable!("bug: encoding fails only by size: {other}"),
+        })?;
+        drop(buf);
         if let Some(w) = self.waker.take() {
             w.wake();
         }
+        Ok(())
     }
 
     fn close(&self) {
@@ -97,7 +124,8 @@ async fn write_loop(mut stream: Shared, outbox: Rc<Outbox>) -> std::io::Result<(
     Ok(())
 }
 
-/// Reads frames, handing each to `on_frame`, until EOF, an error, or a malformed frame.
+/// Reads frames, handing each to `on_frame`, until EOF, an error, a malformed frame, or a frame
+/// left half-received for [`STALL_TIMEOUT`].
 async fn read_loop(
     stream: Shared,
     mut on_frame: impl FnMut(Frame) -> Result<(), String>,
@@ -107,7 +135,21 @@ async fn read_loop(
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let read = stream.read(&mut chunk);
+        let n = if buf.is_empty() {
+            read.await
+        } else {
+            match glommio::timer::timeout(STALL_TIMEOUT, async { Ok(read.await) }).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(format!(
+                        "{} bytes of a frame, then nothing for {STALL_TIMEOUT:?}",
+                        buf.len()
+                    ))
+                }
+            }
+        }
+        .map_err(|e| e.to_string())?;
         if n == 0 {
             return Ok(());
         }
@@ -128,6 +170,8 @@ pub enum LinkError {
     Unreachable(SocketAddrV4),
     #[error("peer {0} did not answer within the deadline")]
     Timeout(SocketAddrV4),
+    #[error("request of {1} bytes is over the node-link frame limit (peer {0})")]
+    TooLarge(SocketAddrV4, usize),
 }
 
 enum State {
@@ -187,8 +231,21 @@ impl Link {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let (tx, rx) = local_channel::new_bounded(1);
+        if let Err(e) = outbox.push(&Frame::Request { id, op }) {
+            return Err(match e {
+                PushError::TooLarge(n) => LinkError::TooLarge(self.addr, n),
+                PushError::Full => {
+                    self.broken(
+                        self.epoch.get(),
+                        Some(format!(
+                            "{MAX_OUTBOX} bytes unsent: the peer is not reading"
+                        )),
+                    );
+                    LinkError::Unreachable(self.addr)
+                }
+            });
+        }
         self.pending.borrow_mut().insert(id, tx);
-        outbox.push(&Frame::Request { id, op });
         let left = deadline.saturating_duration_since(Instant::now());
         let answer = glommio::timer::timeout(left.max(Duration::from_millis(1)), async {
             Ok(rx.recv().await)
@@ -248,6 +305,7 @@ impl Link {
             }
         };
         let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(STALL_TIMEOUT));
         let epoch = self.epoch.get() + 1;
         self.epoch.set(epoch);
         let stream = Shared(Rc::new(RefCell::new(stream)));
@@ -327,6 +385,8 @@ where
 {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(STALL_TIMEOUT));
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let stream = Shared(Rc::new(RefCell::new(stream)));
     let outbox = Rc::new(Outbox::default());
     let writer = glommio::spawn_local(write_loop(stream.clone(), outbox.clone()));
@@ -337,7 +397,20 @@ where
             let run = run.clone();
             glommio::spawn_local(async move {
                 let reply = run(op).await;
-                outbox.push(&Frame::Response { id, reply });
+                match outbox.push(&Frame::Response { id, reply }) {
+                    Ok(()) => {}
+                    Err(PushError::TooLarge(n)) => {
+                        tracing::warn!(peer = ?peer, core, bytes = n,
+                            "node-link reply over the frame limit; answering Failed instead");
+                        let why = format!("reply of {n} bytes is over the node-link frame limit");
+                        let _ = outbox.push(&Frame::Response { id, reply: RemoteReply::Failed(why) });
+                    }
+                    Err(PushError::Full) => {
+                        tracing::warn!(peer = ?peer, core, "closing node link: the peer does not read its answers");
+                        outbox.close();
+                        crate::sys::shutdown(fd, crate::sys::Shutdown::Both);
+                    }
+                }
             })
             .detach();
             Ok(())
@@ -346,7 +419,7 @@ where
     })
     .await;
     if let Err(e) = result {
-        tracing::warn!(peer = ?peer, core, error = %e, "closing node link after a bad frame");
+        tracing::warn!(peer = ?peer, core, error = %e, "closing node link");
     }
     outbox.close();
     let _ = writer.await;

@@ -136,13 +136,24 @@ pub enum ProtoError {
     Malformed(String),
 }
 
-/// Appends one encoded frame to `out`.
-pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+/// Appends one encoded frame to `out`; a frame the receiver would refuse as over [`MAX_FRAME`]
+/// is not written (`out` is unchanged) and answers `TooLarge`.
+pub fn try_encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtoError> {
     let body = rkyv::to_bytes::<rancor::Error>(frame)
         .expect("bug: serializing a Frame into memory cannot fail");
-    out.extend_from_slice(&((body.len() + 2) as u32).to_be_bytes());
+    let len = body.len() + 2;
+    if len > MAX_FRAME {
+        return Err(ProtoError::TooLarge(len));
+    }
+    out.extend_from_slice(&(len as u32).to_be_bytes());
     out.extend_from_slice(&PROTO_VERSION.to_be_bytes());
     out.extend_from_slice(&body);
+    Ok(())
+}
+
+/// [`try_encode`] for frames known to fit (tests, benches, fuzzing).
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    try_encode(frame, out).expect("frame over MAX_FRAME")
 }
 
 /// Decodes the first frame of `buf`. `Ok(None)`: incomplete, read more. `Ok(Some((frame, n)))`:
