@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-SCENARIOS="idle-10k idle-18k connect fanout-1k fanout-1k-half fanout-10k unicast-keepalive unicast-half unicast-close batch stalled"
+SCENARIOS="idle-10k idle-18k connect fanout-1k fanout-1k-half fanout-10k unicast-keepalive unicast-half unicast-close batch system stalled"
 for name in ${ONLY//,/ }; do
     if ! grep -qw -- "$name" <<<"$SCENARIOS"; then
         echo "unknown scenario $name; one of: $SCENARIOS" >&2
@@ -159,6 +159,7 @@ if want unicast-half; then
 fi
 runs unicast-close "$RUNS" 300 unicast --clients 1000 --workers 64 --duration "$UNI_SECS" --close
 runs batch "$RUNS" 300 batch --clients 1000 --ids-per-request 100 --workers 16 --duration "$UNI_SECS"
+runs system "$RUNS" 300 system --clients 10000 --workers 2 --duration "$FAN_SECS"
 SERVER_INI=$STALL_INI
 runs stalled "$RUNS" 600 "${STALL_ARGS[@]}"
 SERVER_INI=$DEFAULT_INI
@@ -195,6 +196,9 @@ ROWS = [
         ("requests/s", "requests_per_s", ""), ("push-to-receipt p50", "p50_ms", "ms"),
         ("p99", "p99_ms", "ms")]),
     ("batch", "send_to_clients, 100 ids per request, 16 workers", [
+        ("deliveries/s", "deliveries_per_s", ""), ("requests/s", "requests_per_s", ""),
+        ("push-to-receipt p50", "p50_ms", "ms"), ("p99", "p99_ms", "ms")]),
+    ("system", "send_to_system to 10,000 clients, 2 keep-alive workers", [
         ("deliveries/s", "deliveries_per_s", ""), ("requests/s", "requests_per_s", ""),
         ("push-to-receipt p50", "p50_ms", "ms"), ("p99", "p99_ms", "ms")]),
 ]

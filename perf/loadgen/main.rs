@@ -162,6 +162,20 @@ enum Cmd {
         #[arg(long, default_value_t = 3.0)]
         quiet: f64,
     },
+    /// send_to_system: every one of CLIENTS connections receives every push (the tenant
+    /// broadcast of issue 7), WORKERS keep-alive senders for DURATION.
+    System {
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 8.0)]
+        duration: f64,
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 3.0)]
+        quiet: f64,
+    },
     /// Slow consumers: CLIENTS in one group; a baseline window with all reading, one at the
     /// same rate with STALLED_PCT percent not reading (sockets open), one more after. Compares
     /// the readers' push delay and watches the server drop the stalled ones (1008).
@@ -345,6 +359,7 @@ fn main() {
         Cmd::Fanout { .. } => "fanout",
         Cmd::Unicast { .. } => "unicast",
         Cmd::Batch { .. } => "batch",
+        Cmd::System { .. } => "system",
         Cmd::Stalled { .. } => "stalled",
         Cmd::Soak { .. } => "soak",
         Cmd::Worker { .. } => unreachable!(),
@@ -469,6 +484,7 @@ fn main() {
                     close,
                     rate,
                     ids_per_request: 0,
+                    system: false,
                     quiet: secs(quiet),
                 };
                 scenarios::unicast(&ctx, &a).await
@@ -489,6 +505,26 @@ fn main() {
                     close,
                     rate,
                     ids_per_request: ids_per_request.max(1),
+                    system: false,
+                    quiet: secs(quiet),
+                };
+                scenarios::unicast(&ctx, &a).await
+            }
+            Cmd::System {
+                clients,
+                workers,
+                duration,
+                rate,
+                quiet,
+            } => {
+                let a = scenarios::UnicastArgs {
+                    clients,
+                    workers,
+                    duration: secs(duration),
+                    close: false,
+                    rate,
+                    ids_per_request: 0,
+                    system: true,
                     quiet: secs(quiet),
                 };
                 scenarios::unicast(&ctx, &a).await

@@ -376,9 +376,15 @@ impl Rng {
 /// before the request is written), then `pad` bytes of filler in `data` after the stamp (the
 /// receivers read only the digits after the `t`).
 fn push_tail(body: &mut Vec<u8>, code: i64, pad: usize) {
+    body.push(b',');
+    push_fields(body, code, pad);
+}
+
+/// The push fields with the send time stamped into `data`, and the closing brace.
+fn push_fields(body: &mut Vec<u8>, code: i64, pad: usize) {
     let _ = write!(
         body,
-        ",\"sendUserId\":\"perf\",\"code\":{code},\"msg\":\"perf\",\"data\":\"t{}",
+        "\"sendUserId\":\"perf\",\"code\":{code},\"msg\":\"perf\",\"data\":\"t{}",
         sys::now_ns()
     );
     body.resize(body.len() + pad, b'.');
@@ -1072,17 +1078,26 @@ pub struct UnicastArgs {
     pub rate: Option<f64>,
     /// `batch`: ids per `send_to_clients`; 0: `send_to_client`.
     pub ids_per_request: usize,
+    /// `system`: `send_to_system`, every client receives every push (`ids_per_request` unused).
+    pub system: bool,
     pub quiet: Duration,
 }
 
 /// `unicast` (`send_to_client` to random clients) and `batch` (`send_to_clients` with
 /// `ids_per_request` consecutive clients from a random start).
 pub async fn unicast(ctx: &Ctx, a: &UnicastArgs) -> anyhow::Result<Report> {
-    let batch = a.ids_per_request > 0;
-    let mut r = Report::new(if batch { "batch" } else { "unicast" });
+    let batch = a.ids_per_request > 0 && !a.system;
+    let (name, route) = match (a.system, batch) {
+        (true, _) => ("system", "send_to_system"),
+        (false, true) => ("batch", "send_to_clients"),
+        (false, false) => ("unicast", "send_to_client"),
+    };
+    let mut r = Report::new(name);
     let (mut load, opened) = ctx.start(&mut r, a.clients, 0).await?;
     let ids: Arc<Vec<String>> = Arc::new(opened.ids.iter().map(|s| json_str(s)).collect());
-    let per_request = if batch {
+    let per_request = if a.system {
+        ids.len() as u64
+    } else if batch {
         a.ids_per_request.min(ids.len()) as u64
     } else {
         1
@@ -1090,7 +1105,21 @@ pub async fn unicast(ctx: &Ctx, a: &UnicastArgs) -> anyhow::Result<Report> {
     let code = ctx.code;
     let errors = FirstError::default();
     let w = Window::start(&mut load, ctx.server).await?;
-    let senders = if batch {
+    let senders = if a.system {
+        spawn_senders(
+            ctx,
+            a.workers,
+            a.close,
+            "/api/send_to_system",
+            a.duration,
+            a.rate,
+            &errors,
+            move |body, _rng| {
+                body.push(b'{');
+                push_fields(body, code, 0);
+            },
+        )
+    } else if batch {
         let k = per_request as usize;
         let ids = ids.clone();
         spawn_senders(
@@ -1175,7 +1204,7 @@ pub async fn unicast(ctx: &Ctx, a: &UnicastArgs) -> anyhow::Result<Report> {
     r.line(format!(
         "{} {} requests in {:.2} s by {} workers ({}{}): {} requests/s; {} of {} deliveries, {} deliveries/s",
         grouped(d.requests_ok as f64),
-        if batch { "send_to_clients" } else { "send_to_client" },
+        route,
         send_wall.as_secs_f64(),
         a.workers,
         if a.close { "HTTP/1.0, Connection: close" } else { "HTTP/1.1 keep-alive" },
@@ -1206,13 +1235,13 @@ pub async fn unicast(ctx: &Ctx, a: &UnicastArgs) -> anyhow::Result<Report> {
             d.closed
         ));
     }
-    let (ops, op) = if batch {
+    let (ops, op) = if batch || a.system {
         (d.delivered, "delivery")
     } else {
         (d.requests_ok, "request")
     };
     cpu_figures(&mut r, "", &mm, ops, op);
-    if batch {
+    if batch || a.system {
         if let Some(ns) = mm.server_cpu_ns {
             let per_req = ns as f64 / 1e3 / d.requests_ok.max(1) as f64;
             r.set("server_cpu_us_per_request", round3(per_req));
