@@ -44,6 +44,11 @@ pub struct Config {
     pub queue_frames: usize,
     /// `[wspush] QueueBytes`, default 4 MiB: the same limit in bytes.
     pub queue_bytes: usize,
+    /// `[wspush] FlushWindowUs`, default 2000: while a core is broadcasting (its last flush
+    /// wrote at least [`Config::BULK_FLUSH_CONNS`] sockets, recently), it waits this long before
+    /// writing what was queued, so the pushes of that window reach each socket in one write.
+    /// Sporadic pushes and unicast traffic are written at once. 0: always write at once.
+    pub flush_window: Duration,
     /// `[wspush] MaxMessageBytes`, default 8192 (the original's read limit): a larger client
     /// message closes the connection with 1009.
     pub max_message_bytes: usize,
@@ -142,6 +147,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(60),
             queue_frames: 1024,
+            flush_window: Duration::from_micros(2000),
             queue_bytes: 4 << 20,
             max_message_bytes: 8192,
             max_head_bytes: 8192,
@@ -164,6 +170,10 @@ impl Default for Config {
 }
 
 impl Config {
+    /// A flush that wrote at least this many sockets is a broadcast's: the flushes right after
+    /// it wait [`Config::flush_window`] to gather the next pushes.
+    pub const BULK_FLUSH_CONNS: usize = 32;
+
     /// WebSocket connections each of `cores` cores may hold: MaxConnsPerCore, or when it is 0,
     /// the open-files limit `nofile` less a reserve (API sockets, node links, etcd, logs) shared
     /// out over the cores, so the server says 503 before accept() runs into EMFILE.
@@ -286,6 +296,9 @@ impl Config {
                 ("wspush", "heartbeatinterval") => c.heartbeat_interval = seconds(&full, value)?,
                 ("wspush", "pongtimeout") => c.pong_timeout = seconds(&full, value)?,
                 ("wspush", "queueframes") => c.queue_frames = number(&full, value)?,
+                ("wspush", "flushwindowus") => {
+                    c.flush_window = Duration::from_micros(number(&full, value)? as u64)
+                }
                 ("wspush", "queuebytes") => c.queue_bytes = number(&full, value)?,
                 ("wspush", "maxmessagebytes") => c.max_message_bytes = number(&full, value)?,
                 ("wspush", "maxheadbytes") => c.max_head_bytes = number(&full, value)?,
@@ -354,6 +367,12 @@ impl Config {
         }
         if self.cluster && self.rpc_port == self.http_port {
             problems.push(err("common.RPCPort", "must differ from HttpPort"));
+        }
+        if self.flush_window > Duration::from_millis(100) {
+            problems.push(err(
+                "wspush.FlushWindowUs",
+                "must be at most 100000 (100 ms): every broadcast waits this long",
+            ));
         }
         // clientIds carry the core in one byte.
         if self.cores > 255 {
@@ -453,6 +472,10 @@ impl Config {
             ("wspush.PongTimeout", secs(self.pong_timeout)),
             ("wspush.QueueFrames", self.queue_frames.to_string()),
             ("wspush.QueueBytes", self.queue_bytes.to_string()),
+            (
+                "wspush.FlushWindowUs",
+                self.flush_window.as_micros().to_string(),
+            ),
             ("wspush.MaxMessageBytes", self.max_message_bytes.to_string()),
             ("wspush.MaxHeadBytes", self.max_head_bytes.to_string()),
             ("wspush.MaxBodyBytes", self.max_body_bytes.to_string()),

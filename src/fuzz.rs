@@ -128,7 +128,7 @@ fn head_of(buf: &[u8], max_head: usize) -> Option<(http::Head, usize)> {
             None
         }
         Err(e) => {
-            assert!(matches!(e.status(), 400 | 431));
+            assert!(matches!(e.status(), 400 | 431 | 501));
             None
         }
     }

@@ -150,6 +150,9 @@ pub struct CoreMetrics {
     disconnects: [Counter; REASONS.len()],
     frames_pushed: Counter,
     bytes_pushed: Counter,
+    /// `sendmsg` calls that wrote WebSocket queues: frames_pushed / socket_writes is how many
+    /// frames each write carried (the flush window's coalescing).
+    pub socket_writes: Counter,
     /// Outbound queues that overflowed (each one closes its connection as a slow consumer).
     pub queue_full: Counter,
     /// Requests this core sent to another core's inbox, and replies it sent back.
@@ -171,6 +174,7 @@ impl Default for CoreMetrics {
             disconnects: Default::default(),
             frames_pushed: Counter::default(),
             bytes_pushed: Counter::default(),
+            socket_writes: Counter::default(),
             queue_full: Counter::default(),
             core_requests: Counter::default(),
             core_replies: Counter::default(),
@@ -242,6 +246,7 @@ impl CoreMetrics {
             disconnects: std::array::from_fn(|i| self.disconnects[i].get()),
             frames_pushed: self.frames_pushed.get(),
             bytes_pushed: self.bytes_pushed.get(),
+            socket_writes: self.socket_writes.get(),
             queue_full: self.queue_full.get(),
             core_requests: self.core_requests.get(),
             core_replies: self.core_replies.get(),
@@ -354,6 +359,7 @@ pub struct CoreSnapshot {
     pub disconnects: [u64; REASONS.len()],
     pub frames_pushed: u64,
     pub bytes_pushed: u64,
+    pub socket_writes: u64,
     pub queue_full: u64,
     pub core_requests: u64,
     pub core_replies: u64,
@@ -760,6 +766,13 @@ pub fn render(s: &NodeSnapshot) -> String {
         "counter",
         "Bytes of the pushed frames queued to clients (WebSocket framing included).",
         s.sum(|c| c.bytes_pushed),
+    );
+    t.single(
+        "wspush_socket_writes_total",
+        "counter",
+        "Writes (sendmsg) of WebSocket outbound queues; frames pushed / writes is the frames \
+         each write carried (FlushWindowUs coalescing).",
+        s.sum(|c| c.socket_writes),
     );
     t.single(
         "wspush_queue_full_total",

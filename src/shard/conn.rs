@@ -120,7 +120,7 @@ impl Conn {
 
     /// Writes as much of the queue as the socket takes now, one `sendmsg` per up to
     /// [`sys::MAX_IOV`] frames.
-    pub fn flush_now(&self) -> Flush {
+    pub fn flush_now(&self, writes: &crate::ops::metrics::Counter) -> Flush {
         let mut out = self.out.borrow_mut();
         loop {
             if out.is_empty() {
@@ -132,6 +132,7 @@ impl Conn {
             }
             let mut slices: [&[u8]; sys::MAX_IOV] = [&[]; sys::MAX_IOV];
             let count = out.gather(&mut slices);
+            writes.inc();
             match sys::send_vectored(self.fd, &slices[..count]) {
                 Ok(written) => out.advance(written),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flush::WouldBlock,
