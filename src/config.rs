@@ -45,7 +45,7 @@ pub struct Config {
     /// `[wspush] QueueBytes`, default 4 MiB: the same limit in bytes.
     pub queue_bytes: usize,
     /// `[wspush] FlushWindowUs`, default 2000: while a core is broadcasting (its last flush
-    /// wrote at least [`Config::BULK_FLUSH_CONNS`] sockets, recently), it waits this long before
+    /// recently queued one push to at least [`Config::BULK_PUSH_CONNS`] sockets), it waits this long before
     /// writing what was queued, so the pushes of that window reach each socket in one write.
     /// Sporadic pushes and unicast traffic are written at once. 0: always write at once.
     pub flush_window: Duration,
@@ -170,9 +170,9 @@ impl Default for Config {
 }
 
 impl Config {
-    /// A flush that wrote at least this many sockets is a broadcast's: the flushes right after
-    /// it wait [`Config::flush_window`] to gather the next pushes.
-    pub const BULK_FLUSH_CONNS: usize = 32;
+    /// A push that reaches at least this many of a core's sockets is a broadcast: the flushes
+    /// right after it wait [`Config::flush_window`] to gather the next pushes.
+    pub const BULK_PUSH_CONNS: usize = 32;
 
     /// WebSocket connections each of `cores` cores may hold: MaxConnsPerCore, or when it is 0,
     /// the open-files limit `nofile` less a reserve (API sockets, node links, etcd, logs) shared

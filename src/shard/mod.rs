@@ -80,11 +80,9 @@ pub struct Shard {
     registered: RefCell<HashMap<Box<str>, Arc<SystemInfo>>>,
     dirty: RefCell<Vec<Rc<Conn>>>,
     flush_scheduled: Cell<bool>,
-    /// When the last flush that wrote a broadcast's worth of sockets ended (see
-    /// [`Shard::flush_delay`]).
-    last_bulk_flush: Cell<Option<Instant>>,
-    /// Pushed frames queued since the last flush (pings and closes not counted).
-    pushed_since_flush: Cell<usize>,
+    /// When this core last queued one push to at least `BULK_PUSH_CONNS` of its sockets (a
+    /// group, system or user push, or a long send_to_clients): see [`Shard::flush_delay`].
+    last_broadcast: Cell<Option<Instant>>,
     mesh: Senders<CoreMsg>,
     pending: RefCell<HashMap<u64, LocalSender<Reply>>>,
     next_tag: Cell<u64>,
@@ -124,8 +122,7 @@ impl Shard {
             registered: RefCell::new(HashMap::new()),
             dirty: RefCell::new(Vec::new()),
             flush_scheduled: Cell::new(false),
-            last_bulk_flush: Cell::new(None),
-            pushed_since_flush: Cell::new(0),
+            last_broadcast: Cell::new(None),
             mesh,
             pending: RefCell::new(HashMap::new()),
             next_tag: Cell::new(0),
@@ -477,16 +474,24 @@ impl Shard {
     }
 
     /// How long the next flush waits. A socket write costs the same few microseconds of kernel
-    /// time whether it carries one frame or twenty, and while this core is broadcasting (a flush
-    /// of at least `BULK_FLUSH_CONNS` sockets ended within the last 10 windows) the pushes of
-    /// the next `FlushWindowUs` go out together, one write per socket for all of them: on the
-    /// fan-out benchmark that is 3-6x the deliveries per second at the same push delay
-    /// (perf/RESULTS.md). Otherwise (unicast, a sporadic broadcast) the flush runs at once.
+    /// time whether it carries one frame or twenty, and while this core is broadcasting (one
+    /// push reached at least `BULK_PUSH_CONNS` of its sockets within the last 10 windows) the
+    /// pushes of the next `FlushWindowUs` go out together, one write per socket for all of
+    /// them: on the fan-out benchmark that is 6x the deliveries per second at a lower push
+    /// delay (perf/RESULTS.md). Unicast traffic, however heavy, never waits: its frames go to
+    /// different sockets, so a window would only delay them.
     fn flush_delay(&self) -> Duration {
         let window = self.config.flush_window;
-        match self.last_bulk_flush.get() {
+        match self.last_broadcast.get() {
             Some(at) if !window.is_zero() && at.elapsed() < window * 10 => window,
             _ => Duration::ZERO,
+        }
+    }
+
+    /// Notes a push that reached `sockets` of this core's connections.
+    fn note_fanout(&self, sockets: usize) {
+        if sockets >= crate::config::Config::BULK_PUSH_CONNS {
+            self.last_broadcast.set(Some(Instant::now()));
         }
     }
 
@@ -532,10 +537,6 @@ impl Shard {
     fn flush_dirty(self: &Rc<Self>) {
         self.flush_scheduled.set(false);
         let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
-        // A broadcast's flush: many sockets, with pushes (a heartbeat slice's pings do not
-        // count, so they do not slow the unicast pushes after them).
-        let pushed = self.pushed_since_flush.replace(0);
-        let bulk = dirty.len().min(pushed) >= crate::config::Config::BULK_FLUSH_CONNS;
         for conn in dirty {
             if conn.write_state.get() != WriteState::Dirty {
                 continue;
@@ -550,16 +551,6 @@ impl Shard {
                 Flush::Failed => conn.cut(EndReason::Reset),
             }
         }
-        if bulk {
-            self.last_bulk_flush.set(Some(Instant::now()));
-        }
-    }
-
-    /// Counts `frames` pushed frames of `bytes` each, for `/metrics` and the flush window.
-    fn count_pushed(&self, frames: usize, bytes: usize) {
-        self.metrics.pushed(frames, bytes);
-        self.pushed_since_flush
-            .set(self.pushed_since_flush.get() + frames);
     }
 
     /// A connection whose socket buffer is full: wait for writability, then drain.
@@ -645,7 +636,7 @@ impl Shard {
             Some(conn) => {
                 let bytes = f.len();
                 let queued = self.enqueue(&conn, f);
-                self.count_pushed(queued as usize, bytes);
+                self.metrics.pushed(queued as usize, bytes);
                 queued
             }
             None => false,
@@ -791,7 +782,8 @@ impl Shard {
             .iter()
             .filter(|conn| self.enqueue(conn, f.clone()))
             .count();
-        self.count_pushed(queued, f.len());
+        self.metrics.pushed(queued, f.len());
+        self.note_fanout(queued);
         queued
     }
 
@@ -1419,14 +1411,16 @@ impl Shard {
                 targets,
                 system,
                 frame,
-            } => Reply::Count(
-                targets
+            } => {
+                let queued = targets
                     .into_iter()
                     .filter(|&(slot, generation)| {
                         self.deliver_local(slot, generation, &system, frame.clone())
                     })
-                    .count(),
-            ),
+                    .count();
+                self.note_fanout(queued);
+                Reply::Count(queued)
+            }
             Op::GroupPush {
                 system,
                 group,
