@@ -585,3 +585,56 @@ fn chunked_bodies_are_decoded_and_bounded() {
     assert_eq!(resp.status, 400, "{}", resp.text());
     server.assert_serves();
 }
+
+#[test]
+fn a_large_chunked_body_in_many_small_writes_is_decoded_once_complete() {
+    // 300 chunks of 200 bytes, each written (and flushed, nodelay) on its own: the server
+    // reads them piecewise and must still answer once, correctly, when the last chunk lands.
+    let mut server = Server::start();
+    let system = unique("pieces");
+    server.register(&system);
+    let mut ws = server.ws(&system);
+    let data = "d".repeat(60_000);
+    let body = json!({ "clientId": ws.client_id, "data": data }).to_string();
+    let mut stream = connect(server.port);
+    stream.set_nodelay(true).unwrap();
+    write!(
+        stream,
+        "POST /api/send_to_client HTTP/1.1\r\nHost: x\r\nSystemId: {system}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    for piece in body.as_bytes().chunks(200) {
+        stream
+            .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+            .unwrap();
+        stream.write_all(piece).unwrap();
+        stream.write_all(b"\r\n").unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let resp = read_response(&mut reader).unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["code"], 0, "{}", resp.text());
+    assert_eq!(ws.recv_json()["data"].as_str().map(str::len), Some(60_000));
+
+    // Past the first 4 KiB a broken chunk is still refused (400) when the body ends.
+    let mut stream = connect(server.port);
+    write!(
+        stream,
+        "POST /api/send_to_client HTTP/1.1\r\nHost: x\r\nSystemId: {system}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    let filler = "a".repeat(8000);
+    write!(
+        stream,
+        "{:x}\r\n{filler}\r\nzz\r\nnope\r\n0\r\n\r\n",
+        filler.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let resp = read_response(&mut reader).unwrap();
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    server.assert_serves();
+}

@@ -189,6 +189,20 @@ pub enum ChunkError {
 /// on incomplete ones, so the answer does not depend on how TCP split the body.
 const MAX_SIZE_LINE: usize = 1024;
 
+/// The most bytes of chunked encoding read for a body of at most `max_body` bytes.
+pub fn chunked_wire_limit(max_body: usize) -> usize {
+    max_body.saturating_mul(2).saturating_add(16 * 1024)
+}
+
+/// Whether `buf[from..]` (with the 3 bytes before it, for a marker split between reads) holds
+/// `\r\n\r\n`: a chunked body cannot be complete before its last chunk and trailers end with
+/// one, so a reader decodes only when new bytes bring one (or the wire limit is passed),
+/// instead of decoding the whole body again after every read.
+pub fn may_end_chunked(buf: &[u8], from: usize) -> bool {
+    let from = from.saturating_sub(3).min(buf.len());
+    buf[from..].windows(4).any(|w| w == b"\r\n\r\n")
+}
+
 /// Decodes a complete chunked body at the front of `buf` (RFC 9112 section 7.1). `Ok(None)`:
 /// incomplete. `Ok(Some((body, used)))`: the body and the bytes it took, trailers included.
 ///
@@ -197,7 +211,7 @@ const MAX_SIZE_LINE: usize = 1024;
 /// trailers or one-byte chunks with long extensions would make the caller buffer without end.
 /// Twice the body limit leaves room for any sane chunk size.
 pub fn dechunk(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, ChunkError> {
-    let max_wire = max_body.saturating_mul(2).saturating_add(16 * 1024);
+    let max_wire = chunked_wire_limit(max_body);
     match dechunk_within(&buf[..buf.len().min(max_wire)], max_body)? {
         None if buf.len() > max_wire => Err(ChunkError::TooLarge),
         done => Ok(done),
@@ -335,6 +349,20 @@ mod tests {
         }
         let chunked = b"POST /api/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(parse_head(chunked, 8192).unwrap().unwrap().0.chunked);
+    }
+
+    #[test]
+    fn a_chunked_end_is_seen_even_when_split_between_reads() {
+        let body = b"5\r\nhello\r\n0\r\n\r\n";
+        assert!(may_end_chunked(body, 0));
+        assert!(!may_end_chunked(&body[..body.len() - 1], 0));
+        // New bytes from each possible split point: the marker straddles the boundary.
+        for split in body.len() - 4..body.len() {
+            assert!(may_end_chunked(body, split), "split at {split}");
+        }
+        assert!(!may_end_chunked(b"5\r\nhello\r\n", 3));
+        assert!(!may_end_chunked(b"", 0));
+        assert!(!may_end_chunked(b"ab", 7));
     }
 
     #[test]

@@ -328,13 +328,22 @@ async fn read_chunked(
 ) -> Result<(Vec<u8>, usize), u16> {
     let deadline = Instant::now() + shard.config.head_timeout;
     let mut continued = !expect_continue;
+    let max_wire = http::chunked_wire_limit(shard.config.max_body_bytes);
+    // Decoding copies the body so far: past its first 4 KiB (where a bad size line shows at
+    // once) only try when the bytes read since the last try could end it, so a large body
+    // read in many small pieces is not decoded again after every piece.
+    let mut tried_up_to = start;
     loop {
-        match http::dechunk(&buf[start..], shard.config.max_body_bytes) {
-            Ok(Some(done)) => return Ok(done),
-            Ok(None) => {}
-            Err(http::ChunkError::TooLarge) => return Err(413),
-            Err(http::ChunkError::Malformed) => return Err(400),
+        let read = buf.len() - start;
+        if read <= 4096 || read > max_wire || http::may_end_chunked(buf, tried_up_to) {
+            match http::dechunk(&buf[start..], shard.config.max_body_bytes) {
+                Ok(Some(done)) => return Ok(done),
+                Ok(None) => {}
+                Err(http::ChunkError::TooLarge) => return Err(413),
+                Err(http::ChunkError::Malformed) => return Err(400),
+            }
         }
+        tried_up_to = buf.len();
         if !continued {
             continued = true;
             // A client that sent `Expect: 100-continue` waits for this before the body.
