@@ -55,7 +55,7 @@ impl GroupWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let latest = Arc::new(AtomicU64::new(size));
         let (halt, last) = (stop.clone(), latest.clone());
-        let (target, group) = (ctx.target.clone(), group.to_string());
+        let (target, group) = (ctx.api_target.clone(), group.to_string());
         let task = ctx.shards.spawn(0, move |_stats| async move {
             let mut client = HttpClient::new(target, false, sys::http_source(0));
             let mut seen = Vec::new();

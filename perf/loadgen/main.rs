@@ -52,6 +52,10 @@ struct Common {
     /// Server HTTP/WebSocket port (`HttpPort`).
     #[arg(long, global = true, default_value_t = 7800)]
     port: u16,
+    /// Send the API requests (register, binds, pushes) to this port of the same host instead:
+    /// another node of a cluster, so every push crosses a node link (cross-node scenarios).
+    #[arg(long, global = true)]
+    api_port: Option<u16>,
     /// The systemId used (registered first; "already registered" is fine).
     #[arg(long, global = true, default_value = "perf")]
     system: String,
@@ -305,14 +309,14 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
-fn resolve(c: &Common) -> anyhow::Result<Arc<ws::Target>> {
-    let server: SocketAddr = (c.host.as_str(), c.port)
+fn resolve(c: &Common, port: u16) -> anyhow::Result<Arc<ws::Target>> {
+    let server: SocketAddr = (c.host.as_str(), port)
         .to_socket_addrs()?
         .find(SocketAddr::is_ipv4)
         .ok_or_else(|| anyhow::anyhow!("{} has no IPv4 address", c.host))?;
     Ok(Arc::new(ws::Target {
         server,
-        host: format!("{}:{}", c.host, c.port),
+        host: format!("{}:{}", c.host, port),
         system: c.system.clone(),
         spread_sources: server.ip().is_loopback(),
     }))
@@ -326,7 +330,9 @@ fn main() {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let target = match resolve(&c) {
+    let (target, api_target) = match resolve(&c, c.port)
+        .and_then(|t| Ok((t, resolve(&c, c.api_port.unwrap_or(c.port))?)))
+    {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -373,6 +379,7 @@ fn main() {
     };
     let ctx = scenarios::Ctx {
         target,
+        api_target,
         shards: shards.clone(),
         server: sys::Server(c.server_pid),
         procs: c.procs,

@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 
 /// What every scenario gets from `main`.
 pub struct Ctx {
+    /// Where the WebSockets connect.
     pub target: Arc<Target>,
+    /// Where the API requests go: `target` unless `--api-port` names another node.
+    pub api_target: Arc<Target>,
     pub shards: Arc<Shards>,
     pub server: Server,
     /// `--procs`, or `None` for automatic.
@@ -50,7 +53,7 @@ impl Ctx {
         conns: usize,
         stall_pct: u32,
     ) -> anyhow::Result<(Load, Opened)> {
-        http::register(&self.target).await?;
+        http::register(&self.api_target).await?;
         let (load, opened, elapsed) = self.open(conns, stall_pct).await?;
         opened_line(r, conns, &opened, elapsed, self.procs_for(conns));
         Ok((load, opened))
@@ -425,7 +428,7 @@ where
     let deadline = tokio::time::Instant::now() + duration;
     (0..workers)
         .map(|w| {
-            let target = ctx.target.clone();
+            let target = ctx.api_target.clone();
             let make = make.clone();
             let errors = errors.clone();
             ctx.shards.spawn(w, move |stats: Arc<Stats>| async move {
@@ -502,7 +505,7 @@ pub async fn idle(
     hold: Duration,
 ) -> anyhow::Result<Report> {
     let mut r = Report::new("idle");
-    http::register(&ctx.target).await?;
+    http::register(&ctx.api_target).await?;
     let rss_before = ctx.server.rss();
     let cpu_before = ctx.server.cpu_ns();
     let lg_before = ctx.shards.snapshot().cpu_ns;
@@ -569,7 +572,7 @@ pub async fn connect(
     max: Duration,
 ) -> anyhow::Result<Report> {
     let mut r = Report::new("connect");
-    http::register(&ctx.target).await?;
+    http::register(&ctx.api_target).await?;
     let next = Arc::new(AtomicUsize::new(0));
     let errors = FirstError::default();
     let before = ctx.shards.snapshot();
@@ -719,7 +722,7 @@ pub(crate) async fn build_groups(
                 let next = next.clone();
                 let members = members.clone();
                 let names = names.clone();
-                let target = ctx.target.clone();
+                let target = ctx.api_target.clone();
                 let errors = errors.clone();
                 ctx.shards.spawn(w, move |_stats| async move {
                     // A bind is answered after its presence push is queued to every member:
@@ -789,7 +792,7 @@ pub(crate) async fn build_groups(
     let bind_wall = t_bind.elapsed();
     // The server's own count of each group decides how many deliveries a push owes.
     let mut sizes = Vec::with_capacity(names.len());
-    let mut client = HttpClient::new(ctx.target.clone(), false, sys::http_source(0))
+    let mut client = HttpClient::new(ctx.api_target.clone(), false, sys::http_source(0))
         .with_timeout(Duration::from_secs(60));
     for (g, name) in names.iter().enumerate() {
         let n = match online_count(&mut client, name).await {
