@@ -305,6 +305,26 @@ impl BindFlags {
     }
 }
 
+/// The flags `unicast`, `batch` and `system` share, for `send_to_client`.
+fn unicast_args(
+    clients: usize,
+    workers: usize,
+    duration: f64,
+    close: bool,
+    rate: Option<f64>,
+    quiet: f64,
+) -> scenarios::UnicastArgs {
+    scenarios::UnicastArgs {
+        clients,
+        workers,
+        duration: secs(duration),
+        close,
+        rate,
+        send: scenarios::PushRoute::Client,
+        quiet: secs(quiet),
+    }
+}
+
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
@@ -484,16 +504,7 @@ fn main() {
                 rate,
                 quiet,
             } => {
-                let a = scenarios::UnicastArgs {
-                    clients,
-                    workers,
-                    duration: secs(duration),
-                    close,
-                    rate,
-                    ids_per_request: 0,
-                    system: false,
-                    quiet: secs(quiet),
-                };
+                let a = unicast_args(clients, workers, duration, close, rate, quiet);
                 scenarios::unicast(&ctx, &a).await
             }
             Cmd::Batch {
@@ -506,14 +517,8 @@ fn main() {
                 quiet,
             } => {
                 let a = scenarios::UnicastArgs {
-                    clients,
-                    workers,
-                    duration: secs(duration),
-                    close,
-                    rate,
-                    ids_per_request: ids_per_request.max(1),
-                    system: false,
-                    quiet: secs(quiet),
+                    send: scenarios::PushRoute::Clients(ids_per_request),
+                    ..unicast_args(clients, workers, duration, close, rate, quiet)
                 };
                 scenarios::unicast(&ctx, &a).await
             }
@@ -525,14 +530,8 @@ fn main() {
                 quiet,
             } => {
                 let a = scenarios::UnicastArgs {
-                    clients,
-                    workers,
-                    duration: secs(duration),
-                    close: false,
-                    rate,
-                    ids_per_request: 0,
-                    system: true,
-                    quiet: secs(quiet),
+                    send: scenarios::PushRoute::System,
+                    ..unicast_args(clients, workers, duration, false, rate, quiet)
                 };
                 scenarios::unicast(&ctx, &a).await
             }

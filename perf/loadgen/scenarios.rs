@@ -1072,43 +1072,50 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
     Ok(r)
 }
 
-/// Flags of `unicast` and `batch`.
+/// Which API route a `unicast`-style run posts.
+#[derive(Clone, Copy)]
+pub enum PushRoute {
+    /// `send_to_client` to a random client.
+    Client,
+    /// `send_to_clients` with this many consecutive clients from a random start.
+    Clients(usize),
+    /// `send_to_system`: every client receives every push.
+    System,
+}
+
+/// Flags of `unicast`, `batch` and `system`.
 pub struct UnicastArgs {
     pub clients: usize,
     pub workers: usize,
     pub duration: Duration,
     pub close: bool,
     pub rate: Option<f64>,
-    /// `batch`: ids per `send_to_clients`; 0: `send_to_client`.
-    pub ids_per_request: usize,
-    /// `system`: `send_to_system`, every client receives every push (`ids_per_request` unused).
-    pub system: bool,
+    pub send: PushRoute,
     pub quiet: Duration,
 }
 
 /// `unicast` (`send_to_client` to random clients) and `batch` (`send_to_clients` with
 /// `ids_per_request` consecutive clients from a random start).
 pub async fn unicast(ctx: &Ctx, a: &UnicastArgs) -> anyhow::Result<Report> {
-    let batch = a.ids_per_request > 0 && !a.system;
-    let (name, route) = match (a.system, batch) {
-        (true, _) => ("system", "send_to_system"),
-        (false, true) => ("batch", "send_to_clients"),
-        (false, false) => ("unicast", "send_to_client"),
+    let (name, route) = match a.send {
+        PushRoute::System => ("system", "send_to_system"),
+        PushRoute::Clients(_) => ("batch", "send_to_clients"),
+        PushRoute::Client => ("unicast", "send_to_client"),
     };
+    let batch = matches!(a.send, PushRoute::Clients(_));
+    let system = matches!(a.send, PushRoute::System);
     let mut r = Report::new(name);
     let (mut load, opened) = ctx.start(&mut r, a.clients, 0).await?;
     let ids: Arc<Vec<String>> = Arc::new(opened.ids.iter().map(|s| json_str(s)).collect());
-    let per_request = if a.system {
-        ids.len() as u64
-    } else if batch {
-        a.ids_per_request.min(ids.len()) as u64
-    } else {
-        1
+    let per_request = match a.send {
+        PushRoute::System => ids.len() as u64,
+        PushRoute::Clients(k) => k.clamp(1, ids.len().max(1)) as u64,
+        PushRoute::Client => 1,
     };
     let code = ctx.code;
     let errors = FirstError::default();
     let w = Window::start(&mut load, ctx.server).await?;
-    let senders = if a.system {
+    let senders = if system {
         spawn_senders(
             ctx,
             a.workers,
@@ -1238,13 +1245,13 @@ pub async fn unicast(ctx: &Ctx, a: &UnicastArgs) -> anyhow::Result<Report> {
             d.closed
         ));
     }
-    let (ops, op) = if batch || a.system {
+    let (ops, op) = if batch || system {
         (d.delivered, "delivery")
     } else {
         (d.requests_ok, "request")
     };
     cpu_figures(&mut r, "", &mm, ops, op);
-    if batch || a.system {
+    if batch || system {
         if let Some(ns) = mm.server_cpu_ns {
             let per_req = ns as f64 / 1e3 / d.requests_ok.max(1) as f64;
             r.set("server_cpu_us_per_request", round3(per_req));
