@@ -238,3 +238,59 @@ fn systems_in_the_originals_format_need_no_signature() {
         let _ok = ws_with_token(node.port, &original, &token(rotated, None));
     }
 }
+
+#[test]
+fn an_api_key_guards_every_node_and_cross_node_pushes_carry_on() {
+    const KEY: &str = "cluster-api-key-0123456789abcdef";
+    let etcd = Etcd::start();
+    let nodes = Node::start_many(&etcd, 2, &[&format!("ApiKey = {KEY}")]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let auth = format!("apikey {KEY}");
+    let with_key = [("Authorization", auth.as_str())];
+    // Each node knows the other (its metrics list the peer; `converge` cannot be used, its
+    // probes carry no key).
+    for node in [a, b] {
+        eventually("both nodes list their peer", || {
+            http(node.port, "GET", "/metrics", &with_key, b"")
+                .text()
+                .contains("wspush_peer_links_up{")
+        });
+    }
+    let system = unique("cluster-keyed");
+    let reg = json!({ "systemId": system }).to_string();
+
+    // Register without the key: refused on either node, and nothing reached etcd.
+    for node in [a, b] {
+        let resp = post(node.port, None, "/api/register", &[], reg.as_bytes());
+        assert_refused(&resp, 403, "Authorization");
+    }
+    assert!(etcd.keys(&format!("ws/account/{system}")).is_empty());
+    let resp = post(a.port, None, "/api/register", &with_key, reg.as_bytes());
+    assert_eq!(resp.json()["code"], 0, "{}", resp.text());
+
+    // A client on B, pushed to through A: without the key A refuses and nothing arrives; with
+    // it the push crosses the node link (the link itself needs no key).
+    let mut ws = b.ws(&system);
+    let body = push_body(&ws.client_id, "via A").to_string();
+    let refused = post(
+        a.port,
+        Some(&system),
+        "/api/send_to_client",
+        &[],
+        body.as_bytes(),
+    );
+    assert_refused(&refused, 403, "Authorization");
+    let resp = post(
+        a.port,
+        Some(&system),
+        "/api/send_to_client",
+        &with_key,
+        body.as_bytes(),
+    );
+    assert_eq!(resp.json()["code"], 0, "{}", resp.text());
+    let got = ws.recv_json();
+    assert_eq!(
+        got["data"], "via A",
+        "the refused push must not have arrived first: {got}"
+    );
+}
