@@ -34,27 +34,12 @@ build_binaries
 
 ETCD_PID="" NODE1_PID="" NODE2_PID=""
 stop_cluster() {
-    for pid in $NODE1_PID $NODE2_PID $ETCD_PID; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in $NODE1_PID $NODE2_PID $ETCD_PID; do
-        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    # shellcheck disable=SC2086 # unset ones are empty and drop out
+    stop_pids $NODE1_PID $NODE2_PID $ETCD_PID
     ETCD_PID="" NODE1_PID="" NODE2_PID=""
     rm -rf "$TMP/etcd"
 }
 trap 'stop_cluster; cleanup' EXIT
-
-wait_ready() {
-    for _ in $(seq 1 100); do
-        if curl -fs -o /dev/null "http://127.0.0.1:$1/readyz"; then return 0; fi
-        sleep 0.1
-    done
-    echo "node on port $1 did not become ready" >&2
-    return 1
-}
 
 # start_cluster: etcd, then two nodes, all on CPU 0; sets PORT1, PORT2 and NODE2_PID.
 start_cluster() {
@@ -83,7 +68,7 @@ INI
         taskset -c 0 "$SERVER" -c "$TMP/node$n.ini" --cores 1 2>"$TMP/node$n.log" >/dev/null &
         if [ $n = 1 ]; then NODE1_PID=$!; else NODE2_PID=$!; fi
     done
-    wait_ready "$PORT1"; wait_ready "$PORT2"
+    wait_ready "$PORT1" "$NODE1_PID"; wait_ready "$PORT2" "$NODE2_PID"
     # Each node must see the other before the first push: poll node 1's metrics for its peer.
     for _ in $(seq 1 100); do
         if curl -fs "http://127.0.0.1:$PORT1/metrics" | grep -q '^wspush_peer_links_up'; then return 0; fi

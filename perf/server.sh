@@ -60,23 +60,36 @@ EOF
     # taskset execs the server, so $! is the server's own pid (what --server-pid reads).
     "${SERVER_PIN[@]}" "$SERVER" -c "$TMP/app.ini" --cores "$CORES" 2>"$log" >/dev/null &
     SERVER_PID=$!
+    wait_ready "$PORT" "$SERVER_PID"
+}
+
+# wait_ready PORT PID: polls /readyz for up to 10 s; fails early if PID exits.
+wait_ready() {
     for _ in $(seq 1 100); do
-        if curl -fs -o /dev/null "http://127.0.0.1:$PORT/readyz"; then return 0; fi
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
+        if curl -fs -o /dev/null "http://127.0.0.1:$1/readyz"; then return 0; fi
+        if ! kill -0 "$2" 2>/dev/null; then break; fi
         sleep 0.1
     done
-    echo "the server did not become ready on port $PORT" >&2
+    echo "the server did not become ready on port $1" >&2
     return 1
 }
 
 stop_server() {
     [ -n "${SERVER_PID:-}" ] || return 0
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+    stop_pids "$SERVER_PID"
     SERVER_PID=""
+}
+
+# stop_pids PID...: SIGTERM to all, up to 5 s each to exit, then SIGKILL; reaps them.
+stop_pids() {
+    local pid
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
 }

@@ -44,10 +44,10 @@ pub struct Config {
     pub queue_frames: usize,
     /// `[wspush] QueueBytes`, default 4 MiB: the same limit in bytes.
     pub queue_bytes: usize,
-    /// `[wspush] FlushWindowUs`, default 2000: while a core is broadcasting (its last flush
-    /// recently queued one push to at least [`Config::BULK_PUSH_CONNS`] sockets), it waits this long before
-    /// writing what was queued, so the pushes of that window reach each socket in one write.
-    /// Sporadic pushes and unicast traffic are written at once. 0: always write at once.
+    /// `[wspush] FlushWindowUs`, default 2000: while a core is broadcasting (a push reached many
+    /// of its sockets in the last few windows, see `Shard::flush_delay`), it waits this long
+    /// before writing what was queued, so the pushes of that window reach each socket in one
+    /// write. Sporadic pushes and unicast traffic are written at once. 0: always write at once.
     pub flush_window: Duration,
     /// `[wspush] MaxMessageBytes`, default 8192 (the original's read limit): a larger client
     /// message closes the connection with 1009.
@@ -147,8 +147,8 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(60),
             queue_frames: 1024,
-            flush_window: Duration::from_micros(2000),
             queue_bytes: 4 << 20,
+            flush_window: Duration::from_micros(2000),
             max_message_bytes: 8192,
             max_head_bytes: 8192,
             max_body_bytes: 1 << 20,
@@ -170,10 +170,6 @@ impl Default for Config {
 }
 
 impl Config {
-    /// A push that reaches at least this many of a core's sockets is a broadcast: the flushes
-    /// right after it wait [`Config::flush_window`] to gather the next pushes.
-    pub const BULK_PUSH_CONNS: usize = 32;
-
     /// WebSocket connections each of `cores` cores may hold: MaxConnsPerCore, or when it is 0,
     /// the open-files limit `nofile` less a reserve (API sockets, node links, etcd, logs) shared
     /// out over the cores, so the server says 503 before accept() runs into EMFILE.

@@ -67,6 +67,10 @@ impl SystemState {
 /// Size of the per-core read buffer every connection's reads land in.
 pub const SCRATCH_BYTES: usize = 64 * 1024;
 
+/// A push that reaches at least this many of a core's sockets is a broadcast: the flushes right
+/// after it wait `FlushWindowUs` to gather the next pushes (see [`Shard::flush_delay`]).
+const BROADCAST_SOCKETS: usize = 32;
+
 pub struct Shard {
     pub id: usize,
     pub nr_cores: usize,
@@ -80,7 +84,7 @@ pub struct Shard {
     registered: RefCell<HashMap<Box<str>, Arc<SystemInfo>>>,
     dirty: RefCell<Vec<Rc<Conn>>>,
     flush_scheduled: Cell<bool>,
-    /// When this core last queued one push to at least `BULK_PUSH_CONNS` of its sockets (a
+    /// When this core last queued one push to at least [`BROADCAST_SOCKETS`] of its sockets (a
     /// group, system or user push, or a long send_to_clients): see [`Shard::flush_delay`].
     last_broadcast: Cell<Option<Instant>>,
     mesh: Senders<CoreMsg>,
@@ -252,22 +256,19 @@ impl Shard {
             .get(system)
             .map(|state| state.clients.values().cloned().collect())
             .unwrap_or_default();
-        let closing = conns
-            .iter()
+        let conns: Vec<Rc<Conn>> = conns
+            .into_iter()
             .filter(|c| c.end_reason.get().is_none())
-            .count();
-        if closing > 0 {
+            .collect();
+        if !conns.is_empty() {
             tracing::info!(
                 core = self.id,
                 system,
-                connections = closing,
+                connections = conns.len(),
                 "closing the connections made without a token: their system now has a secret"
             );
         }
         for conn in conns {
-            if conn.end_reason.get().is_some() {
-                continue;
-            }
             tracing::debug!(client = %conn.client_id, peer = %conn.peer, core = self.id, system,
                 "closing a connection made without a token");
             conn.end_reason.set(Some(EndReason::Kicked));
@@ -475,7 +476,7 @@ impl Shard {
 
     /// How long the next flush waits. A socket write costs the same few microseconds of kernel
     /// time whether it carries one frame or twenty, and while this core is broadcasting (one
-    /// push reached at least `BULK_PUSH_CONNS` of its sockets within the last 10 windows) the
+    /// push reached at least [`BROADCAST_SOCKETS`] of its sockets within the last 10 windows) the
     /// pushes of the next `FlushWindowUs` go out together, one write per socket for all of
     /// them: on the fan-out benchmark that is 6x the deliveries per second at a lower push
     /// delay (perf/RESULTS.md). Unicast traffic, however heavy, never waits: its frames go to
@@ -490,7 +491,7 @@ impl Shard {
 
     /// Notes a push that reached `sockets` of this core's connections.
     fn note_fanout(&self, sockets: usize) {
-        if sockets >= crate::config::Config::BULK_PUSH_CONNS {
+        if sockets >= BROADCAST_SOCKETS {
             self.last_broadcast.set(Some(Instant::now()));
         }
     }

@@ -78,29 +78,24 @@ impl Job {
     }
 
     pub fn delivered(self) -> Outcome {
-        self.outcome(Ok(()))
+        self.outcome(Posted::Delivered)
     }
 
     pub fn failed(self, why: impl Into<String>) -> Outcome {
-        self.outcome(Err(why.into()))
+        self.outcome(Posted::Failed(why.into()))
     }
 
     /// The receiver answered a status that a retry of the same body cannot change (see
     /// [`is_rejection`]): the batch is dropped, counted, and the destination moves on.
     pub fn rejected(self, status: u16) -> Outcome {
-        let mut outcome = self.outcome(Err(format!(
-            "the receiver rejected the batch with {status}"
-        )));
-        outcome.rejected = true;
-        outcome
+        self.outcome(Posted::Rejected(status))
     }
 
-    fn outcome(self, result: Result<(), String>) -> Outcome {
+    fn outcome(self, result: Posted) -> Outcome {
         Outcome {
             system: self.system,
             url: self.url_text,
             result,
-            rejected: false,
         }
     }
 }
@@ -118,10 +113,18 @@ pub fn is_rejection(status: u16) -> bool {
 pub struct Outcome {
     pub system: Box<str>,
     pub url: Box<str>,
-    /// Err: why it failed (logged).
-    pub result: Result<(), String>,
-    /// The failure is permanent: drop the batch instead of retrying it.
-    pub rejected: bool,
+    pub result: Posted,
+}
+
+/// What became of one POST.
+#[derive(Debug)]
+pub enum Posted {
+    /// A 2xx answer.
+    Delivered,
+    /// Worth retrying: why (logged).
+    Failed(String),
+    /// Refused for good with this status ([`is_rejection`]): drop the batch.
+    Rejected(u16),
 }
 
 /// A batch that was sent and is either in flight or waiting for its retry.
@@ -319,7 +322,7 @@ impl Batcher {
         dest.sending = false;
         dest.last_active = now;
         match outcome.result {
-            Ok(()) => {
+            Posted::Delivered => {
                 if dest.failures > 0 {
                     tracing::info!(system = %outcome.system, url = %outcome.url,
                         failures = dest.failures, "webhook receiver reachable again");
@@ -328,15 +331,15 @@ impl Batcher {
                 dest.failures = 0;
                 dest.retry_at = None;
             }
-            Err(why) if outcome.rejected => {
+            Posted::Rejected(status) => {
                 let events = dest.flight.take().map_or(0, |f| f.events);
-                tracing::warn!(system = %outcome.system, url = %outcome.url, error = %why, events,
+                tracing::warn!(system = %outcome.system, url = %outcome.url, status, events,
                     "webhook batch rejected by the receiver; dropping it, not retrying");
                 count_drop(DropReason::Undeliverable, events as u64);
                 dest.failures = 0;
                 dest.retry_at = None;
             }
-            Err(why) => {
+            Posted::Failed(why) => {
                 dest.failures = dest.failures.saturating_add(1);
                 let delay = backoff(dest.failures);
                 dest.retry_at = Some(now + delay);
