@@ -99,6 +99,27 @@ pub struct Config {
     /// At least 16 visible ASCII characters. `/ws` is not affected: browsers cannot hold a
     /// server-wide key; per-system secrets and connect tokens cover it.
     pub api_key: String,
+    /// `[wspush] ClusterSecret`, default empty = a key derived from CryptoKey (so nodes that
+    /// share a CryptoKey, as every cluster must, keep talking with no change). Keys the HMAC of
+    /// the handshake that opens every node link on RPCPort: a link that cannot prove it knows
+    /// the secret is closed before any frame is read. At least 16 visible ASCII characters;
+    /// the same on every node. Never logged.
+    pub cluster_secret: String,
+    /// `[wspush] RPCBind`, default empty = `AdvertiseHost` when that is set, else `0.0.0.0`:
+    /// the IPv4 address RPCPort listens on. An AdvertiseHost that is not an address of this
+    /// machine (a NAT address) falls back to `0.0.0.0` with a warning; RPCBind set explicitly
+    /// is used as it is.
+    pub rpc_bind: Option<Ipv4Addr>,
+    /// `[wspush] MaxNodeLinksPerCore`, default 8192: inbound node links (authenticated or still
+    /// in their handshake) one core holds; one more is closed at once, counted and logged.
+    /// Every core of every peer opens one link to this node, and SO_REUSEPORT may land them
+    /// all on one core: 64 nodes of 64 cores are 4032 links, twice that covers reconnects
+    /// overlapping the links they replace.
+    pub max_node_links_per_core: usize,
+    /// `[wspush] MaxNodeLinksPerPeer`, default 512: inbound node links from one IP address that
+    /// one core holds. A peer of 255 cores (the most a node runs) opens 255, possibly all on one
+    /// core; twice that covers reconnects. Several nodes behind one address share it.
+    pub max_node_links_per_peer: usize,
     /// `[wspush] LogFormat` / `--log-format` (the flag wins), default `text`: human-readable log
     /// lines, or `json`, one JSON object per line for a log pipeline (Loki, ELK, journald).
     pub log_format: LogFormat,
@@ -164,6 +185,10 @@ impl Default for Config {
             webhook_timeout: Duration::from_millis(5000),
             shutdown_grace: Duration::from_secs(2),
             api_key: String::new(),
+            cluster_secret: String::new(),
+            rpc_bind: None,
+            max_node_links_per_core: 8192,
+            max_node_links_per_peer: 512,
             log_format: LogFormat::Text,
         }
     }
@@ -180,6 +205,13 @@ impl Config {
         let reserve = (nofile / 20).clamp(64, 4096).min(nofile / 2);
         let usable = nofile.saturating_sub(reserve) as usize;
         (usable / cores.max(1)).max(1)
+    }
+
+    /// The address RPCPort listens on: RPCBind, else AdvertiseHost, else every address.
+    pub fn rpc_bind_host(&self) -> Ipv4Addr {
+        self.rpc_bind
+            .or(self.advertise_host)
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
     }
 
     /// The host this node advertises: the configured one, or the original's default.
@@ -302,6 +334,22 @@ impl Config {
                 ("wspush", "headtimeout") => c.head_timeout = seconds(&full, value)?,
                 ("wspush", "keepalivetimeout") => c.keepalive_timeout = seconds(&full, value)?,
                 ("wspush", "apikey") => c.api_key = value.to_string(),
+                ("wspush", "clustersecret") => c.cluster_secret = value.to_string(),
+                ("wspush", "rpcbind") => {
+                    c.rpc_bind = match value {
+                        "" => None,
+                        v => Some(
+                            v.parse()
+                                .map_err(|_| err(&full, format!("{v:?} is not an IPv4 address")))?,
+                        ),
+                    }
+                }
+                ("wspush", "maxnodelinkspercore") => {
+                    c.max_node_links_per_core = number(&full, value)?
+                }
+                ("wspush", "maxnodelinksperpeer") => {
+                    c.max_node_links_per_peer = number(&full, value)?
+                }
                 ("wspush", "shutdowngrace") => c.shutdown_grace = seconds(&full, value)?,
                 ("wspush", "handshaketimeout") => c.handshake_timeout = seconds(&full, value)?,
                 ("wspush", "maxconnspercore") => c.max_conns_per_core = number(&full, value)?,
@@ -402,6 +450,8 @@ impl Config {
             ("wspush.WebhookQueue", self.webhook_queue),
             ("wspush.WebhookBuffer", self.webhook_buffer),
             ("wspush.WebhookWorkers", self.webhook_workers),
+            ("wspush.MaxNodeLinksPerCore", self.max_node_links_per_core),
+            ("wspush.MaxNodeLinksPerPeer", self.max_node_links_per_peer),
         ] {
             if value == 0 {
                 problems.push(err(key, "must be greater than 0"));
@@ -416,6 +466,24 @@ impl Config {
         if !self.api_key.is_empty() {
             if let Err(problem) = crate::auth::check_api_key_config(&self.api_key) {
                 problems.push(err("wspush.ApiKey", problem));
+            }
+        }
+        if !self.cluster_secret.is_empty() {
+            // Long enough not to be guessed offline from one captured handshake, and nothing
+            // an ini editor or a copy-paste could silently change on one node only (spaces).
+            let n = self.cluster_secret.len();
+            if n < 16 {
+                problems.push(err(
+                    "wspush.ClusterSecret",
+                    format!(
+                        "must be at least 16 characters (got {n}); e.g. `openssl rand -hex 32`"
+                    ),
+                ));
+            } else if !self.cluster_secret.bytes().all(|b| b.is_ascii_graphic()) {
+                problems.push(err(
+                    "wspush.ClusterSecret",
+                    "must be visible ASCII without spaces",
+                ));
             }
         }
         for (key, value) in [
@@ -505,6 +573,19 @@ impl Config {
             ("wspush.ShutdownGrace", secs(self.shutdown_grace)),
             ("wspush.LogFormat", self.log_format.to_string()),
             ("wspush.ApiKey", secret(&self.api_key)),
+            ("wspush.ClusterSecret", secret(&self.cluster_secret)),
+            (
+                "wspush.RPCBind",
+                self.rpc_bind.map(|h| h.to_string()).unwrap_or_default(),
+            ),
+            (
+                "wspush.MaxNodeLinksPerCore",
+                self.max_node_links_per_core.to_string(),
+            ),
+            (
+                "wspush.MaxNodeLinksPerPeer",
+                self.max_node_links_per_peer.to_string(),
+            ),
         ]
     }
 }

@@ -489,6 +489,7 @@ fn build_frame(input: &mut Input) -> Frame {
         10 => RemoteOp::Stats {
             system: input.string(),
         },
+        17 => RemoteOp::Membership,
         shape => {
             let reply = match shape {
                 11 => RemoteReply::Done(input.byte() & 1 == 1),
@@ -505,6 +506,10 @@ fn build_frame(input: &mut Input) -> Frame {
                         })
                         .collect(),
                 ),
+                18 => RemoteReply::Membership {
+                    established: input.byte() & 1 == 1,
+                    lists_you: input.byte() & 1 == 1,
+                },
                 _ => RemoteReply::Stats(StatsPart {
                     clients: input.u64(),
                     groups: (0..input.byte() % 16).map(|_| input.u64()).collect(),

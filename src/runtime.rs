@@ -12,7 +12,7 @@ use crate::cluster::membership::{self, CoreNotifier, EtcdRequest, Membership, To
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::net::listener;
-use crate::shard::inbox::CoreMsg;
+use crate::shard::inbox::{CoreMsg, Op};
 use crate::shard::{Shard, SystemInfo};
 use crate::sys;
 use crossbeam_queue::SegQueue;
@@ -33,6 +33,10 @@ static ACCEPTING: AtomicUsize = AtomicUsize::new(0);
 static CORES: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// Cluster mode: whether etcd membership is established. Always true on a single node.
 static MEMBERSHIP: AtomicBool = AtomicBool::new(true);
+/// Cluster mode: this node has been without membership for LeaseTtl and no peer vouches for the
+/// cluster (see `cluster::isolation_verdict`): its clients were closed with 1001 and new
+/// WebSocket connects get 503 until membership is back. Written by core 0's isolation loop.
+static CUT_OFF: AtomicBool = AtomicBool::new(false);
 /// Set by the first SIGTERM/SIGINT, before the cores hear of it, so `/readyz` says 503 at once.
 static DRAINING: AtomicBool = AtomicBool::new(false);
 /// Whether the one "wspush ready" line was logged.
@@ -63,6 +67,19 @@ pub fn not_ready_reason() -> Option<&'static str> {
         None
     }
 }
+
+/// Whether etcd membership is established (always true on a single node).
+pub fn membership_established() -> bool {
+    MEMBERSHIP.load(Ordering::SeqCst)
+}
+
+/// Whether this node is cut off from its cluster and refuses new WebSocket clients.
+pub fn cut_off() -> bool {
+    CUT_OFF.load(Ordering::SeqCst)
+}
+
+/// How often core 0 checks, while membership is lost, whether the node is cut off.
+const ISOLATION_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Logs "wspush ready" the first time the node is ready: every core accepting and, in cluster
 /// mode, membership established, whichever comes last. Called by both.
@@ -159,22 +176,57 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     CORES.store(cores, Ordering::Release);
     let node = SocketAddrV4::new(config.node_host(), config.rpc_port);
 
-    sys::ensure_port_free(config.http_port)
+    let any = std::net::Ipv4Addr::UNSPECIFIED;
+    sys::ensure_port_free(any, config.http_port)
         .map_err(|e| anyhow::anyhow!("cannot listen on HttpPort {}: {e}", config.http_port))?;
+    // RPCPort listens on RPCBind, else AdvertiseHost: peers dial the advertised address, and
+    // nothing else needs to reach the node port. An AdvertiseHost that is not an address of
+    // this machine (a NAT's) cannot be bound: every address then, as before, with a warning.
+    let mut rpc_host = config.rpc_bind_host();
     if config.cluster {
-        sys::ensure_port_free(config.rpc_port)
-            .map_err(|e| anyhow::anyhow!("cannot listen on RPCPort {}: {e}", config.rpc_port))?;
+        let mut free = sys::ensure_port_free(rpc_host, config.rpc_port);
+        if let Err(e) = &free {
+            if e.kind() == std::io::ErrorKind::AddrNotAvailable && config.rpc_bind.is_none() {
+                tracing::warn!(
+                    advertise_host = %rpc_host,
+                    "AdvertiseHost is not an address of this machine: RPCPort listens on every \
+                     address; set [wspush] RPCBind to the one peers reach"
+                );
+                rpc_host = any;
+                free = sys::ensure_port_free(rpc_host, config.rpc_port);
+            }
+        }
+        free.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on RPCPort {rpc_host}:{}: {e}",
+                config.rpc_port
+            )
+        })?;
+        if config.cluster_secret.is_empty()
+            && config.crypto_key == crate::config::DEFAULT_CRYPTO_KEY
+        {
+            tracing::warn!(
+                "node links are authenticated with a key derived from the published default \
+                 CryptoKey, so anyone who can reach RPCPort can open one: set [wspush] \
+                 ClusterSecret (or your own CryptoKey) on every node"
+            );
+        }
     }
     let mut inboxes = Vec::with_capacity(cores);
     let mut starts = Vec::with_capacity(cores);
     for _ in 0..cores {
-        let http = sys::reuseport_listener(config.http_port, LISTEN_BACKLOG)
+        let http = sys::reuseport_listener(any, config.http_port, LISTEN_BACKLOG)
             .map_err(|e| anyhow::anyhow!("cannot listen on HttpPort {}: {e}", config.http_port))?;
         let rpc = if config.cluster {
             Some(
-                sys::reuseport_listener(config.rpc_port, LISTEN_BACKLOG).map_err(|e| {
-                    anyhow::anyhow!("cannot listen on RPCPort {}: {e}", config.rpc_port)
-                })?,
+                sys::reuseport_listener(rpc_host, config.rpc_port, LISTEN_BACKLOG).map_err(
+                    |e| {
+                        anyhow::anyhow!(
+                            "cannot listen on RPCPort {rpc_host}:{}: {e}",
+                            config.rpc_port
+                        )
+                    },
+                )?,
             )
         } else {
             None
@@ -240,6 +292,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         pinned = cores <= cpus,
         cluster = config.cluster,
         node = %node,
+        rpc_bind = %rpc_host,
         version = env!("CARGO_PKG_VERSION"),
         "wspush starting"
     );
@@ -344,16 +397,14 @@ async fn run_core(
         .collect();
     let mut tasks = Vec::new();
     if let (Some(membership), Some(rpc)) = (membership, start.rpc) {
-        shard.set_cluster(Rc::new(Cluster::new(
-            node,
-            shard.id,
-            config.rpc_timeout,
-            membership,
-        )));
+        shard.set_cluster(Rc::new(Cluster::new(&config, node, shard.id, membership)));
         tasks.push(glommio::spawn_local(rpc_accept_loop(
             shard.clone(),
             sys::glommio_listener(rpc),
         )));
+        if shard.id == 0 {
+            tasks.push(glommio::spawn_local(isolation_loop(shard.clone())));
+        }
     }
 
     let http = sys::glommio_listener(start.http);
@@ -423,18 +474,127 @@ async fn control_loop(shard: &Rc<Shard>, inbox: &ControlInbox, door: UnixStream)
     }
 }
 
-/// Accepts peer nodes' links on RPCPort; each runs requests on this node.
+/// Accepts peer nodes' links on RPCPort; each runs requests on this node once its handshake
+/// passed. Links beyond MaxNodeLinksPerCore / MaxNodeLinksPerPeer are closed at once.
 async fn rpc_accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
+    let Some(cluster) = shard.cluster().cloned() else {
+        return;
+    };
     listener::accept_each(&listener, shard.id, "RPC", |stream| {
-        let shard = shard.clone();
         let core = shard.id;
-        glommio::spawn_local(link::serve_peer(stream, core, move |op| {
-            let shard = shard.clone();
-            async move { shard.execute_remote(op).await }
-        }))
+        let Ok(peer) = stream.peer_addr() else {
+            return;
+        };
+        let slot = match cluster.inbound.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(limit) => {
+                shard.metrics.node_link_refused("limit");
+                if let Some(skipped) = shard.throttles.link_refused.admit() {
+                    let (key, held) = match limit {
+                        link::LimitRefusal::Core(n) => ("MaxNodeLinksPerCore", n),
+                        link::LimitRefusal::Peer(n) => ("MaxNodeLinksPerPeer", n),
+                    };
+                    tracing::warn!(core, %peer, held, also = skipped,
+                        "node link refused: {key} reached on this core");
+                }
+                return;
+            }
+        };
+        let shard = shard.clone();
+        let cluster = cluster.clone();
+        glommio::spawn_local(async move {
+            let _slot = slot;
+            let auth = &cluster.auth;
+            let runner = shard.clone();
+            let served = link::serve_peer(stream, core, auth, move |from, op| {
+                let shard = runner.clone();
+                async move { shard.execute_remote(from, op).await }
+            })
+            .await;
+            if let Err(refused) = served {
+                let e = &refused.error;
+                shard.metrics.node_link_refused(e.reason());
+                let claimed = refused.claimed.map(|n| n.to_string()).unwrap_or_default();
+                // A socket that connects and leaves (a port check) is not worth a warning,
+                // nor a peer repeating the same mistake within a minute.
+                let quiet = matches!(e, crate::cluster::handshake::HandshakeError::Closed)
+                    || !cluster.inbound.first_in_a_while(peer.ip(), e.reason());
+                let logged = if quiet {
+                    None
+                } else {
+                    shard.throttles.link_refused.admit()
+                };
+                match logged {
+                    Some(skipped) => tracing::warn!(core, %peer, node = %claimed, error = %e,
+                        also = skipped, "node link refused"),
+                    None => tracing::debug!(core, %peer, node = %claimed, error = %e,
+                        "node link refused"),
+                }
+            }
+        })
         .detach();
     })
     .await
+}
+
+/// Core 0, cluster mode: once membership has been lost for LeaseTtl, asks the peers whether
+/// the node is cut off (see `cluster::isolation_verdict`); if so, closes the clients of every
+/// core with 1001 and refuses new ones with 503 until membership is back.
+async fn isolation_loop(shard: Rc<Shard>) {
+    use crate::cluster::{isolation_verdict, proto::RemoteOp, PeerView};
+    let Some(cluster) = shard.cluster().cloned() else {
+        return;
+    };
+    let lease_ttl = shard.config.lease_ttl;
+    let mut lost_since: Option<Instant> = None;
+    loop {
+        glommio::timer::sleep(ISOLATION_CHECK_EVERY).await;
+        if MEMBERSHIP.load(Ordering::SeqCst) || DRAINING.load(Ordering::SeqCst) {
+            lost_since = None;
+            if CUT_OFF.swap(false, Ordering::SeqCst) {
+                tracing::info!("cluster membership is back: accepting WebSocket clients again");
+            }
+            continue;
+        }
+        // By LeaseTtl after the loss our lease has expired in a live etcd (the last keep-alive
+        // was before the loss), so peers that reach etcd have dropped this node.
+        let since = *lost_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < lease_ttl {
+            continue;
+        }
+        let peers = cluster.peers();
+        let calls = peers
+            .iter()
+            .map(|&peer| cluster.call(peer, RemoteOp::Membership));
+        let views: Vec<PeerView> = futures_util::future::join_all(calls)
+            .await
+            .iter()
+            .map(PeerView::from_answer)
+            .collect();
+        let verdict = isolation_verdict(&views);
+        if MEMBERSHIP.load(Ordering::SeqCst) {
+            continue; // regained while we asked
+        }
+        match verdict {
+            Some(why) if !CUT_OFF.swap(true, Ordering::SeqCst) => {
+                let mut closed = 0;
+                for core in 0..shard.nr_cores {
+                    closed += shard.call(core, Op::GiveUpClients).await.count();
+                }
+                tracing::warn!(
+                    clients = closed,
+                    lost_secs = since.elapsed().as_secs(),
+                    peers = peers.len(),
+                    "cut off from the cluster ({why}): closed every WebSocket client with 1001, \
+                     refusing new ones with 503 until etcd membership is back"
+                );
+            }
+            None if CUT_OFF.swap(false, Ordering::SeqCst) => {
+                tracing::info!("a peer vouches for the cluster again: accepting WebSocket clients");
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Closes every client with 1001 and waits up to ShutdownGrace for them to go.

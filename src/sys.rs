@@ -69,24 +69,48 @@ pub fn glommio_unix_stream(socket: std::os::unix::net::UnixStream) -> glommio::n
     unsafe { glommio::net::UnixStream::from_raw_fd(socket.into_raw_fd()) }
 }
 
-/// Binds `0.0.0.0:port` with SO_REUSEPORT and listens: one such socket per core, all made before
+/// Binds `host:port` with SO_REUSEPORT and listens: one such socket per core, all made before
 /// the cores start, so a port that is taken fails the start at once and no outgoing connection
 /// can grab the port between two cores' binds.
-pub fn reuseport_listener(port: u16, backlog: i32) -> io::Result<std::net::TcpListener> {
+pub fn reuseport_listener(
+    host: std::net::Ipv4Addr,
+    port: u16,
+    backlog: i32,
+) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
-    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+    let addr = std::net::SocketAddr::from((host, port));
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())
 }
 
-/// Fails if anything already listens on `0.0.0.0:port`. SO_REUSEPORT would otherwise let a
+/// Fails if anything already listens on `host:port`. SO_REUSEPORT would otherwise let a
 /// second wspush (or anything of the same user) silently share the port with this one.
-pub fn ensure_port_free(port: u16) -> io::Result<()> {
-    std::net::TcpListener::bind(("0.0.0.0", port)).map(drop)
+pub fn ensure_port_free(host: std::net::Ipv4Addr, port: u16) -> io::Result<()> {
+    std::net::TcpListener::bind((host, port)).map(drop)
+}
+
+/// TCP keepalive on a node link: probes after `idle` without traffic, every `interval`, and
+/// the kernel resets the socket after `retries` unanswered ones. A link whose peer vanished
+/// (host down, cable cut: no FIN, no RST) otherwise stays ESTABLISHED for ever on the side
+/// that has nothing to send.
+pub fn set_keepalive(
+    fd: RawFd,
+    idle: std::time::Duration,
+    interval: std::time::Duration,
+    retries: u32,
+) -> io::Result<()> {
+    // SAFETY: the caller passes the fd of a socket it owns and keeps open for this call; the
+    // borrow does not outlive it.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval)
+        .with_retries(retries);
+    socket2::SockRef::from(&fd).set_tcp_keepalive(&keepalive)
 }
 
 /// Hands a listening socket to the current glommio executor.

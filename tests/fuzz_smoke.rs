@@ -634,6 +634,23 @@ fn node_frame_seeds() -> Seeds {
                 reply: RemoteReply::Failed("shutting down".into()),
             },
         ),
+        (
+            "membership",
+            Frame::Request {
+                id: 13,
+                op: RemoteOp::Membership,
+            },
+        ),
+        (
+            "reply_membership",
+            Frame::Response {
+                id: 14,
+                reply: RemoteReply::Membership {
+                    established: true,
+                    lists_you: false,
+                },
+            },
+        ),
     ];
     let mut out: Seeds = Vec::new();
     let mut pipelined = Vec::new();

@@ -2,15 +2,17 @@
 //!
 //! - [`membership`]: the side thread that talks to etcd (tokio, current-thread runtime) and pushes
 //!   peer and system changes to the cores.
-//! - [`proto`]: rkyv frames between nodes. [`link`]: persistent, pipelined links.
+//! - [`proto`]: rkyv frames between nodes. [`handshake`]: the MAC handshake that opens every
+//!   link. [`link`]: persistent, pipelined links, and the limits on inbound ones.
 //! - [`Cluster`]: one core's view: the peer table it was last told, and its links.
 
+pub mod handshake;
 pub mod link;
 pub mod membership;
 pub mod proto;
 
 use crate::shard::SystemInfo;
-use link::{Link, LinkError};
+use link::{Inbound, Link, LinkAuth, LinkError};
 use membership::{EtcdRequest, Membership};
 use proto::{RemoteOp, RemoteReply};
 use std::cell::RefCell;
@@ -26,21 +28,33 @@ pub struct Cluster {
     timeout: Duration,
     membership: Membership,
     links: RefCell<HashMap<SocketAddrV4, Rc<Link>>>,
+    /// This node's identity and the handshake key, shared by the links and the accept side.
+    pub auth: Rc<LinkAuth>,
+    /// This core's inbound links, within MaxNodeLinksPerCore / MaxNodeLinksPerPeer.
+    pub inbound: Rc<Inbound>,
 }
 
 impl Cluster {
     pub fn new(
+        config: &crate::config::Config,
         self_addr: SocketAddrV4,
         core: usize,
-        timeout: Duration,
         membership: Membership,
     ) -> Cluster {
         Cluster {
             self_addr,
             core,
-            timeout,
+            timeout: config.rpc_timeout,
             membership,
             links: RefCell::default(),
+            auth: Rc::new(LinkAuth {
+                node: self_addr,
+                key: handshake::LinkKey::new(&config.cluster_secret, &config.crypto_key),
+            }),
+            inbound: Inbound::new(
+                config.max_node_links_per_core,
+                config.max_node_links_per_peer,
+            ),
         }
     }
 
@@ -59,7 +73,7 @@ impl Cluster {
             if addr != self.self_addr {
                 links
                     .entry(addr)
-                    .or_insert_with(|| Link::new(addr, self.core, self.timeout));
+                    .or_insert_with(|| Link::new(addr, self.core, self.timeout, self.auth.clone()));
             }
         }
     }
@@ -133,5 +147,93 @@ impl Cluster {
             "etcd unreachable: systems cannot be registered or looked up until it is back"
                 .to_string()
         })
+    }
+}
+
+/// What one peer said when a node without etcd membership asked it (`RemoteOp::Membership`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerView {
+    /// No answer within RpcTimeoutMs.
+    Unreachable,
+    /// It has no etcd membership either.
+    NoMembership,
+    /// It has membership and still lists the asking node.
+    ListsUs,
+    /// It has membership and dropped the asking node (its lease expired).
+    DroppedUs,
+}
+
+impl PeerView {
+    /// The answer to a `Membership` call.
+    pub fn from_answer(answer: &Result<RemoteReply, LinkError>) -> PeerView {
+        match answer {
+            Ok(RemoteReply::Membership {
+                established: false, ..
+            }) => PeerView::NoMembership,
+            Ok(RemoteReply::Membership {
+                lists_you: true, ..
+            }) => PeerView::ListsUs,
+            Ok(RemoteReply::Membership { .. }) => PeerView::DroppedUs,
+            _ => PeerView::Unreachable,
+        }
+    }
+}
+
+/// Whether a node that has been without etcd membership for LeaseTtl is cut off from its
+/// cluster, i.e. its clients can no longer be reached through the other nodes; `Some(why)`
+/// when it is.
+///
+/// Losing etcd alone is not enough: when etcd is down for every node, each keeps the peers it
+/// knows and they go on reaching each other's clients, so closing them all would turn an etcd
+/// outage into a full one. A peer vouches for the cluster when it has no membership either or
+/// still lists this node; with none vouching, and one that has membership having dropped this
+/// node or no peer answering at all, the clients are better off on another node. A node that
+/// knows no peers keeps its clients: there is nobody to hand them to.
+pub fn isolation_verdict(views: &[PeerView]) -> Option<&'static str> {
+    if views.is_empty()
+        || (views.iter()).any(|v| matches!(v, PeerView::NoMembership | PeerView::ListsUs))
+    {
+        return None;
+    }
+    if views.contains(&PeerView::DroppedUs) {
+        Some("peers that still reach etcd dropped this node from the cluster")
+    } else {
+        Some("no peer answers and etcd is unreachable")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use PeerView::*;
+
+    #[test]
+    fn a_node_is_cut_off_only_when_no_peer_vouches_for_the_cluster() {
+        // etcd down for everybody: the peers have no membership either, keep the clients.
+        assert_eq!(isolation_verdict(&[NoMembership, Unreachable]), None);
+        // A peer still lists us (its watch has not seen our lease go yet): keep.
+        assert_eq!(isolation_verdict(&[ListsUs, DroppedUs]), None);
+        // Nobody to hand the clients to.
+        assert_eq!(isolation_verdict(&[]), None);
+        assert!(isolation_verdict(&[DroppedUs, Unreachable]).is_some());
+        assert!(isolation_verdict(&[Unreachable, Unreachable]).is_some());
+        let ok = |established, lists_you| {
+            Ok(RemoteReply::Membership {
+                established,
+                lists_you,
+            })
+        };
+        assert_eq!(PeerView::from_answer(&ok(false, true)), NoMembership);
+        assert_eq!(PeerView::from_answer(&ok(true, true)), ListsUs);
+        assert_eq!(PeerView::from_answer(&ok(true, false)), DroppedUs);
+        let addr = "10.0.0.1:7900".parse().unwrap();
+        assert_eq!(
+            PeerView::from_answer(&Err(LinkError::Timeout(addr))),
+            Unreachable
+        );
+        assert_eq!(
+            PeerView::from_answer(&Ok(RemoteReply::Done(true))),
+            Unreachable
+        );
     }
 }

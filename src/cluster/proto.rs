@@ -8,8 +8,10 @@
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-/// Bumped whenever [`Frame`] changes shape; a peer speaking another version is refused.
-pub const PROTO_VERSION: u16 = 3;
+/// Bumped whenever [`Frame`] or the link handshake changes shape; a peer speaking another
+/// version is refused (in the handshake, and again on every frame). 4: the handshake
+/// (`cluster::handshake`) and the `Membership` op.
+pub const PROTO_VERSION: u16 = 4;
 /// Largest frame accepted (a send_to_clients of many ids with a large `data` fits easily).
 pub const MAX_FRAME: usize = 16 << 20;
 const PREFIX: usize = 4 + 2;
@@ -70,6 +72,10 @@ pub enum RemoteOp {
     Presence { system: String, group: String },
     /// The receiver's share of get_system_stats.
     Stats { system: String },
+    /// Whether the receiver has etcd membership and lists the sender as a peer: asked by a node
+    /// that lost etcd, to tell "etcd is down for everybody" (keep the clients) from "this node
+    /// alone is cut off and its peers dropped it" (give the clients up).
+    Membership,
 }
 
 /// One group member as get_group_presence lists it.
@@ -107,6 +113,11 @@ pub enum RemoteReply {
     Refused(String),
     Members(Vec<Member>),
     Stats(StatsPart),
+    /// Answer to `Membership`.
+    Membership {
+        established: bool,
+        lists_you: bool,
+    },
 }
 
 impl RemoteReply {

@@ -445,6 +445,9 @@ async fn upgrade(
     };
     let refusal: Option<&[u8]> = if shard.draining.get() {
         Some(b"shutting down\n")
+    } else if crate::runtime::cut_off() {
+        // Its peers cannot reach a client here: the balancer should pick another node.
+        Some(b"this node is cut off from its cluster (no etcd membership): try another node\n")
     } else if !shard.admit_conn(peer) {
         Some(b"server is at its connection limit, try again later\n")
     } else {

@@ -52,7 +52,7 @@ impl Counter {
 }
 
 /// The `reason` label of `wspush_disconnects_total`, in [`EndReason`] order.
-pub const REASONS: [&str; 7] = [
+pub const REASONS: [&str; 8] = [
     "close",
     "reset",
     "pong_timeout",
@@ -60,6 +60,19 @@ pub const REASONS: [&str; 7] = [
     "kicked",
     "protocol_error",
     "shutdown",
+    "cut_off",
+];
+
+/// The `reason` label of `wspush_node_links_refused_total`: an inbound link closed at a limit
+/// (MaxNodeLinksPerCore/PerPeer), or by its handshake (see `cluster::handshake::HandshakeError`).
+pub const LINK_REFUSALS: [&str; 7] = [
+    "limit",
+    "not_a_node_link",
+    "version",
+    "wrong_node",
+    "secret_mismatch",
+    "timeout",
+    "closed",
 ];
 
 /// Index into [`REASONS`]. Exhaustive on purpose: a new `EndReason` must get a label here.
@@ -72,6 +85,7 @@ fn reason_index(reason: EndReason) -> usize {
         EndReason::Kicked => 4,
         EndReason::ProtocolError => 5,
         EndReason::Shutdown => 6,
+        EndReason::CutOff => 7,
     }
 }
 
@@ -155,6 +169,8 @@ pub struct CoreMetrics {
     pub socket_writes: Counter,
     /// Outbound queues that overflowed (each one closes its connection as a slow consumer).
     pub queue_full: Counter,
+    /// Inbound node links refused, by [`LINK_REFUSALS`] reason.
+    node_links_refused: [Counter; LINK_REFUSALS.len()],
     /// Requests this core sent to another core's inbox, and replies it sent back.
     pub core_requests: Counter,
     pub core_replies: Counter,
@@ -176,6 +192,7 @@ impl Default for CoreMetrics {
             bytes_pushed: Counter::default(),
             socket_writes: Counter::default(),
             queue_full: Counter::default(),
+            node_links_refused: Default::default(),
             core_requests: Counter::default(),
             core_replies: Counter::default(),
             api: RefCell::default(),
@@ -187,6 +204,16 @@ impl Default for CoreMetrics {
 impl CoreMetrics {
     pub fn disconnected(&self, reason: EndReason) {
         self.disconnects[reason_index(reason)].inc();
+    }
+
+    /// One inbound node link refused; `reason` is one of [`LINK_REFUSALS`] (another counts as
+    /// `closed`).
+    pub fn node_link_refused(&self, reason: &str) {
+        let at = LINK_REFUSALS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(LINK_REFUSALS.len() - 1);
+        self.node_links_refused[at].inc();
     }
 
     /// `frames` copies of a `bytes`-long frame were queued to clients.
@@ -248,6 +275,7 @@ impl CoreMetrics {
             bytes_pushed: self.bytes_pushed.get(),
             socket_writes: self.socket_writes.get(),
             queue_full: self.queue_full.get(),
+            node_links_refused: std::array::from_fn(|i| self.node_links_refused[i].get()),
             core_requests: self.core_requests.get(),
             core_replies: self.core_replies.get(),
             api: self.api.borrow().clone(),
@@ -262,6 +290,8 @@ pub struct LinkStats {
     requests: Counter,
     errors: Counter,
     connects: Counter,
+    /// Outbound handshakes that failed (the peer refused this node, or answered wrong).
+    handshake_failures: Counter,
     /// Exponentially weighted mean round trip of successful calls (1/8 weight, as TCP's SRTT),
     /// in nanoseconds; 0 until the first.
     rtt_ns: Cell<u64>,
@@ -271,6 +301,11 @@ impl LinkStats {
     /// The link's TCP connection came up (the first time, or again after a loss).
     pub fn connected(&self) {
         self.connects.inc();
+    }
+
+    /// A connect reached the peer but its handshake failed.
+    pub fn handshake_failed(&self) {
+        self.handshake_failures.inc();
     }
 
     /// One call on the link ended, answered (`ok`) or not (timeout, unreachable).
@@ -297,6 +332,7 @@ impl LinkStats {
             requests: self.requests.get(),
             errors: self.errors.get(),
             reconnects: self.connects.get().saturating_sub(1),
+            handshake_failures: self.handshake_failures.get(),
             rtt_ns: (self.rtt_ns.get() > 0).then(|| self.rtt_ns.get()),
         }
     }
@@ -361,6 +397,7 @@ pub struct CoreSnapshot {
     pub bytes_pushed: u64,
     pub socket_writes: u64,
     pub queue_full: u64,
+    pub node_links_refused: [u64; LINK_REFUSALS.len()],
     pub core_requests: u64,
     pub core_replies: u64,
     pub api: Vec<RouteStats>,
@@ -392,6 +429,7 @@ pub struct LinkSnapshot {
     pub requests: u64,
     pub errors: u64,
     pub reconnects: u64,
+    pub handshake_failures: u64,
     pub rtt_ns: Option<u64>,
 }
 
@@ -561,6 +599,7 @@ impl NodeSnapshot {
                         requests: 0,
                         errors: 0,
                         reconnects: 0,
+                        handshake_failures: 0,
                         rtt_ns: None,
                     },
                     0,
@@ -572,6 +611,7 @@ impl NodeSnapshot {
             m.requests += l.requests;
             m.errors += l.errors;
             m.reconnects += l.reconnects;
+            m.handshake_failures += l.handshake_failures;
             if let Some(rtt) = l.rtt_ns {
                 *rtt_sum += rtt;
                 *rtt_n += 1;
@@ -749,7 +789,8 @@ pub fn render(s: &NodeSnapshot) -> String {
         "counter",
         "WebSocket connections ended, by reason: close (client close frame), reset (EOF or \
          error), pong_timeout, slow_consumer (queue full or socket not writable in time), \
-         kicked (close_client), protocol_error, shutdown.",
+         kicked (close_client), protocol_error, shutdown, cut_off (the node lost its \
+         cluster membership and its peers dropped it).",
     );
     for (reason, n) in REASONS.iter().zip(s.disconnects()) {
         t.sample("wspush_disconnects_total", &[("reason", reason)], n);
@@ -888,11 +929,28 @@ pub fn render(s: &NodeSnapshot) -> String {
                 "Times a node link to the peer came up again after it was lost.",
                 |p| p.reconnects,
             ),
+            (
+                "wspush_peer_handshake_failures_total",
+                "Links to the peer that reached it but failed the handshake (another \
+                 ClusterSecret, another protocol version, or not a wspush node).",
+                |p| p.handshake_failures,
+            ),
         ] {
             t.family(name, "counter", help);
             for p in &peers {
                 t.sample(name, &[("peer", &p.peer.to_string())], value(p));
             }
+        }
+        t.family(
+            "wspush_node_links_refused_total",
+            "counter",
+            "Inbound node links closed before any frame was read: at MaxNodeLinksPerCore or \
+             MaxNodeLinksPerPeer (limit), or by the handshake (not_a_node_link, version, \
+             wrong_node, secret_mismatch, timeout, closed).",
+        );
+        for (i, reason) in LINK_REFUSALS.iter().enumerate() {
+            let n = s.sum(|c| c.node_links_refused[i]);
+            t.sample("wspush_node_links_refused_total", &[("reason", reason)], n);
         }
         t.family(
             "wspush_peer_rtt_seconds",

@@ -18,6 +18,8 @@ pub struct CoreThrottles {
     pub api_refused: Throttle,
     /// Connections closed as slow consumers or for a write that timed out.
     pub slow_consumer: Throttle,
+    /// Inbound node links refused (a limit, or a failed handshake).
+    pub link_refused: Throttle,
 }
 
 /// One kind of event's log budget on one core.

@@ -32,6 +32,9 @@ pub enum EndReason {
     ProtocolError,
     /// The server is shutting down.
     Shutdown,
+    /// This node lost its cluster membership and its peers dropped it (see
+    /// `runtime::isolation_loop`): its clients go to a node the others can reach.
+    CutOff,
 }
 
 /// User data set by bind_to_group.

@@ -73,6 +73,9 @@ pub enum Op {
     Stats { system: Arc<str> },
     /// This core's counters (and with `detail` its systems and groups) for the ops routes.
     Metrics { detail: bool },
+    /// Close every WebSocket client of this core with 1001: the node was cut off from the
+    /// cluster. Answers how many were closed.
+    GiveUpClients,
     /// To core 0, the single writer of the registered-systems set: add if absent, with the
     /// options it was registered with.
     Register {

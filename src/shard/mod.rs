@@ -1244,9 +1244,25 @@ impl Shard {
             .sum()
     }
 
-    /// Runs a request from another node. Ops are node-local here: the sender addressed every
-    /// node it meant itself.
-    pub async fn execute_remote(self: &Rc<Self>, op: RemoteOp) -> RemoteReply {
+    /// Closes every client of this core with 1001 (GOING_AWAY), as a drain does, because the
+    /// node is cut off from its cluster: the clients reconnect (through the balancer) to a node
+    /// the others can reach. Returns how many.
+    pub fn give_up_clients(self: &Rc<Self>) -> usize {
+        let conns = self.all_conns();
+        for conn in &conns {
+            conn.end_reason.set(Some(EndReason::CutOff));
+            self.enqueue_close(
+                conn,
+                crate::ws::frame::close_code::GOING_AWAY,
+                "node cut off from the cluster",
+            );
+        }
+        conns.len()
+    }
+
+    /// Runs a request from another node (`from`, proven by the link's handshake). Ops are
+    /// node-local here: the sender addressed every node it meant itself.
+    pub async fn execute_remote(self: &Rc<Self>, from: SocketAddrV4, op: RemoteOp) -> RemoteReply {
         let valid = |core: u8| (core as usize) < self.nr_cores;
         match op {
             RemoteOp::Deliver {
@@ -1350,6 +1366,10 @@ impl Shard {
                 part.cap(stats::MAX_HASHES);
                 RemoteReply::Stats(part)
             }
+            RemoteOp::Membership => RemoteReply::Membership {
+                established: crate::runtime::membership_established(),
+                lists_you: self.cluster().is_some_and(|c| c.is_peer(&from)),
+            },
             RemoteOp::Bind { .. }
             | RemoteOp::Close { .. }
             | RemoteOp::IsOnline { .. }
@@ -1455,6 +1475,7 @@ impl Shard {
             Op::Presence { system, group } => Reply::Members(self.presence_local(&system, &group)),
             Op::Stats { system } => Reply::Stats(self.stats_local(&system)),
             Op::Metrics { detail } => Reply::Metrics(Box::new(self.metrics_snapshot(detail))),
+            Op::GiveUpClients => Reply::Count(self.give_up_clients()),
             op @ (Op::Bind { .. } | Op::Register { .. } | Op::Unbind { .. }) => return Err(op),
         })
     }
