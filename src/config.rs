@@ -727,6 +727,43 @@ mod tests {
     }
 
     #[test]
+    fn node_link_keys_parse_validate_and_pick_the_bind_address() {
+        let c = Config::default();
+        assert_eq!(c.cluster_secret, "");
+        assert_eq!(c.rpc_bind_host(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(
+            (c.max_node_links_per_core, c.max_node_links_per_peer),
+            (8192, 512)
+        );
+        let c = Config::parse("[wspush]\nAdvertiseHost = 10.0.0.7\n").unwrap();
+        assert_eq!(c.rpc_bind_host(), Ipv4Addr::new(10, 0, 0, 7));
+        let c = Config::parse("[wspush]\nAdvertiseHost = 10.0.0.7\nRPCBind = 0.0.0.0\n").unwrap();
+        assert_eq!(c.rpc_bind_host(), Ipv4Addr::UNSPECIFIED);
+        let e = Config::parse("[wspush]\nRPCBind = eth0\n").unwrap_err();
+        assert_eq!(e.key, "wspush.RPCBind");
+        let c = Config::parse("[wspush]\nClusterSecret = 0123456789abcdef0123\n").unwrap();
+        c.validate().unwrap();
+        for bad in ["short", "has spaces in it, long enough"] {
+            let e = Config::parse(&format!("[wspush]\nClusterSecret = {bad}\n"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.key, "wspush.ClusterSecret");
+        }
+        let e = Config::parse("[wspush]\nMaxNodeLinksPerPeer = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "wspush.MaxNodeLinksPerPeer");
+        // Shown by length only.
+        let shown = c
+            .values()
+            .into_iter()
+            .find(|(k, _)| *k == "wspush.ClusterSecret");
+        assert_eq!(shown.unwrap().1, "<secret, 20 bytes>");
+    }
+
+    #[test]
     fn unknown_keys_are_ignored_and_defaults_hold() {
         let c = Config::parse("[common]\nFoo = bar\n[x]\ny=z\n").unwrap();
         assert_eq!(c.http_port, 7800);

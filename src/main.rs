@@ -240,6 +240,12 @@ fn derived(key: &str, config: &Config) -> String {
         "wspush.AdvertiseHost" if config.advertise_host.is_none() => {
             format!(" (empty = {})", config.node_host())
         }
+        "wspush.RPCBind" if config.rpc_bind.is_none() => {
+            format!(" (empty = {})", config.rpc_bind_host())
+        }
+        "wspush.ClusterSecret" if config.cluster_secret.is_empty() => {
+            " (empty = a key derived from CryptoKey)".into()
+        }
         _ => String::new(),
     }
 }
