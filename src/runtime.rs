@@ -576,23 +576,30 @@ async fn isolation_loop(shard: Rc<Shard>) {
             continue; // regained while we asked
         }
         match verdict {
-            Some(why) if !CUT_OFF.swap(true, Ordering::SeqCst) => {
+            Some(why) => {
+                let first = !CUT_OFF.swap(true, Ordering::SeqCst);
+                // Every tick while cut off, not only the first: a WebSocket whose upgrade
+                // passed the check just before the flag was set is closed within a second.
                 let mut closed = 0;
                 for core in 0..shard.nr_cores {
                     closed += shard.call(core, Op::GiveUpClients).await.count();
                 }
-                tracing::warn!(
-                    clients = closed,
-                    lost_secs = since.elapsed().as_secs(),
-                    peers = peers.len(),
-                    "cut off from the cluster ({why}): closed every WebSocket client with 1001, \
-                     refusing new ones with 503 until etcd membership is back"
-                );
+                if first {
+                    tracing::warn!(
+                        clients = closed,
+                        lost_secs = since.elapsed().as_secs(),
+                        peers = peers.len(),
+                        "cut off from the cluster ({why}): closed every WebSocket client with \
+                         1001, refusing new ones with 503 until etcd membership is back"
+                    );
+                } else if closed > 0 {
+                    tracing::debug!(clients = closed, "cut off: closed late WebSocket clients");
+                }
             }
             None if CUT_OFF.swap(false, Ordering::SeqCst) => {
                 tracing::info!("a peer vouches for the cluster again: accepting WebSocket clients");
             }
-            _ => {}
+            None => {}
         }
     }
 }

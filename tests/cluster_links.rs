@@ -450,8 +450,9 @@ fn node_link_sockets_use_tcp_keepalive() {
                 (cols[3] == "01" && on_link).then(|| (line.to_string(), cols[5][..2].to_string()))
             })
             .collect();
-        // Each node has one link per core to the other: 4 links, 8 socket ends.
-        assert!(links.len() >= 8, "node link sockets: {links:?}");
+        // Links open on first use, one per core that called: converge made at least one each
+        // way, both of whose ends are listed.
+        assert!(links.len() >= 4, "node link sockets: {links:?}");
         if links.iter().all(|(_, timer)| timer == "02") {
             break;
         }

@@ -1248,16 +1248,21 @@ impl Shard {
     /// node is cut off from its cluster: the clients reconnect (through the balancer) to a node
     /// the others can reach. Returns how many.
     pub fn give_up_clients(self: &Rc<Self>) -> usize {
-        let conns = self.all_conns();
-        for conn in &conns {
+        let mut closed = 0;
+        for conn in self.all_conns() {
+            // One already on its way out (an earlier sweep, a kick) is not counted again.
+            if conn.end_reason.get().is_some() {
+                continue;
+            }
             conn.end_reason.set(Some(EndReason::CutOff));
             self.enqueue_close(
-                conn,
+                &conn,
                 crate::ws::frame::close_code::GOING_AWAY,
                 "node cut off from the cluster",
             );
+            closed += 1;
         }
-        conns.len()
+        closed
     }
 
     /// Runs a request from another node (`from`, proven by the link's handshake). Ops are
