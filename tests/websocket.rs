@@ -201,6 +201,40 @@ fn fragmented_message_over_8192_bytes_closes_with_1009() {
     server.assert_serves();
 }
 
+#[test]
+fn text_that_is_not_utf8_closes_with_1007() {
+    let mut server = Server::start();
+    server.register("utf8");
+    // Valid UTF-8 split inside a code point across fragments is fine ("€" is e2 82 ac).
+    let mut ws = server.ws("utf8");
+    ws.send_frame(Data::Text, b"price: \xe2\x82", false);
+    ws.send_frame(Data::Continue, b"\xac 5", true);
+    ws.send_frame(Data::Binary, &[0xff, 0xfe], true);
+    ws.expect_nothing(QUIET_MS);
+    assert_still_served(server.port, "utf8", &mut ws);
+    // RFC 6455 section 8.1: invalid UTF-8 in a text message fails the connection, 1007.
+    ws.send_frame(Data::Text, b"bad \xff here", true);
+    assert_eq!(ws.expect_end(IO_TIMEOUT, false), Ended::Close(1007));
+    // Also when the bad byte comes in a later fragment, or a code point is left open.
+    let mut ws = server.ws("utf8");
+    ws.send_frame(Data::Text, b"ok \xe2", false);
+    ws.send_frame(Data::Continue, b"\x28 no", true);
+    assert_eq!(ws.expect_end(IO_TIMEOUT, false), Ended::Close(1007));
+    let mut ws = server.ws("utf8");
+    ws.send_frame(Data::Text, b"open \xe2\x82", true);
+    assert_eq!(ws.expect_end(IO_TIMEOUT, false), Ended::Close(1007));
+    // A close frame whose reason is not UTF-8 (section 5.5.1) gets 1007 rather than an echo.
+    let mut ws = server.ws("utf8");
+    let mask = [7u8, 1, 9, 3];
+    let payload = b"\x03\xe8bye \xc3\x28";
+    let mut frame = vec![0x88, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    ws.ws.get_mut().write_all(&frame).unwrap();
+    assert_eq!(ws.expect_end(IO_TIMEOUT, false), Ended::Close(1007));
+    server.assert_serves();
+}
+
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 #[test]

@@ -3,7 +3,8 @@
 //! Encoding uses tungstenite's `FrameHeader::format`; reading uses `FrameHeader::parse` over the
 //! bytes at hand and applies the rules a server must enforce itself (section 5): client frames
 //! are masked, control frames are final and at most 125 bytes, reserved bits and opcodes are
-//! errors, and a message larger than the read limit is refused before it is buffered.
+//! errors, a message larger than the read limit is refused before it is buffered, and text
+//! messages and close reasons must be UTF-8 (section 8.1).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -15,6 +16,9 @@ pub mod close_code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Data not consistent with its message type: a text message (or close reason) that is
+    /// not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
 }
@@ -98,11 +102,66 @@ fn violation(code: u16, reason: &'static str) -> Violation {
     Violation { code, reason }
 }
 
-/// Per-connection reading state: the size of the message being assembled from fragments.
+/// Per-connection reading state: the size of the message being assembled from fragments, and
+/// (a text message) where its UTF-8 check stands.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MessageState {
     in_message: bool,
     message_len: usize,
+    text: bool,
+    utf8: Utf8Tail,
+}
+
+/// The UTF-8 check of a text message whose fragments arrive one by one. A code point may be
+/// split between two fragments (section 5.6 allows any split), so the 1 to 3 bytes of one
+/// that a fragment left open wait here for the next; only the message's end must close it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Utf8Tail {
+    bytes: [u8; 4],
+    len: u8,
+}
+
+impl Utf8Tail {
+    /// Checks the next `more` bytes of the message (`fin`: they end it); false when the
+    /// message is not UTF-8.
+    fn check(&mut self, mut more: &[u8], fin: bool) -> bool {
+        if self.len > 0 {
+            // Complete the code point the last fragment left open. Its first byte is a valid
+            // lead byte (std said the bytes were a valid prefix), so its width is known.
+            let width = match self.bytes[0] {
+                0xf0..=0xf4 => 4,
+                0xe0..=0xef => 3,
+                _ => 2,
+            };
+            while usize::from(self.len) < width && !more.is_empty() {
+                self.bytes[usize::from(self.len)] = more[0];
+                self.len += 1;
+                more = &more[1..];
+            }
+            match std::str::from_utf8(&self.bytes[..usize::from(self.len)]) {
+                Ok(_) => self.len = 0,
+                // Still a valid prefix, and this fragment is used up.
+                Err(e) if e.error_len().is_none() => return !fin,
+                Err(_) => return false,
+            }
+        }
+        match std::str::from_utf8(more) {
+            Ok(_) => true,
+            Err(e) if e.error_len().is_none() && !fin => {
+                let tail = &more[e.valid_up_to()..];
+                self.bytes[..tail.len()].copy_from_slice(tail);
+                self.len = tail.len() as u8;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    for (i, byte) in payload.iter_mut().enumerate() {
+        *byte ^= mask[i & 3];
+    }
 }
 
 /// Reads the next complete frame from the front of `buf`, unmasking its payload in place.
@@ -160,19 +219,37 @@ pub fn read_frame<'a>(
     if buf.len() < end {
         return Ok(None);
     }
-    if let OpCode::Data(_) = header.opcode {
+    if let OpCode::Data(data) = header.opcode {
+        let text = match data {
+            Data::Text => true,
+            Data::Continue => state.text,
+            _ => false,
+        };
+        // Section 8.1: "When an endpoint is to interpret a byte stream as UTF-8 but finds
+        // that the byte stream is not, in fact, a valid UTF-8 stream, that endpoint MUST _Fail
+        // the WebSocket Connection_." The message is ignored, but it is still checked as it
+        // comes (a fragment at a time): only text is unmasked for that, binary is not.
+        if text {
+            let payload = &mut buf[header_len..end];
+            unmask(payload, mask);
+            if !state.utf8.check(payload, header.is_final) {
+                return Err(violation(
+                    close_code::INVALID_DATA,
+                    "text message is not valid UTF-8",
+                ));
+            }
+        }
         if header.is_final {
             *state = MessageState::default();
         } else {
             state.in_message = true;
             state.message_len += len;
+            state.text = text;
         }
         return Ok(Some((ClientFrame::Data, end)));
     }
     let payload = &mut buf[header_len..end];
-    for (i, byte) in payload.iter_mut().enumerate() {
-        *byte ^= mask[i & 3];
-    }
+    unmask(payload, mask);
     let frame = match header.opcode {
         OpCode::Control(Control::Ping) => ClientFrame::Ping(payload),
         OpCode::Control(Control::Pong) => ClientFrame::Pong,
@@ -188,6 +265,16 @@ pub fn read_frame<'a>(
                 if !CloseCode::from(c).is_allowed() {
                     return Err(violation(close_code::PROTOCOL_ERROR, "invalid close code"));
                 }
+            }
+            // Section 5.5.1: after the code, "the body MAY contain UTF-8-encoded data with
+            // value /reason/". Not UTF-8 fails the connection as section 8.1 says for any
+            // UTF-8 the endpoint reads, with 1007 (section 7.4.1: "data within a message that
+            // was not consistent with the type of the message").
+            if payload.len() > 2 && std::str::from_utf8(&payload[2..]).is_err() {
+                return Err(violation(
+                    close_code::INVALID_DATA,
+                    "close reason is not valid UTF-8",
+                ));
             }
             ClientFrame::Close(code)
         }
@@ -237,6 +324,74 @@ mod tests {
         let mut close = masked(0x88, &1001u16.to_be_bytes());
         let (f, _) = read_frame(&mut close, &mut st, 8192).unwrap().unwrap();
         assert_eq!(f, ClientFrame::Close(Some(1001)));
+    }
+
+    #[test]
+    fn text_messages_and_close_reasons_must_be_utf8() {
+        let read = |st: &mut MessageState, mut frame: Vec<u8>| {
+            read_frame(&mut frame, st, 8192).map(|f| f.map(|(f, _)| f == ClientFrame::Data))
+        };
+        let mut st = MessageState::default();
+        assert_eq!(
+            read(&mut st, masked(0x81, "h\u{e9}llo \u{20ac}".as_bytes())),
+            Ok(Some(true))
+        );
+        assert_eq!(read(&mut st, masked(0x81, b"\xff")).unwrap_err().code, 1007);
+        // Binary is not text: any bytes.
+        let mut st = MessageState::default();
+        assert_eq!(read(&mut st, masked(0x82, b"\xff\xfe")), Ok(Some(true)));
+        // A code point split between fragments, at every point of it, is fine...
+        let euro = "a\u{20ac}\u{10348}b".as_bytes();
+        for cut in 0..=euro.len() {
+            let mut st = MessageState::default();
+            assert_eq!(
+                read(&mut st, masked(0x01, &euro[..cut])),
+                Ok(Some(true)),
+                "{cut}"
+            );
+            assert_eq!(
+                read(&mut st, masked(0x80, &euro[cut..])),
+                Ok(Some(true)),
+                "{cut}"
+            );
+        }
+        // ...in three fragments too; one left open at the end of the message is not.
+        let mut st = MessageState::default();
+        assert_eq!(read(&mut st, masked(0x01, &euro[..2])), Ok(Some(true)));
+        assert_eq!(read(&mut st, masked(0x00, &euro[2..3])), Ok(Some(true)));
+        assert_eq!(read(&mut st, masked(0x80, &euro[3..])), Ok(Some(true)));
+        let mut st = MessageState::default();
+        assert_eq!(read(&mut st, masked(0x01, b"ok\xe2\x82")), Ok(Some(true)));
+        assert_eq!(read(&mut st, masked(0x80, b"")).unwrap_err().code, 1007);
+        // A bad byte in the continuation of an open code point, or a surrogate.
+        let mut st = MessageState::default();
+        assert_eq!(read(&mut st, masked(0x01, b"\xe2")), Ok(Some(true)));
+        assert_eq!(
+            read(&mut st, masked(0x80, b"\x82x")).unwrap_err().code,
+            1007
+        );
+        let mut st = MessageState::default();
+        assert_eq!(
+            read(&mut st, masked(0x81, b"\xed\xa0\x80"))
+                .unwrap_err()
+                .code,
+            1007
+        );
+        // After a valid message the next one starts afresh.
+        let mut st = MessageState::default();
+        assert_eq!(read(&mut st, masked(0x81, b"fine")), Ok(Some(true)));
+        assert_eq!(read(&mut st, masked(0x82, b"\xe2")), Ok(Some(true)));
+
+        let mut close = 1000u16.to_be_bytes().to_vec();
+        close.extend_from_slice("bye \u{e9}".as_bytes());
+        let mut frame = masked(0x88, &close);
+        let (f, _) = read_frame(&mut frame, &mut st, 8192).unwrap().unwrap();
+        assert_eq!(f, ClientFrame::Close(Some(1000)));
+        let mut frame = masked(0x88, b"\x03\xe8bye \xff");
+        assert_eq!(
+            read_frame(&mut frame, &mut st, 8192).unwrap_err().code,
+            1007
+        );
     }
 
     #[test]
