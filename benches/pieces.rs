@@ -147,6 +147,108 @@ fn http_head(c: &mut Criterion) {
     g.finish();
 }
 
+// ---- 2b. HTTP request bodies --------------------------------------------------------------------
+
+/// The bytes of one read of the listener (`read_some` reads at most 4 KiB).
+const READ: usize = 4096;
+
+/// A body read as the listener reads a Content-Length one: 4 KiB reads appended to the buffer
+/// (`read_some` grows it by 4 KiB, zeroed, then the read fills it) until the length is there.
+/// The buffer starts at the connection's 1 KiB, as for every request nginx sends (one
+/// connection each) and for a keep-alive one after a large request (the buffer shrinks back).
+fn read_with_length(wire: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(1024);
+    for piece in wire.chunks(READ) {
+        let start = buf.len();
+        buf.resize(start + READ, 0);
+        buf[start..start + piece.len()].copy_from_slice(piece);
+        buf.truncate(start + piece.len());
+    }
+    buf
+}
+
+/// The same for a chunked body: each read lands in the buffer, is fed to the decoder, and is
+/// dropped (`read_chunked`).
+fn read_chunked(wire: &[u8], buf: &mut Vec<u8>, max_body: usize) -> Vec<u8> {
+    let mut decoder = http::Dechunker::new(max_body);
+    let mut body = Vec::new();
+    for piece in wire.chunks(READ) {
+        buf.clear();
+        buf.resize(READ, 0);
+        buf[..piece.len()].copy_from_slice(piece);
+        buf.truncate(piece.len());
+        if decoder.feed(buf, &mut body).unwrap().is_some() {
+            return body;
+        }
+    }
+    panic!("bug: the bench's chunked body did not end");
+}
+
+fn chunked(body: &[u8], chunk: usize) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(body.len() * 2);
+    for piece in body.chunks(chunk) {
+        wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        wire.extend_from_slice(piece);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    wire
+}
+
+/// Guards the chunked decoder against going back to quadratic: it decoded the whole body
+/// again after every read, and a 2 MiB encoding (what MaxBodyBytes = 1 MiB admits) read 4 KiB
+/// at a time cost seconds of a core, before any ApiKey check. Now a body costs one pass:
+/// compare each chunking with the Content-Length read of the same 1 MiB, alone and with the
+/// JSON decode every push request pays. 1-byte chunks are the worst a client can send: 6 bytes
+/// of encoding per body byte (so MaxBodyBytes must be 4 MiB here to take a 1 MiB body).
+/// `crlf_2B_chunks` was the old decoder's worst case (its data put `\r\n\r\n`, which made it
+/// decode everything again, in every read): 1.8 s of a core for the 2 MiB of encoding the
+/// default MaxBodyBytes admits, measured once on the code before this bench existed.
+fn http_body(c: &mut Criterion) {
+    let client_id = &client_ids(1)[0];
+    let mut body = format!(r#"{{"clientId":"{client_id}","data":"#).into_bytes();
+    let data = json_string((1 << 20) - body.len() - 1);
+    body.extend_from_slice(data.as_bytes());
+    body.push(b'}');
+    assert_eq!(body.len(), 1 << 20);
+    let max_body = 4 << 20;
+    let mut buf = Vec::with_capacity(2 * READ);
+    let mut g = quick(c, "http_body");
+    g.sample_size(20);
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("1MiB/content_length", |b| {
+        b.iter(|| read_with_length(black_box(&body)))
+    });
+    g.bench_function("1MiB/content_length+json", |b| {
+        b.iter(|| {
+            let buf = read_with_length(black_box(&body));
+            request::decode::<Push>(&buf).is_ok()
+        })
+    });
+    let crlf = b"\r\n".repeat(1 << 19);
+    for (name, body, chunk) in [
+        ("4KiB_chunks", &body, 4096),
+        ("100B_chunks", &body, 100),
+        ("1B_chunks", &body, 1),
+        ("crlf_2B_chunks", &crlf, 2),
+    ] {
+        let wire = chunked(body, chunk);
+        assert_eq!(&read_chunked(&wire, &mut buf, max_body), body);
+        g.bench_function(format!("1MiB/{name}"), |b| {
+            b.iter(|| read_chunked(black_box(&wire), &mut buf, max_body))
+        });
+        if chunk == 1 {
+            g.bench_function(format!("1MiB/{name}+json"), |b| {
+                b.iter(|| {
+                    let body = read_chunked(black_box(&wire), &mut buf, max_body);
+                    request::decode::<Push>(&body).is_ok()
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 // ---- 3. API body decode -------------------------------------------------------------------------
 
 /// Guards the JSON decode of push requests (serde_json through serde_path_to_error, strings
@@ -564,6 +666,7 @@ criterion_group!(
     pieces,
     accept_key,
     http_head,
+    http_body,
     api_decode,
     push_frame,
     client_id,

@@ -328,10 +328,13 @@ pub async fn authorize_connect(
     let info = match shard.system_info(system) {
         Some(info) => Some(info),
         None if shard.cluster().is_some() && (token.is_some() || !shard.systems_synced.get()) => {
-            shard.lookup_system(system).await.map_err(|why| Refusal {
-                status: 503,
-                why: format!("cannot check the token now: {why}"),
-            })?
+            shard
+                .lookup_system_for_connect(system)
+                .await
+                .map_err(|why| Refusal {
+                    status: 503,
+                    why: format!("cannot check the token now: {why}"),
+                })?
         }
         None => None,
     };

@@ -70,6 +70,16 @@ pub struct Config {
     /// [`Config::conns_per_core`]): WebSocket connections one core holds; one more upgrade is
     /// refused with 503 and a log line, instead of running into EMFILE.
     pub max_conns_per_core: usize,
+    /// `[wspush] MaxHttpConnsPerCore`, default 1024: HTTP connections (API requests, probes,
+    /// operations routes; not WebSockets) one core serves at once, counted from a connection's
+    /// first request until it closes or upgrades. One more gets 503 + `Retry-After` and is
+    /// closed (a probe or operations request is still answered, then closed), counted in
+    /// `wspush_http_refused_total` and logged at most once a second. Each such connection may
+    /// hold up to 2 * MaxBodyBytes of request in memory, so this bounds what slow or idle API
+    /// clients can pin. The original's callers never come near it: nginx (HTTP/1.0) and PHP
+    /// curl open one connection per request, so a core holds about (requests a second x
+    /// seconds per request) of them: 100 at 100,000 requests a second taking 1 ms each.
+    pub max_http_conns_per_core: usize,
     /// `[wspush] MaxGroupsPerClient`, default 1024: groups one connection may be bound to; one
     /// more `bind_to_group` answers code -1. Bounds the memory a caller can pin to one socket.
     pub max_groups_per_client: usize,
@@ -120,6 +130,13 @@ pub struct Config {
     /// one core holds. A peer of 255 cores (the most a node runs) opens 255, possibly all on one
     /// core; twice that covers reconnects. Several nodes behind one address share it.
     pub max_node_links_per_peer: usize,
+    /// `[wspush] OpsRequireKey`, default true: when ApiKey is set, `/metrics`, `/status` and
+    /// `/status.json` want it too (`Authorization: apikey <key>`, basic auth with the key as
+    /// password, or `?apikey=<key>`; 401 otherwise). false leaves them open to anyone who
+    /// reaches the port (e.g. a scraper on a private network) while `/api/*` keeps the key;
+    /// the server then warns at start. No effect without ApiKey. `/healthz` and `/readyz`
+    /// are always open (orchestrator probes).
+    pub ops_require_key: bool,
     /// `[wspush] LogFormat` / `--log-format` (the flag wins), default `text`: human-readable log
     /// lines, or `json`, one JSON object per line for a log pipeline (Loki, ELK, journald).
     pub log_format: LogFormat,
@@ -177,6 +194,7 @@ impl Default for Config {
             keepalive_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             max_conns_per_core: 0,
+            max_http_conns_per_core: 1024,
             max_groups_per_client: 1024,
             max_client_ids_per_request: 10_000,
             webhook_queue: 65_536,
@@ -189,6 +207,7 @@ impl Default for Config {
             rpc_bind: None,
             max_node_links_per_core: 8192,
             max_node_links_per_peer: 512,
+            ops_require_key: true,
             log_format: LogFormat::Text,
         }
     }
@@ -353,6 +372,10 @@ impl Config {
                 ("wspush", "shutdowngrace") => c.shutdown_grace = seconds(&full, value)?,
                 ("wspush", "handshaketimeout") => c.handshake_timeout = seconds(&full, value)?,
                 ("wspush", "maxconnspercore") => c.max_conns_per_core = number(&full, value)?,
+                ("wspush", "maxhttpconnspercore") => {
+                    c.max_http_conns_per_core = number(&full, value)?
+                }
+                ("wspush", "opsrequirekey") => c.ops_require_key = boolean(&full, value)?,
                 ("wspush", "maxgroupsperclient") => c.max_groups_per_client = number(&full, value)?,
                 ("wspush", "maxclientidsperrequest") => {
                     c.max_client_ids_per_request = number(&full, value)?
@@ -443,6 +466,7 @@ impl Config {
             ("wspush.MaxMessageBytes", self.max_message_bytes),
             ("wspush.MaxBodyBytes", self.max_body_bytes),
             ("wspush.MaxGroupsPerClient", self.max_groups_per_client),
+            ("wspush.MaxHttpConnsPerCore", self.max_http_conns_per_core),
             (
                 "wspush.MaxClientIdsPerRequest",
                 self.max_client_ids_per_request,
@@ -551,6 +575,10 @@ impl Config {
                 self.max_conns_per_core.to_string(),
             ),
             (
+                "wspush.MaxHttpConnsPerCore",
+                self.max_http_conns_per_core.to_string(),
+            ),
+            (
                 "wspush.MaxGroupsPerClient",
                 self.max_groups_per_client.to_string(),
             ),
@@ -586,6 +614,7 @@ impl Config {
                 "wspush.MaxNodeLinksPerPeer",
                 self.max_node_links_per_peer.to_string(),
             ),
+            ("wspush.OpsRequireKey", self.ops_require_key.to_string()),
         ]
     }
 }
@@ -711,6 +740,15 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(e.key, "wspush.MaxGroupsPerClient");
+        assert_eq!(Config::default().max_http_conns_per_core, 1024);
+        let c =
+            Config::parse("[wspush]\nMaxHttpConnsPerCore = 5\nOpsRequireKey = false\n").unwrap();
+        assert_eq!((c.max_http_conns_per_core, c.ops_require_key), (5, false));
+        let e = Config::parse("[wspush]\nMaxHttpConnsPerCore = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "wspush.MaxHttpConnsPerCore");
     }
 
     #[test]

@@ -68,7 +68,16 @@ fn http_requests_with(data: &[u8], max_head: usize, max_body: usize) {
         let _ = crate::api::route(&head.path);
         let rest = &buf[head_len..];
         let body_len = if head.chunked {
-            match http::dechunk(rest, max_body) {
+            let whole = http::dechunk(rest, max_body);
+            // The listener feeds the decoder each read as it lands: any split of the same
+            // bytes gives the answer of one decode of them all, error or not.
+            let split = (data.len() * 7 + at) % (rest.len() + 1);
+            assert_eq!(
+                dechunk_in_two(rest, split, max_body),
+                whole,
+                "a chunked body fed in two reads (cut at {split}) decodes as in one"
+            );
+            match whole {
                 Ok(Some((body, used))) => {
                     assert!(used <= rest.len(), "dechunk used more than it was given");
                     assert!(body.len() <= max_body, "dechunked body over the limit");
@@ -98,6 +107,21 @@ fn http_requests_with(data: &[u8], max_head: usize, max_body: usize) {
         }
         at += head_len + body_len;
     }
+}
+
+/// A chunked body fed to one [`http::Dechunker`] as two reads, cut at `split`.
+fn dechunk_in_two(
+    rest: &[u8],
+    split: usize,
+    max_body: usize,
+) -> Result<Option<(Vec<u8>, usize)>, http::ChunkError> {
+    let mut decoder = http::Dechunker::new(max_body);
+    let mut body = Vec::new();
+    if let Some(used) = decoder.feed(&rest[..split], &mut body)? {
+        return Ok(Some((body, used)));
+    }
+    let used = decoder.feed(&rest[split..], &mut body)?;
+    Ok(used.map(|used| (body, split + used)))
 }
 
 /// Parses a head and checks its invariants; `None` when incomplete or refused.

@@ -296,6 +296,12 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "wspush starting"
     );
+    if !config.api_key.is_empty() && !config.ops_require_key {
+        tracing::warn!(
+            "wspush.OpsRequireKey = false: /metrics, /status and /status.json are open to anyone \
+             who reaches HttpPort (system and group names included), while /api/* wants the ApiKey"
+        );
+    }
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("wspush-core")
         // No file I/O here: keep the executor's DMA memory small (locked memory is scarce).

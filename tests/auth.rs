@@ -240,6 +240,80 @@ fn api_key_guards_every_api_route_first() {
     server.assert_alive();
 }
 
+/// Sends a request head (and `body`, from another thread, errors ignored: the server may
+/// answer and stop reading first), then reads one response and checks the server closes.
+fn head_then_response(port: u16, head: String, body: Vec<u8>) -> Response {
+    use std::io::{BufReader, Read, Write};
+    let mut stream = connect(port);
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        let _ = writer.write_all(&body);
+    });
+    let mut reader = BufReader::new(stream);
+    let resp = read_response(&mut reader)
+        .unwrap_or_else(|e| panic!("no answer before the body was sent: {e}"));
+    // The body was not read, so the connection ends after the answer.
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "bytes after the refusal: {rest:?}");
+    let _ = t.join();
+    resp
+}
+
+#[test]
+fn a_request_without_the_api_key_is_refused_before_its_body_is_read() {
+    // HeadTimeout 30 s: a server that waited for the body would not answer within the test
+    // client's 5 s read timeout.
+    let server = Server::start_with(&[&format!("ApiKey = {API_KEY}"), "HeadTimeout = 30"]);
+    let port = server.port;
+    let good = format!("apikey {API_KEY}");
+    let registered = post(
+        port,
+        None,
+        "/api/register",
+        &[("Authorization", &good)],
+        br#"{"systemId":"early"}"#,
+    );
+    assert_eq!(registered.json()["code"], 0, "{}", registered.text());
+    let host = format!("Host: 127.0.0.1:{port}\r\n");
+    // A head announcing a large body that never comes: 403 at once, with the usual envelope.
+    for framing in ["Content-Length: 1000000", "Transfer-Encoding: chunked"] {
+        for auth in ["", "Authorization: apikey nope-nope-nope-nope\r\n"] {
+            let head = format!(
+                "POST /api/send_to_client HTTP/1.1\r\n{host}SystemId: early\r\n{auth}{framing}\r\n\r\n"
+            );
+            let resp = head_then_response(port, head, Vec::new());
+            let needle = if auth.is_empty() {
+                "Authorization"
+            } else {
+                "ApiKey"
+            };
+            assert_refused(&resp, 403, needle);
+        }
+    }
+    // A client that sends its whole 1 MiB body anyway (curl, PHP) still reads the 403, not
+    // a reset: the server drains what it sends after the answer.
+    let body = vec![b'x'; 1 << 20];
+    let head = format!(
+        "POST /api/send_to_client HTTP/1.1\r\n{host}SystemId: early\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    assert_refused(&head_then_response(port, head, body), 403, "Authorization");
+    // With the key the same route reads its body as before.
+    let mut ws = server.ws("early");
+    let body = push_body(&ws.client_id, "after the head check").to_string();
+    let resp = post(
+        port,
+        Some("early"),
+        "/api/send_to_client",
+        &[("Authorization", &good)],
+        body.as_bytes(),
+    );
+    assert_eq!(resp.json()["code"], 0, "{}", resp.text());
+    assert_eq!(ws.recv_json()["data"], "after the head check");
+}
+
 #[test]
 fn api_key_and_secret_are_both_needed_when_both_apply() {
     let server = Server::start_with(&[&format!("ApiKey = {API_KEY}")]);

@@ -294,3 +294,87 @@ fn an_api_key_guards_every_node_and_cross_node_pushes_carry_on() {
         "the refused push must not have arrived first: {got}"
     );
 }
+
+/// The value of one sample line of `/metrics`, by its exact series text.
+fn metric(port: u16, series: &str) -> f64 {
+    let resp = http(port, "GET", "/metrics", &[], b"");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{}", resp.text()))
+}
+
+const LOOKUPS: &str = "wspush_etcd_system_lookups_total";
+const CACHED: &str = r#"wspush_etcd_system_lookups_skipped_total{reason="cached"}"#;
+const LIMITED: &str = r#"wspush_etcd_system_lookups_skipped_total{reason="limited"}"#;
+
+#[test]
+fn repeated_connects_of_an_unknown_system_cost_one_etcd_lookup() {
+    let etcd = Etcd::start();
+    let node = Node::start(&etcd, &[]);
+    let system = unique("nobody-yet");
+    let before = metric(node.port, LOOKUPS);
+    // A connect with a token for a system this node does not know asks etcd whether it is
+    // registered (it might have a secret); the answer "no" is remembered.
+    for _ in 0..20 {
+        match ws_try(node.port, &format!("systemId={system}&token=not.a.token")) {
+            // Not registered: let in without checks, as the original does.
+            Handshake::Upgraded(mut ws) => ws.close(None).unwrap(),
+            Handshake::Refused(status, body) => panic!("refused: {status} {body}"),
+        }
+    }
+    // One lookup per core at most (the kernel spreads the connects over the node's 2 cores);
+    // the other connects were answered from the cache.
+    let lookups = metric(node.port, LOOKUPS) - before;
+    assert!(
+        (1.0..=2.0).contains(&lookups),
+        "{lookups} etcd lookups for 20 connects"
+    );
+    assert_eq!(metric(node.port, CACHED), 20.0 - lookups);
+
+    // Registering the system (with a secret) forgets "not registered" at once: the next
+    // connect with a bad token is refused, a good one is let in.
+    register_secret(node.port, &system, SECRET);
+    assert_ws_refused(
+        node.port,
+        &format!("systemId={system}&token=not.a.token"),
+        "token",
+    );
+    let mut ws = ws_with_token(node.port, &system, &token(SECRET, None));
+    ws.expect_nothing(QUIET_MS);
+}
+
+#[test]
+fn lookups_of_unknown_systems_are_limited_per_core() {
+    let etcd = Etcd::start();
+    let node = Node::start(&etcd, &[]);
+    let before = metric(node.port, LOOKUPS);
+    let started = Instant::now();
+    // Made-up ids, each new: the cache cannot help, the per-core limit (20 a second) does.
+    let mut refused = 0;
+    for i in 0..200 {
+        let query = format!("systemId={}&token=t", unique(&format!("random{i}")));
+        match ws_try(node.port, &query) {
+            Handshake::Upgraded(mut ws) => ws.close(None).unwrap(),
+            Handshake::Refused(status, body) => {
+                assert_eq!(status, 503, "{body}");
+                assert!(body.contains("unknown systems"), "{body}");
+                refused += 1;
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let lookups = metric(node.port, LOOKUPS) - before;
+    // 2 cores x 20 a second, over the windows the loop spanned.
+    let most = 2.0 * 20.0 * (secs.ceil() + 1.0);
+    assert!(
+        lookups <= most,
+        "{lookups} etcd lookups in {secs:.1} s, more than {most}"
+    );
+    assert!(
+        refused > 0,
+        "no connect refused in {secs:.1} s of 200 random ids"
+    );
+    assert_eq!(metric(node.port, LIMITED), refused as f64);
+}

@@ -638,3 +638,41 @@ fn a_large_chunked_body_in_many_small_writes_is_decoded_once_complete() {
     assert_eq!(resp.status, 400, "{}", resp.text());
     server.assert_serves();
 }
+
+#[test]
+fn http_1_0_with_transfer_encoding_is_answered_then_closed() {
+    // RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; the server
+    // answers, then closes, even when the request asks for keep-alive.
+    let server = Server::start();
+    let system = unique("te10");
+    server.register(&system);
+    let mut ws = server.ws(&system);
+    let body = json!({ "clientId": ws.client_id, "data": "te over 1.0" }).to_string();
+    let req = format!(
+        "POST /api/send_to_client HTTP/1.0\r\nConnection: keep-alive\r\nSystemId: {system}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n\
+         GET /healthz HTTP/1.0\r\n\r\n",
+        body.len()
+    );
+    let mut stream = connect(server.port);
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let resp = read_response(&mut reader).unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert_eq!(ws.recv_json()["data"], "te over 1.0");
+    // The request behind it on the same connection is not served.
+    assert_closed_by_server(&mut reader);
+
+    // HTTP/1.0 keep-alive without Transfer-Encoding stays open as before.
+    let mut stream = connect(server.port);
+    stream
+        .write_all(
+            b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n",
+        )
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    assert_eq!(read_response(&mut reader).unwrap().status, 200);
+    assert_eq!(read_response(&mut reader).unwrap().status, 200);
+    assert_closed_by_server(&mut reader);
+}

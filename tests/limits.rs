@@ -383,3 +383,138 @@ fn a_client_that_never_reads_its_answers_is_cut_after_head_timeout() {
     );
     server.assert_serves();
 }
+
+/// The value of one sample line of `/metrics`, by its exact series text (the scrape's own
+/// connection is answered and closed first).
+fn metric(port: u16, series: &str) -> Option<f64> {
+    let resp = http(port, "GET", "/metrics", &[], b"");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Sends one keep-alive request on `stream` and reads its answer (the connection stays open).
+fn keep_alive_request(stream: &TcpStream, port: u16, path: &str, body: &[u8]) -> Response {
+    let req = request_bytes(port, "POST", path, &[("Connection", "keep-alive")], body);
+    let mut writer = stream.try_clone().unwrap();
+    let t = std::thread::spawn(move || writer.write_all(&req).unwrap());
+    let resp = read_response(&mut BufReader::new(stream.try_clone().unwrap())).unwrap();
+    t.join().unwrap();
+    resp
+}
+
+#[test]
+fn http_connections_beyond_max_http_conns_per_core_get_503_then_room_frees_up() {
+    // One core, so every socket lands on the same one.
+    let mut server = Server::start_cores(&["MaxHttpConnsPerCore = 2"], 1);
+    let port = server.port;
+    server.register("httpcap");
+    let body = json!({"groupName": "g"}).to_string();
+    let list = |stream: &TcpStream| {
+        let req = request_bytes(
+            port,
+            "POST",
+            "/api/get_online_list",
+            &[("Connection", "keep-alive"), ("SystemId", "httpcap")],
+            body.as_bytes(),
+        );
+        (&*stream).write_all(&req).unwrap();
+        read_response(&mut BufReader::new(stream.try_clone().unwrap())).unwrap()
+    };
+    // Two keep-alive API connections hold the core's two slots.
+    let held: Vec<TcpStream> = (0..2).map(|_| connect(port)).collect();
+    for stream in &held {
+        assert_eq!(list(stream).status, 200);
+    }
+    // A third is refused with 503 + Retry-After, in the envelope, and closed.
+    let third = connect(port);
+    let resp = list(&third);
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert!(resp.header("retry-after").is_some(), "{:?}", resp.headers);
+    assert!(
+        resp.text().contains("HTTP connection limit"),
+        "{}",
+        resp.text()
+    );
+    let mut rest = Vec::new();
+    let _ = BufReader::new(third).read_to_end(&mut rest);
+    assert!(rest.is_empty(), "bytes after the 503: {rest:?}");
+    // The probes and /metrics are still answered at the limit (and their connection closed);
+    // a WebSocket upgrade is no HTTP connection and is not refused either.
+    let probe = http(
+        port,
+        "GET",
+        "/healthz",
+        &[("Connection", "keep-alive")],
+        b"",
+    );
+    assert_eq!(probe.status, 200);
+    assert_eq!(probe.header("connection"), Some("close"));
+    assert_eq!(metric(port, "wspush_http_refused_total"), Some(1.0));
+    assert_eq!(
+        metric(port, r#"wspush_http_connections{core="0"}"#),
+        Some(2.0)
+    );
+    let _ws = Ws::connect(port, "httpcap");
+    assert!(
+        server.stderr_log().contains("MaxHttpConnsPerCore reached"),
+        "no log line for the refusal:\n{}",
+        server.stderr_log()
+    );
+    // A held connection closing makes room again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = list(&connect(port));
+        if resp.status == 200 {
+            break;
+        }
+        assert_eq!(resp.status, 503);
+        assert!(
+            Instant::now() < deadline,
+            "no room after the held connections closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.assert_alive();
+}
+
+#[test]
+fn a_large_request_leaves_no_large_buffers_on_its_keep_alive_connection() {
+    let mut server = Server::start();
+    let port = server.port;
+    // Four keep-alive connections each send a ~1 MiB body (a 404: the body is read all the
+    // same), then stay open and idle.
+    let big = vec![b'x'; 1_000_000];
+    let idle: Vec<TcpStream> = (0..4).map(|_| connect(port)).collect();
+    for stream in &idle {
+        let resp = keep_alive_request(stream, port, "/api/no_such_route", &big);
+        assert_eq!(resp.status, 404, "{}", resp.text());
+    }
+    // Each holds its small buffers again (1 KiB read, 256 B write), not ~1 MiB. The gauge
+    // is updated right after the answer is written: poll until it has been.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = metric(port, "wspush_http_buffer_bytes").expect("wspush_http_buffer_bytes");
+        // The four idle connections and the scrape's own: at least their small buffers.
+        assert!(
+            held >= 5.0 * 1280.0,
+            "{held} bytes of buffers for 5 connections"
+        );
+        if held <= 5.0 * 64.0 * 1024.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idle keep-alive connections still hold {held} bytes of buffers"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And they still serve.
+    for stream in &idle {
+        let resp = keep_alive_request(stream, port, "/api/no_such_route", b"{}");
+        assert_eq!(resp.status, 404);
+    }
+    server.assert_alive();
+}

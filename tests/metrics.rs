@@ -363,6 +363,29 @@ fn the_operations_routes_want_the_api_key_when_one_is_set() {
 }
 
 #[test]
+fn ops_require_key_false_opens_the_operations_routes_but_not_the_api() {
+    const KEY: &str = "ops-test-key-0123456789";
+    let server = Server::start_with(&[&format!("ApiKey = {KEY}"), "OpsRequireKey = false"]);
+    for path in ["/metrics", "/status", "/status.json"] {
+        let resp = http(server.port, "GET", path, &[], b"");
+        assert_eq!(resp.status, 200, "{path} without the key: {}", resp.text());
+    }
+    // The API still wants the key.
+    let resp = http(server.port, "POST", "/api/get_online_list", &[], b"{}");
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    // And the start-up log says the operations routes are open.
+    let log = server.stderr_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("OpsRequireKey = false")),
+        "no start-up warning:\n{log}"
+    );
+    // Without OpsRequireKey (default true), no such warning.
+    let server = Server::start_with(&[&format!("ApiKey = {KEY}")]);
+    assert!(!server.stderr_log().contains("OpsRequireKey"));
+}
+
+#[test]
 fn without_an_api_key_the_operations_routes_are_open() {
     let server = Server::start();
     for path in ["/metrics", "/status", "/status.json"] {

@@ -60,8 +60,9 @@ pub fn route(path: &str) -> Option<Route> {
 }
 
 /// Issue 7's ApiKey, when configured, comes first: a caller without it learns nothing, not even
-/// which methods, routes or systems exist.
-fn check_api_key(shard: &Shard, route: Option<Route>, head: &Head) -> Result<(), ApiError> {
+/// which methods, routes or systems exist. The listener calls it on the request head, before it
+/// reads the body; [`handle`] checks again, so no route depends on the listener doing so.
+pub fn check_api_key(shard: &Shard, route: Option<Route>, head: &Head) -> Result<(), ApiError> {
     if shard.config.api_key.is_empty() {
         return Ok(());
     }

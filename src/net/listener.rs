@@ -57,6 +57,68 @@ enum ReadEnd {
     Reject(u16, String),
 }
 
+/// A read or write buffer that grew past this for one large request goes back to its first
+/// capacity after it: a keep-alive connection idles with ~1 KiB, not the 1 MiB (or 2 MiB of
+/// chunked encoding) its largest request needed.
+const SHRINK_ABOVE: usize = 64 * 1024;
+const READ_BUF: usize = 1024;
+const WRITE_BUF: usize = 256;
+
+/// How long, and for how many bytes, a connection refused before its body was read keeps
+/// reading (and discarding) after its answer: see [`close_unread`].
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// One connection's share of its core's HTTP accounting: counted in `Shard::http_conns` (what
+/// MaxHttpConnsPerCore caps) from its first request that is not an upgrade, and its buffers'
+/// capacity in `Shard::http_buffer_bytes`. Dropped when the connection closes or upgrades.
+struct HttpSlot<'a> {
+    shard: &'a Shard,
+    counted: bool,
+    buffers: usize,
+}
+
+impl<'a> HttpSlot<'a> {
+    fn new(shard: &'a Shard) -> HttpSlot<'a> {
+        HttpSlot {
+            shard,
+            counted: false,
+            buffers: 0,
+        }
+    }
+
+    /// Counts the connection against MaxHttpConnsPerCore; `false` (and not counted) when the
+    /// core already holds that many.
+    fn claim(&mut self) -> bool {
+        if self.counted {
+            return true;
+        }
+        let conns = &self.shard.http_conns;
+        if conns.get() >= self.shard.config.max_http_conns_per_core {
+            return false;
+        }
+        conns.set(conns.get() + 1);
+        self.counted = true;
+        true
+    }
+
+    /// Records the buffers' capacity now.
+    fn buffers(&mut self, bytes: usize) {
+        let gauge = &self.shard.http_buffer_bytes;
+        gauge.set(gauge.get() - self.buffers + bytes);
+        self.buffers = bytes;
+    }
+}
+
+impl Drop for HttpSlot<'_> {
+    fn drop(&mut self) {
+        self.buffers(0);
+        if self.counted {
+            self.shard.http_conns.set(self.shard.http_conns.get() - 1);
+        }
+    }
+}
+
 /// Serves one accepted connection until it closes or upgrades.
 async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let peer = match stream.peer_addr() {
@@ -69,8 +131,10 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     // socket (and its unsent answers) for ever: a write that cannot finish within HeadTimeout
     // ends the connection. An upgrade replaces this with the WebSocket write timeout.
     let _ = stream.set_write_timeout(Some(config.head_timeout));
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    let mut out: Vec<u8> = Vec::with_capacity(256);
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
+    let mut out: Vec<u8> = Vec::with_capacity(WRITE_BUF);
+    let mut slot = HttpSlot::new(&shard);
+    slot.buffers(buf.capacity() + out.capacity());
     // The first request head must be whole within HandshakeTimeout of the accept.
     let mut first = Some(Instant::now() + config.handshake_timeout);
     loop {
@@ -90,14 +154,31 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             // The session runs as a task of its own, so it does not carry this function's
             // buffers for its whole life; only bytes the client already sent past the head go.
             let leftover = buf[head_len..].to_vec();
+            drop(slot);
             glommio::spawn_local(upgrade(shard, stream, peer, head, leftover)).detach();
+            return;
+        }
+        let ops_route = ops::route(&head);
+        // MaxHttpConnsPerCore: a connection that is not an upgrade counts from its first
+        // request. Over the limit, the probes and operations routes are still answered (an
+        // orchestrator must not restart a busy node), then closed; the API gets 503.
+        let over_limit = !slot.claim();
+        if over_limit && ops_route.is_none() && !is_probe(&head) {
+            refused_over_limit(&shard, peer);
+            let body_unread = head.chunked || head.content_length.unwrap_or(0) > 0;
+            let why = "server is at its HTTP connection limit, try again later";
+            reject(&mut stream, &mut out, 503, "Retry-After: 1\r\n", why).await;
+            if body_unread {
+                close_unread(&mut stream).await;
+            }
             return;
         }
 
         // Operations routes (the ops issue extends these).
         // These routes read no body: one that came with a request is not read, so the
         // connection closes after the answer instead of parsing that body as a request.
-        let close = head.close || head.chunked || head.content_length.unwrap_or(0) > 0;
+        let close =
+            over_limit || head.close || head.chunked || head.content_length.unwrap_or(0) > 0;
         if let Some((status, content_type, body)) = probe(&shard, &head) {
             buf.drain(..head_len);
             out.clear();
@@ -105,10 +186,11 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             if stream.write_all(&out).await.is_err() || close {
                 return;
             }
+            recycle(&mut buf, &mut out, &mut slot);
             continue;
         }
         // Metrics and the status page (src/ops/).
-        if let Some(route) = ops::route(&head) {
+        if let Some(route) = ops_route {
             buf.drain(..head_len);
             let r = ops::respond(&shard, route, &head).await;
             out.clear();
@@ -123,10 +205,37 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             if stream.write_all(&out).await.is_err() || close {
                 return;
             }
+            recycle(&mut buf, &mut out, &mut slot);
             continue;
         }
 
         let route = api::route(&head.path);
+        // The ApiKey is checked on the head, before the body is read: a caller without it
+        // makes the server read (and, chunked, decode) nothing. The body is then left unread,
+        // so the connection closes after the 403.
+        if head.path.starts_with("/api/") {
+            if let Err(e) = api::check_api_key(&shard, route, &head) {
+                let status = e.status();
+                let started = Instant::now();
+                let result = Err(e);
+                (shard.metrics).api_request(
+                    &head.path,
+                    route.is_some(),
+                    status,
+                    false,
+                    started.elapsed(),
+                );
+                out.clear();
+                http::write_response(&mut out, status, http::JSON, "", &envelope(&result), true);
+                if stream.write_all(&out).await.is_ok()
+                    && (head.chunked
+                        || buf.len() - head_len < head.content_length.unwrap_or(0) as usize)
+                {
+                    close_unread(&mut stream).await;
+                }
+                return;
+            }
+        }
         // The body: with Content-Length it stays in `buf`; a chunked one is decoded out of it.
         let (chunked_body, consumed) = if head.chunked {
             match read_chunked(
@@ -138,21 +247,21 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             )
             .await
             {
-                Ok((body, used)) => (Some(body), head_len + used),
+                Ok(body) => (Some(body), head_len),
                 Err(status) => {
                     let why = match status {
                         413 => "request body too large",
                         408 => "timed out reading the request body",
                         _ => "malformed chunked body",
                     };
-                    return reject(&mut stream, &mut out, status, why).await;
+                    return reject(&mut stream, &mut out, status, "", why).await;
                 }
             }
         } else {
             let length = head.content_length.unwrap_or(0);
             if length > config.max_body_bytes as u64 {
                 tracing::debug!(%peer, core = shard.id, length, "request body over MaxBodyBytes refused");
-                return reject(&mut stream, &mut out, 413, "request body too large").await;
+                return reject(&mut stream, &mut out, 413, "", "request body too large").await;
             }
             let length = length as usize;
             if head.expect_continue
@@ -172,6 +281,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                     &mut stream,
                     &mut out,
                     408,
+                    "",
                     "timed out reading the request body",
                 )
                 .await;
@@ -210,17 +320,69 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         if stream.write_all(&out).await.is_err() || head.close {
             return;
         }
+        recycle(&mut buf, &mut out, &mut slot);
         if shard.draining.get() {
             return;
         }
     }
 }
 
-async fn reject(stream: &mut TcpStream, out: &mut Vec<u8>, status: u16, why: &str) {
+/// After an answer: a buffer that grew past [`SHRINK_ABOVE`] for a large request or answer
+/// goes back to its first capacity (the read buffer keeps room for pipelined bytes already
+/// read), so an idle keep-alive connection does not hold its largest request's memory.
+fn recycle(buf: &mut Vec<u8>, out: &mut Vec<u8>, slot: &mut HttpSlot) {
+    if buf.capacity() > SHRINK_ABOVE {
+        buf.shrink_to(buf.len().max(READ_BUF));
+    }
+    if out.capacity() > SHRINK_ABOVE {
+        *out = Vec::with_capacity(WRITE_BUF);
+    }
+    slot.buffers(buf.capacity() + out.capacity());
+}
+
+/// Counts and (at most once a second) logs a connection refused at MaxHttpConnsPerCore.
+fn refused_over_limit(shard: &Shard, peer: SocketAddr) {
+    shard.metrics.http_refused.inc();
+    if let Some(skipped) = shard.throttles.http_full.admit() {
+        tracing::warn!(
+            core = shard.id,
+            %peer,
+            held = shard.http_conns.get(),
+            refused = skipped + 1,
+            "HTTP connection refused with 503: MaxHttpConnsPerCore reached on this core"
+        );
+    }
+}
+
+async fn reject(stream: &mut TcpStream, out: &mut Vec<u8>, status: u16, extra: &str, why: &str) {
     out.clear();
     let body = envelope(&Err(api::error::ApiError::Request(why.to_string())));
-    http::write_response(out, status, http::JSON, "", &body, true);
+    http::write_response(out, status, http::JSON, extra, &body, true);
     let _ = stream.write_all(out).await;
+}
+
+/// Ends a connection whose request body was left unread, after its answer was written.
+/// Closing a socket with unread bytes makes the kernel answer with RST, and a client still
+/// sending its body may then lose the answer before it reads it. So: stop writing (FIN), then
+/// read and discard what the client still sends, for at most [`LINGER`] and [`LINGER_BYTES`]
+/// (nginx's lingering close does the same), then close.
+async fn close_unread(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let deadline = Instant::now() + LINGER;
+    let mut sink = Vec::with_capacity(4096);
+    let mut read = 0;
+    while read < LINGER_BYTES {
+        sink.clear();
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match read_some(stream, &mut sink, wait).await {
+            Ok(n) if n > 0 => read += n,
+            _ => return,
+        }
+    }
+}
+
+fn is_probe(head: &Head) -> bool {
+    head.method == Some(Method::Get) && matches!(head.path.as_str(), "/healthz" | "/readyz")
 }
 
 /// Operations routes, if the head is one: the status, content type and body to answer with.
@@ -317,33 +479,31 @@ async fn read_head(
     }
 }
 
-/// Reads a chunked body that starts at `buf[start..]`, within HeadTimeout. Returns the body and
-/// the bytes it took after `start`, or the status to refuse it with.
+/// Reads a chunked body that starts at `buf[start..]`, within HeadTimeout, decoding each read
+/// as it lands: the encoding is dropped from `buf` once decoded, so `buf` never holds more than
+/// one read of it. Returns the body, with `buf[start..]` holding what followed it (a pipelined
+/// request), or the status to refuse it with.
 async fn read_chunked(
     shard: &Shard,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     start: usize,
     expect_continue: bool,
-) -> Result<(Vec<u8>, usize), u16> {
+) -> Result<Vec<u8>, u16> {
     let deadline = Instant::now() + shard.config.head_timeout;
     let mut continued = !expect_continue;
-    let max_wire = http::chunked_wire_limit(shard.config.max_body_bytes);
-    // Decoding copies the body so far: past its first 4 KiB (where a bad size line shows at
-    // once) only try when the bytes read since the last try could end it, so a large body
-    // read in many small pieces is not decoded again after every piece.
-    let mut tried_up_to = start;
+    let mut decoder = http::Dechunker::new(shard.config.max_body_bytes);
+    let mut body = Vec::new();
     loop {
-        let read = buf.len() - start;
-        if read <= 4096 || read > max_wire || http::may_end_chunked(buf, tried_up_to) {
-            match http::dechunk(&buf[start..], shard.config.max_body_bytes) {
-                Ok(Some(done)) => return Ok(done),
-                Ok(None) => {}
-                Err(http::ChunkError::TooLarge) => return Err(413),
-                Err(http::ChunkError::Malformed) => return Err(400),
+        match decoder.feed(&buf[start..], &mut body) {
+            Ok(Some(used)) => {
+                buf.drain(start..start + used);
+                return Ok(body);
             }
+            Ok(None) => buf.truncate(start),
+            Err(http::ChunkError::TooLarge) => return Err(413),
+            Err(http::ChunkError::Malformed) => return Err(400),
         }
-        tried_up_to = buf.len();
         if !continued {
             continued = true;
             // A client that sent `Expect: 100-continue` waits for this before the body.

@@ -161,6 +161,16 @@ pub struct CoreMetrics {
     pub connects: Counter,
     /// Upgrades refused with 503 at MaxConnsPerCore.
     pub connects_refused: Counter,
+    /// HTTP connections refused with 503 at MaxHttpConnsPerCore.
+    pub http_refused: Counter,
+    /// Cluster mode: etcd reads of a system this core did not know (an API request's
+    /// SystemId, or a `/ws` connect's systemId).
+    pub etcd_lookups: Counter,
+    /// `/ws` connects for a system this core does not know that were not looked up in etcd:
+    /// the system was found unregistered a moment ago (cached), or this core looked up too
+    /// many unknown systems in the last second (limited, refused with 503).
+    pub lookups_cached: Counter,
+    pub lookups_limited: Counter,
     disconnects: [Counter; REASONS.len()],
     frames_pushed: Counter,
     bytes_pushed: Counter,
@@ -187,6 +197,10 @@ impl Default for CoreMetrics {
         CoreMetrics {
             connects: Counter::default(),
             connects_refused: Counter::default(),
+            http_refused: Counter::default(),
+            etcd_lookups: Counter::default(),
+            lookups_cached: Counter::default(),
+            lookups_limited: Counter::default(),
             disconnects: Default::default(),
             frames_pushed: Counter::default(),
             bytes_pushed: Counter::default(),
@@ -270,6 +284,10 @@ impl CoreMetrics {
             core,
             connects: self.connects.get(),
             connects_refused: self.connects_refused.get(),
+            http_refused: self.http_refused.get(),
+            etcd_lookups: self.etcd_lookups.get(),
+            lookups_cached: self.lookups_cached.get(),
+            lookups_limited: self.lookups_limited.get(),
             disconnects: std::array::from_fn(|i| self.disconnects[i].get()),
             frames_pushed: self.frames_pushed.get(),
             bytes_pushed: self.bytes_pushed.get(),
@@ -392,6 +410,13 @@ pub struct CoreSnapshot {
     pub connections: u64,
     pub connects: u64,
     pub connects_refused: u64,
+    /// HTTP connections (not WebSockets) open now, and their buffers' capacity.
+    pub http_connections: u64,
+    pub http_buffer_bytes: u64,
+    pub http_refused: u64,
+    pub etcd_lookups: u64,
+    pub lookups_cached: u64,
+    pub lookups_limited: u64,
     pub disconnects: [u64; REASONS.len()],
     pub frames_pushed: u64,
     pub bytes_pushed: u64,
@@ -785,6 +810,32 @@ pub fn render(s: &NodeSnapshot) -> String {
         s.sum(|c| c.connects_refused),
     );
     t.family(
+        "wspush_http_connections",
+        "gauge",
+        "HTTP connections (API, probes, operations; not WebSockets) open now that sent a \
+         request, per core; MaxHttpConnsPerCore caps them.",
+    );
+    for c in &s.cores {
+        t.sample(
+            "wspush_http_connections",
+            &[("core", &c.core.to_string())],
+            c.http_connections,
+        );
+    }
+    t.single(
+        "wspush_http_buffer_bytes",
+        "gauge",
+        "Capacity of the read and write buffers of the open HTTP connections (a buffer that \
+         grew past 64 KiB for a large request shrinks after it).",
+        s.sum(|c| c.http_buffer_bytes),
+    );
+    t.single(
+        "wspush_http_refused_total",
+        "counter",
+        "HTTP connections refused with 503 because a core held MaxHttpConnsPerCore of them.",
+        s.sum(|c| c.http_refused),
+    );
+    t.family(
         "wspush_disconnects_total",
         "counter",
         "WebSocket connections ended, by reason: close (client close frame), reset (EOF or \
@@ -900,6 +951,30 @@ pub fn render(s: &NodeSnapshot) -> String {
     );
 
     if s.cluster {
+        t.single(
+            "wspush_etcd_system_lookups_total",
+            "counter",
+            "etcd reads of a system a core did not know (an API request's SystemId, a /ws \
+             connect's systemId).",
+            s.sum(|c| c.etcd_lookups),
+        );
+        t.family(
+            "wspush_etcd_system_lookups_skipped_total",
+            "counter",
+            "/ws connects for a system the core did not know that were not looked up in etcd: \
+             cached (found unregistered within the last seconds) or limited (too many unknown \
+             systems looked up in the last second; refused with 503).",
+        );
+        t.sample(
+            "wspush_etcd_system_lookups_skipped_total",
+            &[("reason", "cached")],
+            s.sum(|c| c.lookups_cached),
+        );
+        t.sample(
+            "wspush_etcd_system_lookups_skipped_total",
+            &[("reason", "limited")],
+            s.sum(|c| c.lookups_limited),
+        );
         let peers = s.peers();
         t.family(
             "wspush_peer_links_up",

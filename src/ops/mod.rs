@@ -9,7 +9,8 @@
 //! same scatter-gather as `get_online_list`), so the data path only ever bumps its own core's
 //! `Cell`s.
 //!
-//! Access: when `[wspush] ApiKey` is set these routes want the key too, given as
+//! Access: when `[wspush] ApiKey` is set (and `OpsRequireKey` is not turned off) these routes
+//! want the key too, given as
 //! `Authorization: apikey <key>` (scrapers, curl), as HTTP basic auth with the key as the
 //! password and any user name (a browser asks for it: the 401 carries `WWW-Authenticate`), or
 //! as `?apikey=<key>` in the URL (a bookmark; the page passes it on to its `/status.json`
@@ -59,7 +60,8 @@ pub struct Response {
 
 /// Answers one operations request.
 pub async fn respond(shard: &Rc<Shard>, route: Route, head: &Head) -> Response {
-    let key = Some(shard.config.api_key.as_str());
+    // OpsRequireKey = false: open, ApiKey or not (the start-up log warned about it).
+    let key = (shard.config.ops_require_key).then_some(shard.config.api_key.as_str());
     if !authorized(key, head.authorization.as_deref(), &head.query) {
         return Response {
             status: 401,

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub struct CoreThrottles {
     /// Upgrades refused at MaxConnsPerCore.
     pub conns_full: Throttle,
+    /// HTTP connections refused at MaxHttpConnsPerCore.
+    pub http_full: Throttle,
     /// `/ws` connects refused (bad token, unknown system).
     pub connect_refused: Throttle,
     /// API requests refused by the ApiKey or signature check.

@@ -67,6 +67,19 @@ impl SystemState {
 /// Size of the per-core read buffer every connection's reads land in.
 pub const SCRATCH_BYTES: usize = 64 * 1024;
 
+/// How long a core remembers that a systemId a `/ws` connect asked about is not registered
+/// (unless it learns the system sooner): a client reconnecting in a loop with a made-up id
+/// costs one etcd read per core every 5 s, not one per connect.
+const UNKNOWN_TTL: Duration = Duration::from_secs(5);
+/// At most this many unregistered systems remembered per core (~100 bytes each); a full table
+/// drops its expired entries, or everything.
+const UNKNOWN_MAX: usize = 4096;
+/// etcd lookups a core makes per second for `/ws` connects of systems it does not know, once
+/// it has etcd's list of systems. A registered system is known to every core within the
+/// watch's delay, so past that only made-up ids (or a connect racing a fresh register) need a
+/// lookup: 20 a second per core is far above that and bounds what random ids cost etcd.
+const UNKNOWN_LOOKUPS_PER_SEC: u32 = 20;
+
 /// A push that reaches at least this many of a core's sockets is a broadcast: the flushes right
 /// after it wait `FlushWindowUs` to gather the next pushes (see [`Shard::flush_delay`]).
 const BROADCAST_SOCKETS: usize = 32;
@@ -98,8 +111,19 @@ pub struct Shard {
     /// Cluster mode: whether this core has had etcd's list of systems at least once. Until
     /// then a system it does not know may well be registered (with a secret).
     pub systems_synced: Cell<bool>,
+    /// Systems a `/ws` connect found unregistered in etcd, and when: see
+    /// [`Shard::lookup_system_for_connect`].
+    unknown_systems: RefCell<HashMap<Box<str>, Instant>>,
+    /// The current one-second window of etcd lookups for `/ws` connects of unknown systems:
+    /// its start and the lookups in it.
+    unknown_lookups: Cell<(Instant, u32)>,
     /// One log line a second at most for each kind of event a client can repeat at will.
     pub throttles: crate::ops::throttle::CoreThrottles,
+    /// HTTP connections this core serves that are not (yet) WebSockets and have sent a
+    /// request: what MaxHttpConnsPerCore caps (counted by the listener).
+    pub http_conns: Cell<usize>,
+    /// The capacity of those connections' read and write buffers, in bytes.
+    pub http_buffer_bytes: Cell<usize>,
     ping: SharedFrame,
     /// Cluster mode only: the peer table and links of this core.
     cluster: std::cell::OnceCell<Rc<Cluster>>,
@@ -135,7 +159,11 @@ impl Shard {
             scratch: RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
             draining: Cell::new(false),
             throttles: Default::default(),
+            http_conns: Cell::new(0),
+            http_buffer_bytes: Cell::new(0),
             systems_synced: Cell::new(false),
+            unknown_systems: RefCell::new(HashMap::new()),
+            unknown_lookups: Cell::new((Instant::now(), 0)),
             ping: frame::ping(),
             cluster: std::cell::OnceCell::new(),
             metrics: Default::default(),
@@ -183,6 +211,7 @@ impl Shard {
         let Some(cluster) = self.cluster() else {
             return Ok(None);
         };
+        self.metrics.etcd_lookups.inc();
         let Some(info) = cluster.lookup_system(system).await? else {
             return Ok(None);
         };
@@ -191,6 +220,59 @@ impl Shard {
             .await;
         // The watch may have delivered it meanwhile: answer with what the core kept.
         Ok(Some(self.system_info(system).unwrap_or(info)))
+    }
+
+    /// [`Self::lookup_system`] for a `/ws` connect (cluster mode, a system this core does not
+    /// know). Any client can connect with made-up systemIds, and each would cost an etcd read,
+    /// so: a system etcd said is not registered is remembered as such for [`UNKNOWN_TTL`]
+    /// (`Ok(None)` without asking again; learning the system forgets it at once), and once
+    /// etcd's list of systems is here, this core asks about at most
+    /// [`UNKNOWN_LOOKUPS_PER_SEC`] unknown systems a second; past that the connect is refused
+    /// (`Err`, a 503 with Retry-After) without asking. Before that list arrives every lookup is
+    /// needed (a system this core has not heard of may be registered), so none is refused.
+    ///
+    /// Remembering "not registered" a little too long is safe: such a connect is let in as one
+    /// to an unregistered system (the original allows those), and if the system turns out to
+    /// have a secret, learning it closes every connection made without a token (1008).
+    pub async fn lookup_system_for_connect(
+        self: &Rc<Self>,
+        system: &str,
+    ) -> Result<Option<Arc<SystemInfo>>, String> {
+        if let Some(info) = self.system_info(system) {
+            return Ok(Some(info));
+        }
+        let now = Instant::now();
+        let known_unknown = (self.unknown_systems.borrow().get(system))
+            .is_some_and(|at| now.duration_since(*at) < UNKNOWN_TTL);
+        if known_unknown {
+            self.metrics.lookups_cached.inc();
+            return Ok(None);
+        }
+        if self.systems_synced.get() {
+            let (since, asked) = self.unknown_lookups.get();
+            let (since, asked) = if now.duration_since(since) >= Duration::from_secs(1) {
+                (now, 0)
+            } else {
+                (since, asked)
+            };
+            if asked >= UNKNOWN_LOOKUPS_PER_SEC {
+                self.metrics.lookups_limited.inc();
+                return Err("too many connects for unknown systems on this core".into());
+            }
+            self.unknown_lookups.set((since, asked + 1));
+        }
+        let info = self.lookup_system(system).await?;
+        if info.is_none() {
+            let mut unknown = self.unknown_systems.borrow_mut();
+            if unknown.len() >= UNKNOWN_MAX {
+                unknown.retain(|_, at| now.duration_since(*at) < UNKNOWN_TTL);
+                if unknown.len() >= UNKNOWN_MAX {
+                    unknown.clear();
+                }
+            }
+            unknown.insert(Box::from(system), now);
+        }
+        Ok(info)
     }
 
     /// A registered system's options (secret, webhook URL), if this core knows the system.
@@ -230,6 +312,7 @@ impl Shard {
     /// A connection verified by a token was verified after its core knew the secret, so it
     /// survives the same record arriving again (an etcd reconnect re-sends every system).
     fn learn_system(self: &Rc<Self>, system: &str, info: Arc<SystemInfo>, replace: bool) -> bool {
+        self.unknown_systems.borrow_mut().remove(system);
         let old_secret = {
             let mut registered = self.registered.borrow_mut();
             match registered.get_mut(system) {
@@ -1408,6 +1491,8 @@ impl Shard {
         use crate::ops::metrics::SystemSnapshot;
         let mut s = self.metrics.snapshot(self.id);
         s.connections = self.registry.borrow().len() as u64;
+        s.http_connections = self.http_conns.get() as u64;
+        s.http_buffer_bytes = self.http_buffer_bytes.get() as u64;
         s.registered_systems = self.registered.borrow().len() as u64;
         if let Some(cluster) = self.cluster() {
             s.links = cluster.link_stats();
