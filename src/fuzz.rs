@@ -242,7 +242,9 @@ fn read_frames(data: &[u8], max_message: usize) {
                 assert!(
                     matches!(
                         v.code,
-                        frame::close_code::PROTOCOL_ERROR | frame::close_code::TOO_BIG
+                        frame::close_code::PROTOCOL_ERROR
+                            | frame::close_code::TOO_BIG
+                            | frame::close_code::INVALID_DATA
                     ),
                     "violation code {}",
                     v.code
