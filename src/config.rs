@@ -87,6 +87,31 @@ pub struct Config {
     /// more answers code -1. Opening an id costs ~0.5 µs of a core, so this bounds one request
     /// to a few milliseconds of work.
     pub max_client_ids_per_request: usize,
+    /// `[wspush] MaxSystemIdBytes`, default 128: longest systemId (in `register`, the `SystemId`
+    /// header and `/ws?systemId=`), in bytes of UTF-8. A systemId also becomes an etcd key, a
+    /// header value and a log field, so it must also be free of control characters; anything
+    /// else the original accepts (Chinese names, spaces, punctuation) stays accepted.
+    pub max_system_id_bytes: usize,
+    /// `[wspush] MaxSystems`, default 100000: systems this node knows of (single node: those
+    /// registered; cluster: those it has read from etcd); one more `register` answers code -1.
+    /// In a cluster, registrations racing on several nodes may overshoot it by a few.
+    pub max_systems: usize,
+    /// `[wspush] MaxNameBytes`, default 256: longest groupName, userId and sendUserId; longer
+    /// answers code -1 naming the field. A bind keeps its groupName and userId for the life
+    /// of the connection, so this bounds what one bind can pin.
+    pub max_name_bytes: usize,
+    /// `[wspush] MaxExtendBytes`, default 4096: longest `extend` of `bind_to_group`. It is kept
+    /// with the connection and copied into every 1001/1002/1003 push to each member of each of
+    /// its groups and into every webhook event.
+    pub max_extend_bytes: usize,
+    /// `[wspush] MaxMsgBytes`, default 65536: longest `msg` of a push. Pushes are not kept (the
+    /// frame is built once and queued), and some callers carry content in `msg`, so the bound
+    /// is generous; `MaxBodyBytes` caps the request as a whole anyway.
+    pub max_msg_bytes: usize,
+    /// `[wspush] MaxJsonDepth`, default 64: deepest nesting of a push's `data` (`[]` is 1,
+    /// `[[1]]` 2); deeper answers code -1. `data` is relayed as received, and a client with a
+    /// recursive JSON parser (most of them) overflows its stack on 100,000 levels.
+    pub max_json_depth: usize,
     /// `[wspush] WebhookQueue`, default 65536: webhook events the cores may have queued for the
     /// webhook thread (about 64 bytes a slot, allocated by the first event). One more is dropped,
     /// counted and logged (at most one line a second): a core never waits for webhooks.
@@ -101,6 +126,18 @@ pub struct Config {
     /// `[wspush] WebhookTimeoutMs`, default 5000: a webhook POST's connect, then its whole
     /// request and response, must each finish within this, or the POST counts as failed.
     pub webhook_timeout: Duration,
+    /// `[wspush] WebhookBytes`, default 64 MiB: bytes of webhook events held at once, in all:
+    /// the cores' queue, every destination's buffer and the batches in flight. An event that
+    /// would pass it is dropped, counted and logged like one over `WebhookQueue`; without it,
+    /// 65,536 queued events with 4 KiB extends (and a buffer per destination) could pin
+    /// hundreds of MiB.
+    pub webhook_bytes: usize,
+    /// `[wspush] WebhookAllowPrivate`, default false: whether webhooks may go to loopback,
+    /// link-local (169.254.0.0/16, the cloud metadata service), private, CGNAT, unique-local,
+    /// multicast or unspecified addresses. Off, `register` refuses such an IP in `webhookUrl`,
+    /// and a host name that resolves to one is refused at delivery (DNS rebinding). Turn it on
+    /// when the receivers live on the private network.
+    pub webhook_allow_private: bool,
     /// `[wspush] ShutdownGrace` (seconds), default 2: on SIGTERM, how long queued frames and
     /// close frames get to drain before sockets are cut.
     pub shutdown_grace: Duration,
@@ -197,10 +234,18 @@ impl Default for Config {
             max_http_conns_per_core: 1024,
             max_groups_per_client: 1024,
             max_client_ids_per_request: 10_000,
+            max_system_id_bytes: 128,
+            max_systems: 100_000,
+            max_name_bytes: 256,
+            max_extend_bytes: 4096,
+            max_msg_bytes: 64 << 10,
+            max_json_depth: 64,
             webhook_queue: 65_536,
             webhook_buffer: 10_000,
             webhook_workers: 4,
             webhook_timeout: Duration::from_millis(5000),
+            webhook_bytes: 64 << 20,
+            webhook_allow_private: false,
             shutdown_grace: Duration::from_secs(2),
             api_key: String::new(),
             cluster_secret: String::new(),
@@ -380,9 +425,19 @@ impl Config {
                 ("wspush", "maxclientidsperrequest") => {
                     c.max_client_ids_per_request = number(&full, value)?
                 }
+                ("wspush", "maxsystemidbytes") => c.max_system_id_bytes = number(&full, value)?,
+                ("wspush", "maxsystems") => c.max_systems = number(&full, value)?,
+                ("wspush", "maxnamebytes") => c.max_name_bytes = number(&full, value)?,
+                ("wspush", "maxextendbytes") => c.max_extend_bytes = number(&full, value)?,
+                ("wspush", "maxmsgbytes") => c.max_msg_bytes = number(&full, value)?,
+                ("wspush", "maxjsondepth") => c.max_json_depth = number(&full, value)?,
                 ("wspush", "webhookqueue") => c.webhook_queue = number(&full, value)?,
                 ("wspush", "webhookbuffer") => c.webhook_buffer = number(&full, value)?,
                 ("wspush", "webhookworkers") => c.webhook_workers = number(&full, value)?,
+                ("wspush", "webhookbytes") => c.webhook_bytes = number(&full, value)?,
+                ("wspush", "webhookallowprivate") => {
+                    c.webhook_allow_private = boolean(&full, value)?
+                }
                 ("wspush", "webhooktimeoutms") => {
                     c.webhook_timeout = Duration::from_millis(number(&full, value)? as u64)
                 }
@@ -471,6 +526,13 @@ impl Config {
                 "wspush.MaxClientIdsPerRequest",
                 self.max_client_ids_per_request,
             ),
+            ("wspush.MaxSystemIdBytes", self.max_system_id_bytes),
+            ("wspush.MaxSystems", self.max_systems),
+            ("wspush.MaxNameBytes", self.max_name_bytes),
+            ("wspush.MaxExtendBytes", self.max_extend_bytes),
+            ("wspush.MaxMsgBytes", self.max_msg_bytes),
+            ("wspush.MaxJsonDepth", self.max_json_depth),
+            ("wspush.WebhookBytes", self.webhook_bytes),
             ("wspush.WebhookQueue", self.webhook_queue),
             ("wspush.WebhookBuffer", self.webhook_buffer),
             ("wspush.WebhookWorkers", self.webhook_workers),
@@ -483,6 +545,15 @@ impl Config {
         }
         if self.webhook_timeout.is_zero() {
             problems.push(err("wspush.WebhookTimeoutMs", "must be at least 1 ms"));
+        }
+        if self.max_name_bytes < crate::ids::CLIENT_ID_LEN {
+            problems.push(err(
+                "wspush.MaxNameBytes",
+                format!(
+                    "must be at least {} (it bounds clientIds too, which are that long)",
+                    crate::ids::CLIENT_ID_LEN
+                ),
+            ));
         }
         if self.max_head_bytes < 256 {
             problems.push(err("wspush.MaxHeadBytes", "must be at least 256"));
@@ -586,12 +657,26 @@ impl Config {
                 "wspush.MaxClientIdsPerRequest",
                 self.max_client_ids_per_request.to_string(),
             ),
+            (
+                "wspush.MaxSystemIdBytes",
+                self.max_system_id_bytes.to_string(),
+            ),
+            ("wspush.MaxSystems", self.max_systems.to_string()),
+            ("wspush.MaxNameBytes", self.max_name_bytes.to_string()),
+            ("wspush.MaxExtendBytes", self.max_extend_bytes.to_string()),
+            ("wspush.MaxMsgBytes", self.max_msg_bytes.to_string()),
+            ("wspush.MaxJsonDepth", self.max_json_depth.to_string()),
             ("wspush.WebhookQueue", self.webhook_queue.to_string()),
             ("wspush.WebhookBuffer", self.webhook_buffer.to_string()),
             ("wspush.WebhookWorkers", self.webhook_workers.to_string()),
             (
                 "wspush.WebhookTimeoutMs",
                 self.webhook_timeout.as_millis().to_string(),
+            ),
+            ("wspush.WebhookBytes", self.webhook_bytes.to_string()),
+            (
+                "wspush.WebhookAllowPrivate",
+                self.webhook_allow_private.to_string(),
             ),
             (
                 "wspush.RpcTimeoutMs",

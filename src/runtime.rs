@@ -302,6 +302,15 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
              who reaches HttpPort (system and group names included), while /api/* wants the ApiKey"
         );
     }
+    if config.cluster && config.api_key.is_empty() {
+        // The original's open API, kept by default for its callers; in a cluster it also means
+        // that anyone who can reach an HttpPort registers systems that every node then holds.
+        tracing::warn!(
+            "cluster mode without ApiKey: anyone who reaches the HTTP port can register systems \
+             and push to any system; set [wspush] ApiKey (e.g. `openssl rand -hex 32`, the same \
+             on every node) and send `Authorization: apikey <key>` on /api/* (docs/auth.md)"
+        );
+    }
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("wspush-core")
         // No file I/O here: keep the executor's DMA memory small (locked memory is scarce).

@@ -873,3 +873,293 @@ fn pushes_reach_clients_on_every_core() {
         ws.expect_nothing(20);
     }
 }
+
+// ---- issue 12: bounded inputs ----------------------------------------------------------------
+
+/// The upgrade headers of a valid handshake (the path carries the systemId).
+const UPGRADE: [(&str, &str); 4] = [
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ("Sec-WebSocket-Version", "13"),
+];
+
+#[test]
+fn system_ids_are_bounded_and_free_of_control_characters() {
+    // A body large enough for a 1 MiB systemId, so the systemId check answers, not the 413.
+    let mut server = Server::start_with(&["MaxBodyBytes = 4194304"]);
+    let port = server.port;
+    let huge = "s".repeat(1 << 20);
+    for (system, needle) in [
+        (huge.as_str(), "MaxSystemIdBytes"),
+        (&"x".repeat(129), "129 bytes"),
+        ("a\nb", "control"),
+        ("tab\there", "control"),
+    ] {
+        let v = api(port, None, "/api/register", &json!({ "systemId": system }));
+        assert_fails_naming(&v, "systemId");
+        assert_fails_naming(&v, needle);
+    }
+    // At the limit, and names the original accepts (spaces, '/', Chinese), register as before.
+    for system in ["x".repeat(128), "a b/c".into(), "商城-系统".into()] {
+        let v = api(port, None, "/api/register", &json!({ "systemId": system }));
+        assert_eq!(v["code"], 0, "{system:?}: {v}");
+        let v = api(
+            port,
+            Some(&system),
+            "/api/get_online_list",
+            &json!({"groupName": "g"}),
+        );
+        assert_eq!(v["code"], 0, "{system:?}: {v}");
+    }
+    // The SystemId header: 5 KiB fits under MaxHeadBytes, so it is the systemId check that says no.
+    let long = "h".repeat(5 << 10);
+    let v = api(
+        port,
+        Some(&long),
+        "/api/get_online_list",
+        &json!({"groupName": "g"}),
+    );
+    assert_fails_naming(&v, "SystemId header");
+    assert_fails_naming(&v, "MaxSystemIdBytes");
+    // And /ws?systemId=: 400 naming it, no connection.
+    let resp = http(port, "GET", &format!("/ws?systemId={long}"), &UPGRADE, b"");
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(
+        resp.text().contains("systemId is too long"),
+        "{}",
+        resp.text()
+    );
+    let resp = http(port, "GET", "/ws?systemId=a%0Ab", &UPGRADE, b"");
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(resp.text().contains("control"), "{}", resp.text());
+    let resp = http(
+        port,
+        "GET",
+        &format!("/ws?systemId={}", "w".repeat(128)),
+        &UPGRADE,
+        b"",
+    );
+    assert_eq!(resp.status, 101);
+    server.assert_serves();
+}
+
+#[test]
+fn max_systems_bounds_register_on_a_single_node() {
+    let mut server = Server::start_with(&["MaxSystems = 3"]);
+    let port = server.port;
+    let systems: Vec<String> = (0..3).map(|_| unique("cap")).collect();
+    for system in &systems {
+        server.register(system);
+    }
+    let v = api(
+        port,
+        None,
+        "/api/register",
+        &json!({"systemId": unique("cap")}),
+    );
+    assert_fails_naming(&v, "MaxSystems");
+    // A known name is still "already registered", and the three keep working.
+    let v = api(
+        port,
+        None,
+        "/api/register",
+        &json!({"systemId": systems[0]}),
+    );
+    assert_fails_naming(&v, "already registered");
+    for system in &systems {
+        let v = api(
+            port,
+            Some(system),
+            "/api/get_online_list",
+            &json!({"groupName": "g"}),
+        );
+        assert_eq!(v["code"], 0, "{v}");
+    }
+    assert!(
+        server.stderr_log().contains("register refused: MaxSystems"),
+        "{}",
+        server.stderr_log()
+    );
+    server.assert_alive();
+}
+
+#[test]
+fn long_fields_are_refused_naming_the_field_and_its_key() {
+    let server = Server::start();
+    let port = server.port;
+    let system = unique("long");
+    server.register(&system);
+    let mut ws = server.ws(&system);
+    let id = ws.client_id.clone();
+    let name = |n: usize| "n".repeat(n);
+    let cases = [
+        (
+            "/api/bind_to_group",
+            json!({"clientId": id, "groupName": name(257), "userId": "u", "extend": ""}),
+            "groupName",
+            "MaxNameBytes",
+        ),
+        (
+            "/api/bind_to_group",
+            json!({"clientId": id, "groupName": "g", "userId": name(257), "extend": ""}),
+            "userId",
+            "MaxNameBytes",
+        ),
+        (
+            "/api/bind_to_group",
+            json!({"clientId": id, "groupName": "g", "userId": "u", "extend": name(4097)}),
+            "extend",
+            "MaxExtendBytes",
+        ),
+        (
+            "/api/send_to_client",
+            json!({"clientId": id, "sendUserId": name(257), "msg": "", "data": 1}),
+            "sendUserId",
+            "MaxNameBytes",
+        ),
+        (
+            "/api/send_to_client",
+            json!({"clientId": id, "msg": name((64 << 10) + 1), "data": 1}),
+            "msg",
+            "MaxMsgBytes",
+        ),
+        (
+            "/api/send_to_client",
+            json!({"clientId": name(257), "data": 1}),
+            "clientId",
+            "MaxNameBytes",
+        ),
+        (
+            "/api/send_to_group",
+            json!({"groupName": name(300), "data": 1}),
+            "groupName",
+            "MaxNameBytes",
+        ),
+        (
+            "/api/send_to_user",
+            json!({"userId": name(300), "data": 1}),
+            "userId",
+            "MaxNameBytes",
+        ),
+        (
+            "/api/get_online_list",
+            json!({"groupName": name(300)}),
+            "groupName",
+            "MaxNameBytes",
+        ),
+    ];
+    for (route, body, field, key) in &cases {
+        let v = api(port, Some(&system), route, body);
+        assert_fails_naming(&v, field);
+        assert_fails_naming(&v, key);
+        assert_fails_naming(&v, "too long");
+    }
+    // Nothing was bound or pushed.
+    ws.expect_nothing(QUIET_MS);
+    let v = api(
+        port,
+        Some(&system),
+        "/api/get_group_presence",
+        &json!({"groupName": "g"}),
+    );
+    assert_eq!(v["data"]["count"], 0, "{v}");
+
+    // At the limits everything goes through, and the 1001 carries the whole extend.
+    let v = api(
+        port,
+        Some(&system),
+        "/api/bind_to_group",
+        &json!({"clientId": id, "groupName": name(256), "userId": name(256), "extend": "e".repeat(4096)}),
+    );
+    assert_eq!(v["code"], 0, "{v}");
+    let joined = presence(&ws.recv_json(), 1001);
+    assert_eq!(joined["extend"].as_str().map(str::len), Some(4096));
+    let msg = "m".repeat(64 << 10);
+    let v = api(
+        port,
+        Some(&system),
+        "/api/send_to_client",
+        &json!({"clientId": id, "sendUserId": name(256), "msg": msg, "data": 1}),
+    );
+    assert_eq!(v["code"], 0, "{v}");
+    let push = ws.recv_json();
+    assert_eq!(push["msg"].as_str().map(str::len), Some(64 << 10));
+    assert_eq!(push["sendUserId"].as_str().map(str::len), Some(256));
+}
+
+#[test]
+fn the_field_limits_are_keys() {
+    let server =
+        Server::start_with(&["MaxNameBytes = 60", "MaxExtendBytes = 4", "MaxMsgBytes = 2"]);
+    let system = unique("keys");
+    server.register(&system);
+    let ws = server.ws(&system);
+    let bind = |group: &str, extend: &str| {
+        api(
+            server.port,
+            Some(&system),
+            "/api/bind_to_group",
+            &json!({"clientId": ws.client_id, "groupName": group, "userId": "", "extend": extend}),
+        )
+    };
+    assert_fails_naming(&bind(&"g".repeat(61), ""), "MaxNameBytes = 60");
+    assert_fails_naming(&bind("g", "12345"), "MaxExtendBytes = 4");
+    assert_eq!(bind(&"g".repeat(60), "1234")["code"], 0);
+    let v = api(
+        server.port,
+        Some(&system),
+        "/api/send_to_system",
+        &json!({"msg": "abc", "data": 1}),
+    );
+    assert_fails_naming(&v, "MaxMsgBytes = 2");
+}
+
+/// `data` as `depth` nested arrays around a 1, written by hand: a `serde_json::Value` that
+/// deep would overflow the test's own stack when it is dropped.
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+#[test]
+fn data_nested_deeper_than_max_json_depth_is_refused() {
+    let server = Server::start();
+    let system = unique("deep");
+    server.register(&system);
+    let mut ws = server.ws(&system);
+    let push = |route: &str, target: &str, depth: usize| {
+        let body = format!(r#"{{{target}"code":1,"msg":"","data":{}}}"#, nested(depth));
+        let resp = api_raw(server.port, Some(&system), route, body.as_bytes());
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.json()
+    };
+    let to_client = format!(r#""clientId":"{}","#, ws.client_id);
+    for depth in [65, 100_000] {
+        for (route, target) in [
+            ("/api/send_to_client", to_client.as_str()),
+            ("/api/send_to_system", ""),
+        ] {
+            let v = push(route, target, depth);
+            assert_fails_naming(&v, "data");
+            assert_fails_naming(&v, "MaxJsonDepth = 64");
+        }
+    }
+    // An object in an array in a string is no nesting; 64 levels arrive as they were sent.
+    ws.expect_nothing(QUIET_MS);
+    let v = push("/api/send_to_client", &to_client, 64);
+    assert_eq!(v["code"], 0, "{v}");
+    let frame = ws.recv_json();
+    let mut data = &frame["data"];
+    for _ in 0..64 {
+        data = &data[0];
+    }
+    assert_eq!(data, &json!(1), "{frame}");
+    let v = send_to_client(
+        server.port,
+        &system,
+        &ws.client_id,
+        json!(["[[[[", {"a": "{{{{"}]),
+    );
+    assert_eq!(v["code"], 0, "{v}");
+    assert_eq!(ws.recv_json()["data"], json!(["[[[[", {"a": "{{{{"}]));
+}

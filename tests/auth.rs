@@ -533,6 +533,12 @@ fn register_validates_secret_and_webhook_url() {
         ),
         (json!({"webhookUrl": "http://a b/"}), "webhookUrl", "spaces"),
         (json!({"webhookUrl": 5}), "webhookUrl", "wrong type"),
+        // Issue 12: an address on the node's own networks, unless WebhookAllowPrivate = true.
+        (
+            json!({"webhookUrl": "http://127.0.0.1:9/hook"}),
+            "webhookUrl",
+            "WebhookAllowPrivate",
+        ),
     ] {
         let system = unique("badreg");
         let mut body = extra.clone();
@@ -551,7 +557,8 @@ fn register_validates_secret_and_webhook_url() {
     }
     // Valid options register, an empty webhookUrl is "none", null is absent.
     for extra in [
-        json!({"webhookUrl": "http://127.0.0.1:9/hook"}),
+        json!({"webhookUrl": "http://hooks.example.com:9/hook"}),
+        json!({"webhookUrl": "http://93.184.215.14/hook"}),
         json!({"webhookUrl": ""}),
         json!({"secret": null, "webhookUrl": null}),
         json!({"secret": SECRET, "webhookUrl": "http://hooks.internal/ws?x=1"}),

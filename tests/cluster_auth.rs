@@ -52,7 +52,7 @@ fn a_secret_registered_on_one_node_is_enforced_by_the_other() {
         None,
         "/api/register",
         &[],
-        json!({"systemId": system, "secret": SECRET, "webhookUrl": "http://127.0.0.1:9/hook"})
+        json!({"systemId": system, "secret": SECRET, "webhookUrl": "http://hooks.example.com:9/hook"})
             .to_string()
             .as_bytes(),
     );
@@ -65,7 +65,10 @@ fn a_secret_registered_on_one_node_is_enforced_by_the_other() {
     assert_eq!(value["systemId"], json!(system), "{value}");
     assert!(value["registerTime"].is_i64(), "{value}");
     assert_eq!(value["secret"], SECRET, "{value}");
-    assert_eq!(value["webhookUrl"], "http://127.0.0.1:9/hook", "{value}");
+    assert_eq!(
+        value["webhookUrl"], "http://hooks.example.com:9/hook",
+        "{value}"
+    );
 
     // B enforces the signature ...
     let body = json!({"groupName": "g"}).to_string();

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const DELIVERY: Duration = Duration::from_secs(5);
 /// Long enough for a few retries with backoff (0.5 s, 1 s, 2 s, ...).
 const RETRIES: Duration = Duration::from_secs(15);
+/// The test receivers listen on 127.0.0.1, which the default config refuses (issue 12).
+const PRIVATE: &str = "WebhookAllowPrivate = true";
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -139,7 +141,7 @@ fn kinds(events: &[Value]) -> Vec<String> {
 #[test]
 fn connection_events_arrive_in_order_with_their_fields() {
     let receiver = Receiver::start();
-    let server = Server::start();
+    let server = Server::start_with(&[PRIVATE]);
     let system = unique("hooked");
     let path = "/hook?team=1";
     register_hook(server.port, &system, &receiver.url(path), None);
@@ -194,7 +196,7 @@ fn connection_events_arrive_in_order_with_their_fields() {
 #[test]
 fn batches_of_a_system_with_a_secret_are_signed() {
     let receiver = Receiver::start();
-    let server = Server::start();
+    let server = Server::start_with(&[PRIVATE]);
     let system = unique("signed");
     register_hook(server.port, &system, &receiver.url("/"), Some(SECRET));
     let since = unix_ms();
@@ -232,7 +234,7 @@ fn batches_of_a_system_with_a_secret_are_signed() {
 #[test]
 fn a_system_without_a_webhook_sends_nothing() {
     let receiver = Receiver::start();
-    let server = Server::start();
+    let server = Server::start_with(&[PRIVATE]);
     let plain = unique("plain");
     server.register(&plain);
     let hooked = unique("hooked");
@@ -260,7 +262,7 @@ fn a_receiver_down_at_first_gets_the_events_once_it_is_up() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let server = Server::start();
+    let server = Server::start_with(&[PRIVATE]);
     let system = unique("later");
     register_hook(
         server.port,
@@ -309,7 +311,7 @@ fn a_receiver_down_at_first_gets_the_events_once_it_is_up() {
 fn a_batch_answered_500_is_resent_unchanged_until_a_2xx() {
     let receiver = Receiver::start();
     receiver.fail_next(2);
-    let server = Server::start();
+    let server = Server::start_with(&[PRIVATE]);
     let system = unique("flaky");
     register_hook(server.port, &system, &receiver.url("/flaky"), None);
     let ws = server.ws(&system);
@@ -360,7 +362,7 @@ fn a_slow_receiver_does_not_delay_another() {
     let slow = Receiver::start();
     slow.delay(Duration::from_secs(4));
     let fast = Receiver::start();
-    let server = Server::start_with(&["WebhookWorkers = 2", "WebhookTimeoutMs = 10000"]);
+    let server = Server::start_with(&[PRIVATE, "WebhookWorkers = 2", "WebhookTimeoutMs = 10000"]);
     let (s, f) = (unique("slow"), unique("fast"));
     register_hook(server.port, &s, &slow.url("/"), None);
     register_hook(server.port, &f, &fast.url("/"), None);
@@ -383,7 +385,7 @@ fn a_slow_receiver_does_not_delay_another() {
 #[test]
 fn shutdown_delivers_the_last_offline_events() {
     let receiver = Receiver::start();
-    let mut server = Server::start();
+    let mut server = Server::start_with(&[PRIVATE]);
     let system = unique("bye");
     register_hook(server.port, &system, &receiver.url("/"), None);
     let mut polite = server.ws(&system);
@@ -424,7 +426,7 @@ fn dropped_in_log(log: &str) -> u64 {
 fn a_full_destination_buffer_drops_the_oldest_events_and_says_so() {
     let receiver = Receiver::start();
     receiver.fail_next(usize::MAX);
-    let server = Server::start_with(&["WebhookBuffer = 2"]);
+    let server = Server::start_with(&[PRIVATE, "WebhookBuffer = 2"]);
     let system = unique("full");
     register_hook(server.port, &system, &receiver.url("/"), None);
     let first = server.ws(&system);
@@ -470,7 +472,7 @@ fn metric(port: u16, series: &str) -> Option<f64> {
 fn drops_are_exported_by_reason_on_metrics() {
     let receiver = Receiver::start();
     receiver.fail_next(usize::MAX);
-    let server = Server::start_with(&["WebhookBuffer = 1"]);
+    let server = Server::start_with(&[PRIVATE, "WebhookBuffer = 1"]);
     let system = unique("counted");
     register_hook(server.port, &system, &receiver.url("/"), None);
     let _first = server.ws(&system);
@@ -507,7 +509,7 @@ fn drops_are_exported_by_reason_on_metrics() {
 fn a_batch_rejected_with_a_4xx_is_dropped_not_retried_and_newer_events_flow() {
     let receiver = Receiver::start();
     receiver.fail_next_with(1, 404);
-    let server = Server::start();
+    let server = Server::start_with(&[PRIVATE]);
     let system = unique("rejected");
     register_hook(server.port, &system, &receiver.url("/gone"), None);
     let ws = server.ws(&system);
@@ -527,4 +529,129 @@ fn a_batch_rejected_with_a_4xx_is_dropped_not_retried_and_newer_events_flow() {
         "{}",
         server.stderr_log()
     );
+}
+
+// ---- issue 12: where webhooks may go, and how much they may hold ---------------------------
+
+#[test]
+fn private_webhook_addresses_are_refused_at_register_by_default() {
+    let receiver = Receiver::start();
+    let server = Server::start();
+    for url in [
+        receiver.url("/h"),
+        "http://169.254.169.254/latest/meta-data".to_string(),
+        "http://10.0.0.7/hook".to_string(),
+        "http://[::1]:9/".to_string(),
+        "http://[::ffff:192.168.0.1]/".to_string(),
+    ] {
+        let system = unique("ssrf");
+        let v = api(
+            server.port,
+            None,
+            "/api/register",
+            &json!({"systemId": system, "webhookUrl": url}),
+        );
+        assert_fails_naming(&v, "webhookUrl");
+        assert_fails_naming(&v, "WebhookAllowPrivate");
+        let v = api(
+            server.port,
+            Some(&system),
+            "/api/get_online_list",
+            &json!({"groupName": "g"}),
+        );
+        assert_fails_naming(&v, "not registered");
+    }
+    // The operator's switch lets them through.
+    let allowed = Server::start_with(&[PRIVATE]);
+    register_hook(allowed.port, &unique("lan"), &receiver.url("/h"), None);
+}
+
+#[test]
+fn a_host_name_that_resolves_to_loopback_is_not_posted_to_by_default() {
+    let receiver = Receiver::start();
+    let url = format!("http://localhost:{}/named", receiver.port);
+    let series = r#"wspush_webhook_dropped_total{reason="refused"}"#;
+    let server = Server::start();
+    let system = unique("rebind");
+    // A name passes register (a core never waits for DNS); the sender resolves it.
+    register_hook(server.port, &system, &url, None);
+    let ws = server.ws(&system);
+    let deadline = Instant::now() + DELIVERY;
+    while metric(server.port, series) != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "{series} = {:?}\n{}",
+            metric(server.port, series),
+            server.stderr_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The next batch is resolved and refused again; the log says so once.
+    ws.close();
+    while metric(server.port, series) != Some(2.0) {
+        assert!(
+            Instant::now() < deadline,
+            "{series} = {:?}",
+            metric(server.port, series)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(receiver.hooks().is_empty(), "{:?}", receiver.hooks().len());
+    let log = server.stderr_log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("WebhookAllowPrivate is off"))
+        .count();
+    assert_eq!(lines, 1, "{log}");
+    assert!(
+        log.contains("localhost is 127.0.0.1") || log.contains("localhost is ::1"),
+        "{log}"
+    );
+
+    // Allowed, the same URL delivers: it was the address that was refused, not the name.
+    let allowed = Server::start_with(&[PRIVATE]);
+    let system = unique("named");
+    register_hook(allowed.port, &system, &url, None);
+    let _ws = allowed.ws(&system);
+    let events = receiver.wait_delivered(1, DELIVERY);
+    assert_eq!(kinds(&events), ["online"]);
+}
+
+#[test]
+fn events_beyond_webhook_bytes_are_dropped_counted_and_the_budget_comes_back() {
+    let receiver = Receiver::start();
+    receiver.fail_next(usize::MAX);
+    let server = Server::start_with(&[PRIVATE, "WebhookBytes = 65536"]);
+    let system = unique("bytes");
+    register_hook(server.port, &system, &receiver.url("/"), None);
+    let ws = server.ws(&system);
+    receiver.wait_until(DELIVERY, "the first failed POST", |h| !h.is_empty());
+    // 40 bind events of 4 KB each while the receiver is down: about 16 fit in 64 KiB.
+    let extend = "e".repeat(4000);
+    for n in 0..40 {
+        bind(server.port, &system, &ws, &format!("g{n}"), "u", &extend);
+    }
+    // Each event was offered or dropped before its bind answered.
+    let series = r#"wspush_webhook_dropped_total{reason="bytes_full"}"#;
+    let dropped = metric(server.port, series).unwrap_or_else(|| panic!("no {series}")) as usize;
+    assert!((20..40).contains(&dropped), "{series} = {dropped}");
+    let deadline = Instant::now() + DELIVERY;
+    while dropped_in_log(&server.stderr_log()) < dropped as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "drops not logged:\n{}",
+            server.stderr_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // What fitted is delivered once the receiver is back, and then there is room again.
+    receiver.fail_next(0);
+    let events = receiver.wait_delivered(41 - dropped, RETRIES);
+    std::thread::sleep(Duration::from_millis(QUIET_MS));
+    assert_eq!(receiver.delivered().len(), 41 - dropped);
+    assert!(events[1..].iter().all(|e| e["extend"] == json!(extend)));
+    bind(server.port, &system, &ws, "after", "u", &extend);
+    let events = receiver.wait_delivered(42 - dropped, DELIVERY);
+    assert_eq!(events.last().unwrap()["groupName"], "after");
+    assert_eq!(metric(server.port, series), Some(dropped as f64));
 }

@@ -9,9 +9,10 @@ pub mod error;
 pub mod request;
 
 use crate::auth;
+use crate::config::Config;
 use crate::net::http::{Head, Method};
-use crate::shard::Shard;
-use crate::shard::{system::check_webhook_url, SystemInfo};
+use crate::shard::system::{check_system_id, check_webhook_target, check_webhook_url};
+use crate::shard::{RegisterError, Shard, SystemInfo};
 use crate::ws::message;
 use error::{ApiError, Data};
 use request::{
@@ -98,14 +99,21 @@ pub async fn handle(
     if route == Route::Register {
         let req: Register = decode(body)?;
         let system = required("systemId", req.system_id)?;
+        check_system_id(&system, shard.config.max_system_id_bytes).map_err(|problem| {
+            ApiError::Field {
+                field: "systemId".into(),
+                problem,
+            }
+        })?;
         // An empty webhookUrl is "none" (SDKs send "" for unset options); an empty secret is an
         // error instead, since its sender believes the system is protected.
         let webhook_url = req.webhook_url.as_deref().filter(|u| !u.is_empty());
-        let info = register_options(req.secret.as_deref(), webhook_url)?;
+        let info = register_options(&shard.config, req.secret.as_deref(), webhook_url)?;
         return match shard.register(Arc::from(&*system), Arc::new(info)).await {
             Ok(true) => Ok(Data::EmptyList),
             Ok(false) => Err(ApiError::AlreadyRegistered(system.into_owned())),
-            Err(e) => Err(ApiError::Etcd(e)),
+            Err(RegisterError::Etcd(e)) => Err(ApiError::Etcd(e)),
+            Err(RegisterError::Full(why)) => Err(ApiError::Limit(why)),
         };
     }
     // The guard of every other route, in the original's order: header present, then registered.
@@ -113,6 +121,14 @@ pub async fn handle(
         Some(s) if !s.is_empty() => s,
         _ => return Err(ApiError::MissingSystemId),
     };
+    // Before the lookup: in cluster mode an unknown name is asked of etcd.
+    check_system_id(system, shard.config.max_system_id_bytes).map_err(|problem| {
+        ApiError::Field {
+            field: "SystemId header".into(),
+            problem,
+        }
+    })?;
+    let limits = &*shard.config;
     let info = match shard.lookup_system(system).await {
         Ok(Some(info)) => info,
         Ok(None) => return Err(ApiError::UnknownSystem(system.to_string())),
@@ -134,6 +150,8 @@ pub async fn handle(
         Route::SendToClient => {
             let req: Push = decode(body)?;
             let client_id = required("clientId", req.client_id)?;
+            name("clientId", &client_id, limits)?;
+            req.fields.check(limits)?;
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
             dispatch::deliver(shard, &system, std::iter::once(&*client_id), frame).await;
@@ -157,6 +175,10 @@ pub async fn handle(
                     ids.len()
                 )));
             }
+            for id in &ids {
+                name("clientIds", id, limits)?;
+            }
+            req.fields.check(limits)?;
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
             dispatch::deliver(shard, &system, ids.iter().map(|s| &**s), frame).await;
@@ -165,6 +187,8 @@ pub async fn handle(
         Route::SendToGroup => {
             let req: SendToGroup = decode(body)?;
             let group = required("groupName", req.group_name)?;
+            name("groupName", &group, limits)?;
+            req.fields.check(limits)?;
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
             shard.push_group(system, Arc::from(&*group), frame).await;
@@ -174,6 +198,15 @@ pub async fn handle(
             let req: Bind = decode(body)?;
             let client_id = required("clientId", req.client_id)?;
             let group = required("groupName", req.group_name)?;
+            name("clientId", &client_id, limits)?;
+            name("groupName", &group, limits)?;
+            name("userId", req.user_id.as_deref().unwrap_or(""), limits)?;
+            within(
+                "extend",
+                req.extend.as_deref().unwrap_or(""),
+                limits.max_extend_bytes,
+                "MaxExtendBytes",
+            )?;
             dispatch::bind(
                 shard,
                 system,
@@ -189,12 +222,14 @@ pub async fn handle(
         Route::GetOnlineList => {
             let req: ByGroup = decode(body)?;
             let group = required("groupName", req.group_name)?;
+            name("groupName", &group, limits)?;
             let list = shard.online_list(system, Arc::from(&*group)).await;
             Ok(Data::OnlineList(list))
         }
         Route::CloseClient => {
             let req: ByClient = decode(body)?;
             let client_id = required("clientId", req.client_id)?;
+            name("clientId", &client_id, limits)?;
             dispatch::close(shard, system, &client_id)
                 .await
                 .map_err(ApiError::Limit)?;
@@ -203,11 +238,13 @@ pub async fn handle(
         Route::IsOnline => {
             let req: ByClient = decode(body)?;
             let client_id = required("clientId", req.client_id)?;
+            name("clientId", &client_id, limits)?;
             let online = dispatch::is_online(shard, system, &client_id).await;
             Ok(Data::Online(online))
         }
         Route::SendToSystem => {
             let req: PushFields = decode(body)?;
+            req.check(limits)?;
             let message_id = shard.message_id();
             let frame = req.frame(&message_id);
             shard.push_system(system, frame).await;
@@ -217,6 +254,8 @@ pub async fn handle(
             let req: Unbind = decode(body)?;
             let client_id = required("clientId", req.client_id)?;
             let group = required("groupName", req.group_name)?;
+            name("clientId", &client_id, limits)?;
+            name("groupName", &group, limits)?;
             // Like bind_to_group, an unknown client (or one not in the group) is not an error:
             // afterwards it is not a member either way.
             dispatch::unbind(shard, system, &client_id, Arc::from(&*group)).await;
@@ -225,6 +264,8 @@ pub async fn handle(
         Route::SendToUser => {
             let req: SendToUser = decode(body)?;
             let user_id = required("userId", req.user_id)?;
+            name("userId", &user_id, limits)?;
+            req.fields.check(limits)?;
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
             let count = shard.push_user(system, Arc::from(&*user_id), frame).await;
@@ -233,6 +274,7 @@ pub async fn handle(
         Route::GetGroupPresence => {
             let req: ByGroup = decode(body)?;
             let group = required("groupName", req.group_name)?;
+            name("groupName", &group, limits)?;
             let list = shard.group_presence(system, Arc::from(&*group)).await;
             Ok(Data::Presence(list))
         }
@@ -243,9 +285,28 @@ pub async fn handle(
     }
 }
 
+/// A string field within `max` bytes (the key `key`); the error names both. Issue 12: names,
+/// userIds and extends are held per connection and copied into pushes and webhook events, so
+/// one request must not pin megabytes.
+fn within(field: &str, value: &str, max: usize, key: &str) -> Result<(), ApiError> {
+    if value.len() <= max {
+        return Ok(());
+    }
+    Err(ApiError::Field {
+        field: field.into(),
+        problem: format!("is too long ({} bytes, at most {key} = {max})", value.len()),
+    })
+}
+
+/// [`within`] `MaxNameBytes`: groupName, userId, sendUserId, clientId.
+fn name(field: &str, value: &str, limits: &Config) -> Result<(), ApiError> {
+    within(field, value, limits.max_name_bytes, "MaxNameBytes")
+}
+
 /// The options `register` may attach (issue 7), validated. Absent fields are the original's
 /// behaviour: no secret, no webhook.
 fn register_options(
+    config: &Config,
     secret: Option<&str>,
     webhook_url: Option<&str>,
 ) -> Result<SystemInfo, ApiError> {
@@ -258,6 +319,8 @@ fn register_options(
     }
     if let Some(url) = webhook_url {
         check_webhook_url(url).map_err(|p| field("webhookUrl", p))?;
+        check_webhook_target(url, config.webhook_allow_private)
+            .map_err(|p| field("webhookUrl", p))?;
     }
     Ok(SystemInfo {
         secret: secret.map(str::to_string),
@@ -266,6 +329,36 @@ fn register_options(
 }
 
 impl request::PushFields<'_> {
+    /// The limits of the pushed fields: sendUserId (MaxNameBytes), msg (MaxMsgBytes), and how
+    /// deep `data` nests (MaxJsonDepth). `data` goes to the clients as it came, so a clients'
+    /// recursive JSON parser would meet whatever depth the caller sent.
+    fn check(&self, limits: &Config) -> Result<(), ApiError> {
+        name(
+            "sendUserId",
+            self.send_user_id.as_deref().unwrap_or(""),
+            limits,
+        )?;
+        within(
+            "msg",
+            self.msg.as_deref().unwrap_or(""),
+            limits.max_msg_bytes,
+            "MaxMsgBytes",
+        )?;
+        if let Some(data) = self.data {
+            let depth = request::nesting_depth(data.get());
+            if depth > limits.max_json_depth {
+                return Err(ApiError::Field {
+                    field: "data".into(),
+                    problem: format!(
+                        "nests arrays and objects {depth} deep, more than MaxJsonDepth = {}",
+                        limits.max_json_depth
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The pushed frame, built once for every recipient.
     fn frame(&self, message_id: &str) -> crate::ws::frame::SharedFrame {
         message::push_frame(

@@ -177,6 +177,36 @@ fn strip_position(msg: &str) -> &str {
     msg.rfind(" at line ").map_or(msg, |i| &msg[..i])
 }
 
+/// How deep arrays and objects nest in `json`, JSON text serde_json has already accepted: one
+/// pass over the bytes, skipping strings (and the escapes in them), so a `"[[["` inside a string
+/// counts for nothing. `data` is kept as raw text, never parsed into a tree, so this is the only
+/// place its depth is seen (serde_json's own limit of 128 guards only what it builds itself).
+pub fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// A required string field: present and not empty.
 pub fn required<'a>(field: &str, value: Option<Cow<'a, str>>) -> Result<Cow<'a, str>, ApiError> {
     match value {
@@ -200,6 +230,23 @@ mod tests {
         assert_eq!(p.fields.data.unwrap().get(), "null");
         let p: Push = decode(br#"{"clientId":"c"}"#).unwrap();
         assert!(p.fields.data.is_none());
+    }
+
+    #[test]
+    fn nesting_depth_counts_arrays_and_objects_outside_strings() {
+        for (json, depth) in [
+            ("1", 0),
+            ("\"[[[{{\"", 0),
+            ("[]", 1),
+            ("{\"a\":[1,{\"b\":[]}]}", 4),
+            ("[[],[[]],[]]", 3),
+            (r#"["\"[[", "\\", [1]]"#, 2),
+            (r#"{"k]}": {"v": "\\\"{"}}"#, 2),
+        ] {
+            assert_eq!(nesting_depth(json), depth, "{json}");
+        }
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(nesting_depth(&deep), 100_000);
     }
 
     #[test]

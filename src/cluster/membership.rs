@@ -714,15 +714,7 @@ async fn establish(
         .header()
         .map(|h| h.revision())
         .ok_or_else(|| "read nodes: response without a header".to_string())?;
-    let systems_resp = with_deadline(
-        t,
-        "read systems",
-        client.get(
-            ACCOUNT_PREFIX,
-            Some(GetOptions::new().with_prefix().with_revision(revision)),
-        ),
-    )
-    .await?;
+    let systems = read_systems(&client, revision, t).await?;
 
     let servers = servers_resp
         .kvs()
@@ -734,17 +726,6 @@ async fn establish(
             )
         })
         .collect();
-    let systems = systems_resp
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
-            let key = String::from_utf8_lossy(kv.key());
-            key.strip_prefix(ACCOUNT_PREFIX)
-                .filter(|s| !s.is_empty())
-                .map(|s| (s.to_string(), Arc::new(parse_account(s, kv.value()))))
-        })
-        .collect();
-
     let from = revision + 1;
     let mut watch = with_deadline(
         t,
@@ -773,6 +754,68 @@ async fn establish(
         },
         Snapshot { servers, systems },
     ))
+}
+
+/// Keys per page of the systems snapshot.
+const SYSTEMS_PAGE: i64 = 1000;
+/// Largest page response the snapshot's kv client decodes (tonic's default is 4 MiB).
+const SYSTEMS_PAGE_BYTES: usize = 64 << 20;
+
+/// Every `ws/account/` key at `revision`, in pages of [`SYSTEMS_PAGE`] keys, each page under its
+/// own deadline. One response for all of them would not do: 100,000 systems are about 10 MB,
+/// past the 4 MiB a gRPC response may have, and the node would never get its snapshot, so never
+/// become ready. A page of 1,000 of the values this server writes (a 128-byte id, a secret, a
+/// URL of at most 2 KiB) stays under 2.5 MB; values written into etcd by hand may be as large as
+/// etcd takes (`--max-request-bytes`, 1.5 MiB by default), so a page is decoded up to
+/// [`SYSTEMS_PAGE_BYTES`] and one that is larger still is read again in halves.
+async fn read_systems(
+    client: &Client,
+    revision: i64,
+    t: Duration,
+) -> Result<Vec<(String, Arc<SystemInfo>)>, String> {
+    let mut kv = client
+        .kv_client()
+        .max_decoding_message_size(SYSTEMS_PAGE_BYTES);
+    // The prefix's range end: its last byte plus one ('/' + 1 = '0').
+    let mut end = ACCOUNT_PREFIX.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let mut from = ACCOUNT_PREFIX.as_bytes().to_vec();
+    let mut page = SYSTEMS_PAGE;
+    let mut systems = Vec::new();
+    loop {
+        let opts = GetOptions::new()
+            .with_range(end.clone())
+            .with_revision(revision)
+            .with_limit(page);
+        let resp = match tokio::time::timeout(t, kv.get(from.clone(), Some(opts))).await {
+            Ok(Ok(resp)) => resp,
+            // tonic's decode limit (its status text: etcd-client does not re-export its codes).
+            Ok(Err(e)) if page > 1 && e.to_string().contains("message length too large") => {
+                page /= 2;
+                continue;
+            }
+            Ok(Err(e)) => return Err(format!("read systems: {e}")),
+            Err(_) => return Err(format!("read systems: no answer within {t:?}")),
+        };
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            if let Some(system) = key.strip_prefix(ACCOUNT_PREFIX).filter(|s| !s.is_empty()) {
+                let info = Arc::new(parse_account(system, kv.value()));
+                systems.push((system.to_string(), info));
+            }
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                // The next key after the last one read: the same bytes with a NUL appended.
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    Ok(systems)
 }
 
 /// Counts a session lost to its lease keep-alive (for `/metrics`) and passes the reason on.

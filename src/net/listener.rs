@@ -624,6 +624,19 @@ async fn upgrade(
     // idle connection's memory is that small task plus its registry entry.
     match handshake::system_id(&head.query) {
         Some(system_id) => {
+            // Issue 12: the same bound as the API's, before anything looks the name up.
+            let max = shard.config.max_system_id_bytes;
+            if let Err(problem) = crate::shard::system::check_system_id(&system_id, max) {
+                if let Some(skipped) = shard.throttles.connect_refused.admit() {
+                    tracing::info!(%peer, core = shard.id, bytes = system_id.len(), %problem,
+                        also = skipped, "WebSocket connect refused: systemId");
+                }
+                let body = format!("systemId {problem}\n");
+                let mut out = Vec::new();
+                http::write_response(&mut out, 400, http::TEXT, "", body.as_bytes(), true);
+                let _ = stream.write_all(&out).await;
+                return;
+            }
             // Issue 7: a system with a secret needs a connect token. Nothing between this
             // check and add_conn awaits, so the core's view of the system cannot change between.
             let user_id = match crate::auth::authorize_connect(&shard, &system_id, &head.query)

@@ -1089,12 +1089,15 @@ pub fn render(s: &NodeSnapshot) -> String {
             "wspush_webhook_dropped_total",
             "counter",
             "Webhook events dropped: queue from the cores full, a destination's buffer full, \
-             or undeliverable (bad URL, rejected by the receiver, unsent at shutdown).",
+             undeliverable (bad URL, rejected by the receiver, unsent at shutdown), WebhookBytes \
+             held already (bytes_full), or a private address refused (WebhookAllowPrivate off).",
         );
         for (reason, n) in [
             ("queue_full", w.dropped_queue_full),
             ("buffer_full", w.dropped_buffer_full),
             ("undeliverable", w.dropped_undeliverable),
+            ("bytes_full", w.dropped_bytes_full),
+            ("refused", w.dropped_refused),
         ] {
             t.sample("wspush_webhook_dropped_total", &[("reason", reason)], n);
         }
@@ -1192,6 +1195,8 @@ mod tests {
                 dropped_queue_full: 1,
                 dropped_buffer_full: 4,
                 dropped_undeliverable: 2,
+                dropped_bytes_full: 5,
+                dropped_refused: 6,
             }),
             start_time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             ..NodeSnapshot::default()

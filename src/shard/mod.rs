@@ -38,6 +38,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use system::SystemInfo;
 
+/// Why `register` did not record a system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterError {
+    /// Cluster mode: etcd could not answer (the text says so).
+    Etcd(String),
+    /// `MaxSystems` systems are known already (the text names the key).
+    Full(String),
+}
+
 /// Connections of one system on this core, and its groups here.
 #[derive(Default)]
 struct SystemState {
@@ -1468,21 +1477,56 @@ impl Shard {
     /// Registers a system. Single node: core 0 is the single writer, so two concurrent
     /// registrations of one name cannot both succeed. Cluster: an etcd transaction decides, then
     /// every core here learns it at once (the watch tells the other nodes). Ok(false): it
-    /// already existed; Err: etcd could not be reached.
+    /// already existed; Err: etcd could not be reached, or `MaxSystems` are known already.
+    ///
+    /// The limit counts the systems this node knows: core 0's table on a single node; in a
+    /// cluster, this core's copy of what etcd holds (snapshot and watch), checked before the
+    /// transaction. Nodes racing near the limit may pass it by a few; it bounds memory, not an
+    /// exact count. A name already known is answered "already registered", never "full".
     pub async fn register(
         self: &Rc<Self>,
         system: Arc<str>,
         info: Arc<SystemInfo>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, RegisterError> {
         let Some(cluster) = self.cluster() else {
-            return Ok(self.call(0, Op::Register { system, info }).await.found());
+            return match self.call(0, Op::Register { system, info }).await {
+                Reply::Refused(why) => Err(RegisterError::Full(why)),
+                reply => Ok(reply.found()),
+            };
         };
-        let created = cluster.register(&system, &info).await?;
+        if self.system_info(&system).is_some() {
+            return Ok(false);
+        }
+        self.check_room()?;
+        let created = cluster
+            .register(&system, &info)
+            .await
+            .map_err(RegisterError::Etcd)?;
         if created {
             tracing::info!(system = %system, secret = info.secret.is_some(), "system registered in etcd");
             self.add_system_everywhere(system, info).await;
         }
         Ok(created)
+    }
+
+    /// Whether one more system fits under `MaxSystems` on this core's count.
+    fn check_room(&self) -> Result<(), RegisterError> {
+        let known = self.registered.borrow().len();
+        let most = self.config.max_systems;
+        if known < most {
+            return Ok(());
+        }
+        if let Some(skipped) = self.throttles.api_refused.admit() {
+            tracing::warn!(
+                core = self.id,
+                known,
+                also = skipped,
+                "register refused: MaxSystems"
+            );
+        }
+        Err(RegisterError::Full(format!(
+            "{known} systems are registered, MaxSystems = {most}: no more can be registered"
+        )))
     }
 
     /// This core's counters and state for `/metrics`; with `detail`, also its systems and
@@ -1611,6 +1655,13 @@ impl Shard {
             },
             Op::Register { system, info } => {
                 debug_assert_eq!(self.id, 0, "bug: Register must run on core 0");
+                if self.system_info(&system).is_some() {
+                    return Reply::Done(false);
+                }
+                if let Err(RegisterError::Full(why) | RegisterError::Etcd(why)) = self.check_room()
+                {
+                    return Reply::Refused(why);
+                }
                 // Only a new name is recorded: a secret cannot be changed by registering again.
                 if !self.learn_system(&system, info.clone(), false) {
                     return Reply::Done(false);

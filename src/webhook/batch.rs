@@ -9,10 +9,12 @@
 //! - At most one batch is in flight. A failed batch is kept and resent unchanged (same body,
 //!   same `X-Webhook-Id`) after [`backoff`] (0.5 s doubling to 30 s), before any newer event:
 //!   order per destination is kept, and a failing destination only ever holds one sender.
+//! - A batch whose host resolves only to addresses `WebhookAllowPrivate` forbids is dropped
+//!   (counted as `refused`), logged once until the destination delivers again.
 //! - A destination with nothing buffered or in flight for [`FORGET_AFTER`] is forgotten.
 
 use super::client::Url;
-use super::{count_drop, DropReason, Event};
+use super::{count_drop, Charge, DropReason, Event};
 use crate::shard::SystemInfo;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -91,6 +93,12 @@ impl Job {
         self.outcome(Posted::Rejected(status))
     }
 
+    /// The sender would not connect: the host resolved only to addresses `WebhookAllowPrivate`
+    /// forbids (why says which). Dropped like a rejection; the next batch resolves again.
+    pub fn refused(self, why: impl Into<String>) -> Outcome {
+        self.outcome(Posted::Refused(why.into()))
+    }
+
     fn outcome(self, result: Posted) -> Outcome {
         Outcome {
             system: self.system,
@@ -125,6 +133,8 @@ pub enum Posted {
     Failed(String),
     /// Refused for good with this status ([`is_rejection`]): drop the batch.
     Rejected(u16),
+    /// Not sent: the destination's address is private and `WebhookAllowPrivate` is off.
+    Refused(String),
 }
 
 /// A batch that was sent and is either in flight or waiting for its retry.
@@ -134,6 +144,8 @@ struct Flight {
     id: Arc<str>,
     events: usize,
     attempts: u32,
+    /// The body's bytes, counted towards `WebhookBytes` until the batch is answered or dropped.
+    _charge: Charge,
 }
 
 struct Dest {
@@ -148,6 +160,8 @@ struct Dest {
     failures: u32,
     retry_at: Option<Instant>,
     last_active: Instant,
+    /// Its last batch was refused (private address): the next refusal is not logged again.
+    refused: bool,
 }
 
 impl Dest {
@@ -214,6 +228,7 @@ impl Batcher {
                     failures: 0,
                     retry_at: None,
                     last_active: now,
+                    refused: false,
                 };
                 self.dests
                     .entry(Box::from(event.system()))
@@ -277,6 +292,7 @@ impl Batcher {
                     let id = self.next_batch;
                     self.next_batch = id.wrapping_add(1);
                     dest.flight = Some(Flight {
+                        _charge: Charge::new(body.len()),
                         body,
                         signature,
                         id: Arc::from(format!("{id:016x}")),
@@ -330,12 +346,24 @@ impl Batcher {
                 dest.flight = None;
                 dest.failures = 0;
                 dest.retry_at = None;
+                dest.refused = false;
             }
             Posted::Rejected(status) => {
                 let events = dest.flight.take().map_or(0, |f| f.events);
                 tracing::warn!(system = %outcome.system, url = %outcome.url, status, events,
                     "webhook batch rejected by the receiver; dropping it, not retrying");
                 count_drop(DropReason::Undeliverable, events as u64);
+                dest.failures = 0;
+                dest.retry_at = None;
+            }
+            Posted::Refused(why) => {
+                let events = dest.flight.take().map_or(0, |f| f.events);
+                if !std::mem::replace(&mut dest.refused, true) {
+                    tracing::warn!(system = %outcome.system, url = %outcome.url, error = %why, events,
+                        "webhook batch dropped: its host is a private address and \
+                         WebhookAllowPrivate is off (logged once until this URL delivers)");
+                }
+                count_drop(DropReason::Refused, events as u64);
                 dest.failures = 0;
                 dest.retry_at = None;
             }
@@ -684,6 +712,54 @@ mod tests {
         assert_eq!(next.attempt, 1);
         b.finished(next.delivered(), now + WINDOW);
         assert!(b.ready(now + WINDOW * 100).is_empty());
+    }
+
+    #[test]
+    fn a_refused_batch_is_dropped_and_counted_and_the_next_one_goes_at_once() {
+        let i = info("http://localhost:1/", None);
+        let mut b = batcher(1000);
+        let t0 = Instant::now();
+        b.push(event(&i, "s", Kind::Online, "c0"), t0);
+        let first = b.ready(t0 + WINDOW).pop().unwrap();
+        let before = crate::webhook::stats().dropped_refused;
+        let now = t0 + WINDOW;
+        b.push(event(&i, "s", Kind::Offline, "c1"), now);
+        b.finished(first.refused("localhost is 127.0.0.1"), now);
+        assert!(crate::webhook::stats().dropped_refused > before);
+        // Resolved again for the next batch, which is neither delayed nor merged with the first.
+        let next = b.ready(now + WINDOW).pop().unwrap();
+        assert_eq!(clients(&next), ["c1"]);
+        assert_eq!(next.attempt, 1);
+        b.finished(next.refused("localhost is 127.0.0.1"), now + WINDOW);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_batch_body_counts_towards_the_byte_budget_until_it_is_answered() {
+        let i = info("http://127.0.0.1:1/", None);
+        let mut b = batcher(1000);
+        let t0 = Instant::now();
+        let extend = "x".repeat(1 << 20);
+        let e = Event::new(Kind::Bind, i.clone(), "s", "c", "u", "g", &extend, 7).unwrap();
+        // Other tests hold events too, but none holds a MiB: compare with half of it.
+        assert!(crate::webhook::held_bytes() >= 1 << 20);
+        b.push(e, t0);
+        let job = b.ready(t0 + WINDOW).pop().unwrap();
+        assert!(
+            crate::webhook::held_bytes() >= 1 << 20,
+            "the body is charged"
+        );
+        b.finished(job.failed("down"), t0 + WINDOW);
+        assert!(
+            crate::webhook::held_bytes() >= 1 << 20,
+            "kept for the retry"
+        );
+        let job = b.ready(t0 + WINDOW + BACKOFF_MAX).pop().unwrap();
+        b.finished(job.delivered(), t0 + WINDOW + BACKOFF_MAX);
+        assert!(
+            crate::webhook::held_bytes() < 1 << 19,
+            "released once answered"
+        );
     }
 
     #[test]

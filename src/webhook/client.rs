@@ -5,9 +5,15 @@
 //! the timeout, then the whole exchange (request written, response head and body read) by the
 //! timeout again, however slowly the receiver dribbles bytes. Only the status matters; a body up
 //! to [`MAX_KEPT_BODY`] is read and discarded so the connection can carry the next POST.
+//!
+//! Host names are resolved for every new connection (so a name that changes, DNS rebinding
+//! included, is checked again), on a helper thread under the timeout: getaddrinfo has no
+//! deadline of its own. Unless `WebhookAllowPrivate` is on, only public addresses are
+//! connected to ([`private_range`]).
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Largest response head accepted.
@@ -106,6 +112,12 @@ pub enum PostError {
     Resolve { host: String, source: io::Error },
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: io::Error },
+    #[error("{host} is {addr}, a {range} address, and WebhookAllowPrivate is off")]
+    Private {
+        host: String,
+        addr: IpAddr,
+        range: &'static str,
+    },
     #[error("no answer within the timeout ({0})")]
     Timeout(&'static str),
     #[error("the receiver closed the connection before answering")]
@@ -119,6 +131,8 @@ pub enum PostError {
 /// One sender's client: the timeout and at most one kept-alive connection.
 pub struct Client {
     timeout: Duration,
+    /// `WebhookAllowPrivate`: connect to any address the host resolves to.
+    allow_private: bool,
     idle: Option<Idle>,
 }
 
@@ -137,9 +151,10 @@ struct Answer {
 }
 
 impl Client {
-    pub fn new(timeout: Duration) -> Client {
+    pub fn new(timeout: Duration, allow_private: bool) -> Client {
         Client {
             timeout: timeout.max(Duration::from_millis(1)),
+            allow_private,
             idle: None,
         }
     }
@@ -184,14 +199,26 @@ impl Client {
     }
 
     fn connect(&self, url: &Url) -> Result<TcpStream, PostError> {
-        // getaddrinfo blocks this sender only; it has no timeout of its own.
-        let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
-            .to_socket_addrs()
-            .map_err(|source| PostError::Resolve {
-                host: url.host.clone(),
-                source,
-            })?
+        let addrs = resolve(&url.host, url.port, self.timeout)?;
+        // A name that resolves to public and private addresses is sent to the public ones only.
+        let mut private = None;
+        let addrs: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|addr| match private_range(addr.ip()) {
+                Some(range) if !self.allow_private => {
+                    private.get_or_insert((addr.ip(), range));
+                    false
+                }
+                _ => true,
+            })
             .collect();
+        if let (true, Some((addr, range))) = (addrs.is_empty(), private) {
+            return Err(PostError::Private {
+                host: url.host.clone(),
+                addr,
+                range,
+            });
+        }
         let mut last = None;
         for addr in addrs {
             match TcpStream::connect_timeout(&addr, self.timeout) {
@@ -289,6 +316,57 @@ impl Client {
     }
 }
 
+/// Lookups running at once on helper threads, over all senders; see [`resolve`].
+static LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+/// At most this many: a DNS server that stops answering strands one thread per lookup until
+/// glibc gives up (5 s per server and attempt by default), so lookups beyond fail at once.
+const MAX_LOOKUPS: usize = 16;
+
+/// `host:port`'s addresses within `timeout`. An IP address is used as it is; a name is resolved
+/// by getaddrinfo on a helper thread that the sender waits for at most `timeout`: one that
+/// answers later finishes alone and its answer is discarded.
+fn resolve(host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, PostError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let failed = |source| PostError::Resolve {
+        host: host.to_string(),
+        source,
+    };
+    if LOOKUPS.fetch_add(1, Ordering::AcqRel) >= MAX_LOOKUPS {
+        LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+        return Err(failed(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("{MAX_LOOKUPS} DNS lookups are still pending"),
+        )));
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let name = host.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("wspush-dns".into())
+        // glibc's resolver and NSS modules want more than a few KiB; not the default 2 MiB.
+        .stack_size(256 << 10)
+        .spawn(move || {
+            let answer = (name.as_str(), port)
+                .to_socket_addrs()
+                .map(|addrs| addrs.collect::<Vec<_>>());
+            LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+            let _ = tx.send(answer);
+        });
+    if let Err(e) = spawned {
+        LOOKUPS.fetch_sub(1, Ordering::AcqRel);
+        return Err(failed(e));
+    }
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(addrs)) => Ok(addrs),
+        Ok(Err(e)) => Err(failed(e)),
+        Err(_) => Err(failed(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {timeout:?}"),
+        ))),
+    }
+}
+
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -303,6 +381,71 @@ fn is_reset(e: &io::Error) -> bool {
             | io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionAborted
     )
+}
+
+/// Why a webhook may not go to `ip` unless `WebhookAllowPrivate` is on: the range it falls in,
+/// or None for a public address. The ranges are those an outside caller of an open
+/// `/api/register` must not reach through this node: the node itself, its LAN, its cloud's
+/// metadata service (169.254.169.254) and addresses that are not one host.
+pub fn private_range(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => private_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = embedded_v4(v6) {
+                return private_v4(v4);
+            }
+            let s = v6.segments();
+            match s[0] {
+                _ if v6.is_unspecified() => Some("unspecified"),
+                _ if v6.is_loopback() => Some("loopback"),
+                x if x & 0xfe00 == 0xfc00 => Some("unique-local (fc00::/7)"),
+                x if x & 0xffc0 == 0xfe80 => Some("link-local (fe80::/10)"),
+                // Deprecated site-local: still routed inside some networks.
+                x if x & 0xffc0 == 0xfec0 => Some("site-local (fec0::/10)"),
+                x if x & 0xff00 == 0xff00 => Some("multicast"),
+                _ => None,
+            }
+        }
+    }
+}
+
+fn private_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, c, _] = ip.octets();
+    Some(match (a, b) {
+        (0, _) => "unspecified (0.0.0.0/8)",
+        (10, _) => "private (10.0.0.0/8)",
+        (100, 64..=127) => "shared/CGNAT (100.64.0.0/10)",
+        (127, _) => "loopback (127.0.0.0/8)",
+        (169, 254) => "link-local (169.254.0.0/16)",
+        (172, 16..=31) => "private (172.16.0.0/12)",
+        (192, 168) => "private (192.168.0.0/16)",
+        (192, 0) if c == 0 => "IETF protocol assignments (192.0.0.0/24)",
+        (198, 18..=19) => "benchmarking (198.18.0.0/15)",
+        (224..=239, _) => "multicast (224.0.0.0/4)",
+        (240..=255, _) => "reserved or broadcast (240.0.0.0/4)",
+        _ => return None,
+    })
+}
+
+/// The IPv4 address an IPv6 one stands for, where the kernel or a gateway would take it to that
+/// IPv4 host: mapped `::ffff:a.b.c.d`, the deprecated compatible `::a.b.c.d`, NAT64
+/// `64:ff9b::a.b.c.d` and 6to4 `2002:AABB:CCDD::`.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, _, _] => Some(tail),
+        // `::` and `::1` are IPv6's own unspecified and loopback addresses.
+        [0, 0, 0, 0, 0, 0, _, _] if !ip.is_unspecified() && !ip.is_loopback() => Some(tail),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
+        [0x2002, hi, lo, ..] => Some(Ipv4Addr::new(
+            (hi >> 8) as u8,
+            hi as u8,
+            (lo >> 8) as u8,
+            lo as u8,
+        )),
+        _ => None,
+    }
 }
 
 /// The request: head and body in one buffer, so it leaves in one write.
@@ -513,11 +656,46 @@ mod tests {
                 s.write_all(OK).unwrap();
             }
         });
-        let mut client = Client::new(Duration::from_secs(5));
+        let mut client = Client::new(Duration::from_secs(5), true);
         for _ in 0..3 {
             assert_eq!(client.post(&url(port), &[], b"{}").unwrap(), 200);
         }
         assert_eq!(CONNS.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn private_addresses_are_not_connected_to_unless_allowed() {
+        static CONNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let port = server(|mut s, _| {
+            CONNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            while read_request(&mut s) {
+                s.write_all(OK).unwrap();
+            }
+        });
+        let mut client = Client::new(Duration::from_secs(5), false);
+        // An address, and a name that resolves to loopback only (resolved on a helper thread).
+        for host in ["127.0.0.1", "localhost"] {
+            let url = Url::parse(&format!("http://{host}:{port}/h")).unwrap();
+            match client.post(&url, &[], b"{}") {
+                Err(PostError::Private { addr, range, .. }) => {
+                    assert!(addr.is_loopback(), "{host}: {addr}");
+                    assert!(range.contains("loopback"), "{range}");
+                }
+                other => panic!("{host}: {other:?}"),
+            }
+        }
+        assert_eq!(CONNS.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let mut client = Client::new(Duration::from_secs(5), true);
+        assert_eq!(client.post(&url(port), &[], b"{}").unwrap(), 200);
+        assert_eq!(CONNS.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_name_that_does_not_resolve_is_an_error_within_the_timeout() {
+        let start = std::time::Instant::now();
+        let r = resolve("no-such-host.invalid", 80, Duration::from_secs(5));
+        assert!(matches!(r, Err(PostError::Resolve { .. })), "{r:?}");
+        assert!(start.elapsed() < Duration::from_secs(6));
     }
 
     #[test]
@@ -528,7 +706,7 @@ mod tests {
                 s.write_all(OK).unwrap();
             }
         });
-        let mut client = Client::new(Duration::from_secs(5));
+        let mut client = Client::new(Duration::from_secs(5), true);
         for _ in 0..3 {
             assert_eq!(client.post(&url(port), &[], b"{}").unwrap(), 200);
         }
@@ -550,7 +728,7 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        let mut client = Client::new(Duration::from_millis(500));
+        let mut client = Client::new(Duration::from_millis(500), true);
         for port in [silent, dribbling] {
             let start = Instant::now();
             let e = client.post(&url(port), &[], b"{}").unwrap_err();
@@ -577,7 +755,7 @@ mod tests {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\n");
             let _ = s.write_all(&[b'a'; 2 * MAX_HEAD]);
         });
-        let mut client = Client::new(Duration::from_secs(5));
+        let mut client = Client::new(Duration::from_secs(5), true);
         assert!(matches!(
             client.post(&url(garbage), &[], b"{}"),
             Err(PostError::BadResponse(_))

@@ -10,7 +10,9 @@
 //!   event is sent by the node that owns it. Nothing happens, not even an allocation, when the
 //!   system has no webhook URL. Otherwise the event is packed into one allocation and offered to a
 //!   bounded lock-free queue with a non-blocking push; a full queue drops the event, counts it and
-//!   logs at most one warn line a second. A core never waits for the webhook threads.
+//!   logs at most one warn line a second. A core never waits for the webhook threads. Besides
+//!   the event count, the bytes the webhook side holds (event strings, batch bodies) are bounded
+//!   by `WebhookBytes`: an event that would go beyond is dropped the same way.
 //! - **The batcher** ("wspush-webhook", one std thread) drains that queue into one buffer per
 //!   destination (system, URL), cuts batches of up to [`batch::MAX_BATCH`] events (or what
 //!   arrived within [`batch::WINDOW`] of the oldest), and hands each to a sender. A destination has
@@ -21,7 +23,9 @@
 //!   slow or dead receiver holds one sender for at most its timeouts, and never more than one at a
 //!   time (one batch in flight per destination), so the other destinations keep flowing on the
 //!   other senders; only as many simultaneously stuck receivers as there are senders can delay the
-//!   rest.
+//!   rest. Unless `WebhookAllowPrivate` is on, a sender resolves the host (on a helper thread,
+//!   under the timeout) and connects only to public addresses: a name that resolves to
+//!   loopback, link-local or private ranges gets its batch dropped and counted as `refused`.
 //!
 //! Delivery is at least once: a batch whose 2xx answer is lost is sent again. `docs/webhooks.md`
 //! is the user-facing contract (request shape, signature, retries, drops).
@@ -34,7 +38,7 @@ use crate::shard::conn::Conn;
 use crate::shard::{Shard, SystemInfo};
 use crossbeam_queue::ArrayQueue;
 use std::net::SocketAddrV4;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{JoinHandle, Thread};
@@ -80,7 +84,8 @@ pub struct Event {
 }
 
 impl Event {
-    /// None when a field is longer than 4 GiB (no request body can carry one).
+    /// None when a field is longer than 4 GiB (no request body can carry one). The event's
+    /// bytes count towards `WebhookBytes` until it is dropped.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         kind: Kind,
@@ -100,6 +105,7 @@ impl Event {
         for part in [system, client_id, user_id, group, extend] {
             text.push_str(part);
         }
+        HELD_BYTES.fetch_add(text.len(), Ordering::Relaxed);
         Some(Event {
             info,
             text: text.into_boxed_str(),
@@ -136,6 +142,34 @@ impl Event {
     }
 }
 
+impl Drop for Event {
+    fn drop(&mut self) {
+        HELD_BYTES.fetch_sub(self.text.len(), Ordering::Relaxed);
+    }
+}
+
+/// Bytes of a batch body counted towards `WebhookBytes` while the batch waits for its 2xx.
+/// (Events count through their own `Drop`, without a field: an event's queue slot stays small.)
+pub(crate) struct Charge(usize);
+
+impl Charge {
+    pub(crate) fn new(bytes: usize) -> Charge {
+        HELD_BYTES.fetch_add(bytes, Ordering::Relaxed);
+        Charge(bytes)
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        HELD_BYTES.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
+
+/// Bytes the webhook side holds now: every live event's strings and every unanswered batch body.
+pub fn held_bytes() -> usize {
+    HELD_BYTES.load(Ordering::Relaxed)
+}
+
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Event")
@@ -156,6 +190,9 @@ static POSTS_FAILED: AtomicU64 = AtomicU64::new(0);
 static DROPPED_QUEUE_FULL: AtomicU64 = AtomicU64::new(0);
 static DROPPED_BUFFER_FULL: AtomicU64 = AtomicU64::new(0);
 static DROPPED_UNDELIVERABLE: AtomicU64 = AtomicU64::new(0);
+static DROPPED_BYTES_FULL: AtomicU64 = AtomicU64::new(0);
+static DROPPED_REFUSED: AtomicU64 = AtomicU64::new(0);
+static HELD_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// Drops not yet reported in a log line, and when the last line was written (ms since
 /// [`epoch`]): at most one warn line a second, whichever thread drops.
 static DROPS_UNLOGGED: AtomicU64 = AtomicU64::new(0);
@@ -178,12 +215,21 @@ pub struct Stats {
     /// Events dropped because their URL is not a valid `http://` URL, or still undelivered when
     /// the shutdown's final flush ran out of time.
     pub dropped_undeliverable: u64,
+    /// Events dropped because the webhook side held `WebhookBytes` already.
+    pub dropped_bytes_full: u64,
+    /// Events dropped because their URL's host resolved only to private addresses
+    /// (`WebhookAllowPrivate` off).
+    pub dropped_refused: u64,
 }
 
 impl Stats {
     /// Every event dropped, for whatever reason.
     pub fn dropped(&self) -> u64 {
-        self.dropped_queue_full + self.dropped_buffer_full + self.dropped_undeliverable
+        self.dropped_queue_full
+            + self.dropped_buffer_full
+            + self.dropped_undeliverable
+            + self.dropped_bytes_full
+            + self.dropped_refused
     }
 }
 
@@ -195,6 +241,8 @@ pub fn stats() -> Stats {
         dropped_queue_full: DROPPED_QUEUE_FULL.load(Ordering::Relaxed),
         dropped_buffer_full: DROPPED_BUFFER_FULL.load(Ordering::Relaxed),
         dropped_undeliverable: DROPPED_UNDELIVERABLE.load(Ordering::Relaxed),
+        dropped_bytes_full: DROPPED_BYTES_FULL.load(Ordering::Relaxed),
+        dropped_refused: DROPPED_REFUSED.load(Ordering::Relaxed),
     }
 }
 
@@ -209,6 +257,8 @@ pub enum DropReason {
     QueueFull,
     BufferFull,
     Undeliverable,
+    BytesFull,
+    Refused,
 }
 
 /// Counts `n` dropped events and writes the rate-limited warn line if one is due.
@@ -217,6 +267,8 @@ pub(crate) fn count_drop(why: DropReason, n: u64) {
         DropReason::QueueFull => &DROPPED_QUEUE_FULL,
         DropReason::BufferFull => &DROPPED_BUFFER_FULL,
         DropReason::Undeliverable => &DROPPED_UNDELIVERABLE,
+        DropReason::BytesFull => &DROPPED_BYTES_FULL,
+        DropReason::Refused => &DROPPED_REFUSED,
     };
     counter.fetch_add(n, Ordering::Relaxed);
     DROPS_UNLOGGED.fetch_add(n, Ordering::Relaxed);
@@ -248,6 +300,8 @@ fn log_drops_if_due() {
             queue_full = s.dropped_queue_full,
             buffer_full = s.dropped_buffer_full,
             undeliverable = s.dropped_undeliverable,
+            bytes_full = s.dropped_bytes_full,
+            refused = s.dropped_refused,
             "webhook events dropped"
         );
     }
@@ -266,6 +320,8 @@ struct Hub {
     /// `capacity` slots.
     queue: OnceLock<ArrayQueue<Event>>,
     capacity: usize,
+    /// `WebhookBytes`: the most [`held_bytes`] may reach by a new event.
+    budget: usize,
     /// The batcher thread, set by the batcher itself when it starts (it drains the queue right
     /// after, so an event pushed before that is not missed).
     batcher: OnceLock<Thread>,
@@ -297,6 +353,13 @@ pub fn emit(
     let Some(hub) = HUB.get() else {
         return;
     };
+    // Two cores may both pass this check at once and overshoot by an event each: the budget
+    // bounds memory, it is not an exact ledger.
+    let size = system.len() + client_id.len() + user_id.len() + group.len() + extend.len();
+    if held_bytes().saturating_add(size) > hub.budget {
+        count_drop(DropReason::BytesFull, 1);
+        return;
+    }
     let time_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -366,6 +429,10 @@ pub struct Settings {
     pub queue: usize,
     /// `WebhookBuffer`: events one destination may have waiting while it fails or lags.
     pub buffer: usize,
+    /// `WebhookBytes`: bytes of events and batch bodies the webhook side may hold in all.
+    pub bytes: usize,
+    /// `WebhookAllowPrivate`: whether POSTs may go to private, loopback and link-local addresses.
+    pub allow_private: bool,
     /// `WebhookWorkers`: sender threads, i.e. POSTs in flight at once.
     pub workers: usize,
     /// `WebhookTimeoutMs`: connect, write and read timeout of one POST.
@@ -381,6 +448,8 @@ impl Settings {
         Settings {
             queue: config.webhook_queue,
             buffer: config.webhook_buffer,
+            bytes: config.webhook_bytes,
+            allow_private: config.webhook_allow_private,
             workers: config.webhook_workers,
             timeout: config.webhook_timeout,
             node: node.to_string(),
@@ -408,6 +477,7 @@ pub fn start(settings: Settings) -> std::io::Result<Webhooks> {
     let hub = Hub {
         queue: OnceLock::new(),
         capacity: settings.queue.max(1),
+        budget: settings.bytes,
         batcher: OnceLock::new(),
         sleeping: AtomicBool::new(false),
     };
@@ -422,6 +492,7 @@ pub fn start(settings: Settings) -> std::io::Result<Webhooks> {
     let (jobs_tx, jobs_rx) = mpsc::channel::<batch::Job>();
     let workers = settings.workers.max(1);
     let timeout = settings.timeout;
+    let allow_private = settings.allow_private;
     let grace = settings.grace;
     let batcher = std::thread::Builder::new()
         .name("wspush-webhook".into())
@@ -435,7 +506,7 @@ pub fn start(settings: Settings) -> std::io::Result<Webhooks> {
             .name(format!("wspush-webhook-{i}"))
             // The client needs a few KiB of stack; no need to reserve the default 2 MiB.
             .stack_size(256 << 10)
-            .spawn(move || run_sender(jobs, done, wake, timeout))?;
+            .spawn(move || run_sender(jobs, done, wake, timeout, allow_private))?;
     }
     Ok(Webhooks {
         to_batcher,
@@ -545,8 +616,9 @@ fn run_sender(
     done: mpsc::Sender<ToBatcher>,
     wake: Thread,
     timeout: Duration,
+    allow_private: bool,
 ) {
-    let mut client = client::Client::new(timeout);
+    let mut client = client::Client::new(timeout, allow_private);
     loop {
         // The lock is held only while waiting for the next job; the POST runs without it.
         let job = match jobs.lock() {
@@ -570,6 +642,8 @@ fn run_sender(
                     job.failed(format!("the receiver answered {status}"))
                 }
             }
+            // Not a failed POST: nothing was sent, and a retry would be refused the same way.
+            Err(e @ client::PostError::Private { .. }) => job.refused(e.to_string()),
             Err(e) => {
                 POSTS_FAILED.fetch_add(1, Ordering::Relaxed);
                 job.failed(e.to_string())
