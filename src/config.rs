@@ -887,6 +887,45 @@ mod tests {
     }
 
     #[test]
+    fn issue_12_limits_have_their_defaults_and_are_checked() {
+        let c = Config::default();
+        assert_eq!(
+            (
+                c.max_system_id_bytes,
+                c.max_systems,
+                c.max_name_bytes,
+                c.max_extend_bytes,
+                c.max_msg_bytes,
+                c.max_json_depth,
+                c.webhook_bytes,
+                c.webhook_allow_private,
+            ),
+            (128, 100_000, 256, 4096, 65_536, 64, 64 << 20, false)
+        );
+        let c = Config::parse(
+            "[wspush]\nMaxSystems = 5\nMaxJsonDepth = 8\nWebhookAllowPrivate = true\n\
+             WebhookBytes = 1000\n",
+        )
+        .unwrap();
+        assert_eq!((c.max_systems, c.max_json_depth), (5, 8));
+        assert_eq!((c.webhook_bytes, c.webhook_allow_private), (1000, true));
+        c.validate().unwrap();
+        // clientIds are bounded by MaxNameBytes too, so it cannot go below their length.
+        let e = Config::parse("[wspush]\nMaxNameBytes = 58\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "wspush.MaxNameBytes");
+        for key in ["MaxSystems", "MaxJsonDepth", "WebhookBytes", "MaxSystemIdBytes"] {
+            let e = Config::parse(&format!("[wspush]\n{key} = 0\n"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.key, format!("wspush.{key}"));
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_ignored_and_defaults_hold() {
         let c = Config::parse("[common]\nFoo = bar\n[x]\ny=z\n").unwrap();
         assert_eq!(c.http_port, 7800);
