@@ -916,7 +916,12 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(e.key, "wspush.MaxNameBytes");
-        for key in ["MaxSystems", "MaxJsonDepth", "WebhookBytes", "MaxSystemIdBytes"] {
+        for key in [
+            "MaxSystems",
+            "MaxJsonDepth",
+            "WebhookBytes",
+            "MaxSystemIdBytes",
+        ] {
             let e = Config::parse(&format!("[wspush]\n{key} = 0\n"))
                 .unwrap()
                 .validate()

@@ -1031,6 +1031,12 @@ fn long_fields_are_refused_naming_the_field_and_its_key() {
             "MaxNameBytes",
         ),
         (
+            "/api/send_to_clients",
+            json!({"clientIds": [id, name(257)], "data": 1}),
+            "clientIds[1]",
+            "MaxNameBytes",
+        ),
+        (
             "/api/send_to_group",
             json!({"groupName": name(300), "data": 1}),
             "groupName",

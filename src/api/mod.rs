@@ -175,8 +175,8 @@ pub async fn handle(
                     ids.len()
                 )));
             }
-            for id in &ids {
-                name("clientIds", id, limits)?;
+            for (i, id) in ids.iter().enumerate() {
+                name(&format!("clientIds[{i}]"), id, limits)?;
             }
             req.fields.check(limits)?;
             let message_id = shard.message_id();
