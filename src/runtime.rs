@@ -302,6 +302,9 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
              who reaches HttpPort (system and group names included), while /api/* wants the ApiKey"
         );
     }
+    for warning in config.start_warnings() {
+        tracing::warn!("{warning}");
+    }
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("wspush-core")
         // No file I/O here: keep the executor's DMA memory small (locked memory is scarce).
