@@ -77,14 +77,12 @@ fn a_secret_registered_on_one_node_is_enforced_by_the_other() {
         body.as_bytes(),
     );
     assert_refused(&unsigned, 401, "X-Signature");
-    let wrong = post(
+    let wrong = post_signed(
         b.port,
-        Some(&system),
+        &system,
+        "not-the-secret-0123456789",
         "/api/get_online_list",
-        &[(
-            "X-Signature",
-            &sign("not-the-secret-0123456789", body.as_bytes()),
-        )],
+        &[],
         body.as_bytes(),
     );
     assert_refused(&wrong, 401, "does not match");

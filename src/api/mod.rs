@@ -118,9 +118,18 @@ pub async fn handle(
         Ok(None) => return Err(ApiError::UnknownSystem(system.to_string())),
         Err(e) => return Err(ApiError::Etcd(e)),
     };
-    // A system with a secret signs its calls: the body as received, before anything reads it.
+    // A system with a secret signs its calls: route, system, time and the body as received,
+    // checked before anything reads the body (the method check above let only POST through).
     if let Some(secret) = &info.secret {
-        if let Err(e) = auth::verify_signature(secret, body, head.signature.as_deref()) {
+        let signed = auth::SignedRequest {
+            path: &head.path,
+            system,
+            timestamp: head.timestamp.as_deref(),
+            signature: head.signature.as_deref(),
+            body,
+        };
+        let compat = shard.config.signature_compat;
+        if let Err(e) = auth::verify_signature(secret, &signed, auth::unix_now(), compat) {
             if let Some(skipped) = shard.throttles.api_refused.admit() {
                 tracing::info!(core = shard.id, ?route, system, error = %e, also = skipped,
                     "API request refused: signature");
