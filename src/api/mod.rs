@@ -13,7 +13,7 @@ use crate::net::http::{Head, Method};
 use crate::shard::Shard;
 use crate::shard::{system::check_webhook_url, SystemInfo};
 use crate::ws::message;
-use error::{ApiError, Data};
+use error::{ApiError, Data, Pushed};
 use request::{
     decode, required, Bind, ByClient, ByGroup, NoFields, Push, PushFields, PushToClients, Register,
     SendToGroup, SendToUser, Unbind,
@@ -145,8 +145,14 @@ pub async fn handle(
             let client_id = required("clientId", req.client_id)?;
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
-            dispatch::deliver(shard, &system, std::iter::once(&*client_id), frame).await;
-            Ok(Data::MessageId(message_id))
+            let once = std::iter::once(&*client_id);
+            let delivered = dispatch::deliver(shard, &system, once, frame, "send_to_client").await;
+            Ok(Data::Pushed(Pushed {
+                message_id,
+                delivered,
+                with_count: false,
+                failed_nodes: None,
+            }))
         }
         Route::SendToClients => {
             let req: PushToClients = decode(body)?;
@@ -168,16 +174,25 @@ pub async fn handle(
             }
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
-            dispatch::deliver(shard, &system, ids.iter().map(|s| &**s), frame).await;
-            Ok(Data::MessageId(message_id))
+            let ids = ids.iter().map(|s| &**s);
+            let delivered = dispatch::deliver(shard, &system, ids, frame, "send_to_clients").await;
+            Ok(Data::Pushed(Pushed {
+                message_id,
+                delivered,
+                with_count: false,
+                failed_nodes: None,
+            }))
         }
         Route::SendToGroup => {
             let req: SendToGroup = decode(body)?;
             let group = required("groupName", req.group_name)?;
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
-            shard.push_group(system, Arc::from(&*group), frame).await;
-            Ok(Data::MessageId(message_id))
+            let group = Arc::from(&*group);
+            let fanout = shard
+                .push_group(system, group, frame, "send_to_group")
+                .await;
+            Ok(pushed(message_id, fanout, false))
         }
         Route::BindToGroup => {
             let req: Bind = decode(body)?;
@@ -191,8 +206,7 @@ pub async fn handle(
                 req.user_id.map(|s| s.into_owned()).unwrap_or_default(),
                 req.extend.map(|s| s.into_owned()).unwrap_or_default(),
             )
-            .await
-            .map_err(ApiError::Limit)?;
+            .await?;
             Ok(Data::EmptyList)
         }
         Route::GetOnlineList => {
@@ -219,8 +233,8 @@ pub async fn handle(
             let req: PushFields = decode(body)?;
             let message_id = shard.message_id();
             let frame = req.frame(&message_id);
-            shard.push_system(system, frame).await;
-            Ok(Data::MessageId(message_id))
+            let fanout = shard.push_system(system, frame).await;
+            Ok(pushed(message_id, fanout, false))
         }
         Route::UnbindFromGroup => {
             let req: Unbind = decode(body)?;
@@ -236,8 +250,8 @@ pub async fn handle(
             let user_id = required("userId", req.user_id)?;
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
-            let count = shard.push_user(system, Arc::from(&*user_id), frame).await;
-            Ok(Data::MessageCount(message_id, count))
+            let fanout = shard.push_user(system, Arc::from(&*user_id), frame).await;
+            Ok(pushed(message_id, fanout, true))
         }
         Route::GetGroupPresence => {
             let req: ByGroup = decode(body)?;
@@ -250,6 +264,16 @@ pub async fn handle(
             Ok(Data::Stats(shard.system_stats(system).await))
         }
     }
+}
+
+/// A fan-out route's answer: what was delivered, and the nodes that did not answer.
+fn pushed(message_id: String, fanout: crate::shard::Fanout, with_count: bool) -> Data {
+    Data::Pushed(Pushed {
+        message_id,
+        delivered: fanout.delivered,
+        with_count,
+        failed_nodes: Some(fanout.failed.iter().map(|n| n.to_string()).collect()),
+    })
 }
 
 /// The options `register` may attach (issue 7), validated. Absent fields are the original's
