@@ -155,6 +155,28 @@ struct CoreStart {
     door: UnixStream,
 }
 
+/// The `[etcd]` credentials and the PEM files they name, read once at start (the config check
+/// already found them readable; a file that went away since is a start error naming the key).
+fn etcd_access(config: &Config) -> anyhow::Result<membership::EtcdAccess> {
+    let read = |key: &str, path: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        if path.is_empty() {
+            return Ok(None);
+        }
+        std::fs::read(path)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("cannot read {key} {path}: {e}"))
+    };
+    let user = (!config.etcd_user.is_empty())
+        .then(|| (config.etcd_user.clone(), config.etcd_password.clone()));
+    let cert = read("etcd.CertFile", &config.etcd_cert_file)?;
+    let key = read("etcd.KeyFile", &config.etcd_key_file)?;
+    Ok(membership::EtcdAccess {
+        user,
+        ca_pem: read("etcd.CaFile", &config.etcd_ca_file)?,
+        identity_pem: cert.zip(key),
+    })
+}
+
 /// Runs the server until SIGTERM/SIGINT. Returns an error if it could not start.
 pub fn run(mut config: Config) -> anyhow::Result<()> {
     let cpus = sys::available_cpus();
@@ -249,6 +271,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
                 self_addr: node,
                 lease_ttl_secs: config.lease_ttl.as_secs() as i64,
                 request_timeout: config.rpc_timeout.min(Duration::from_secs(2)),
+                access: etcd_access(&config)?,
             },
             Arc::new(Notifier {
                 inboxes: inboxes.clone(),
