@@ -20,8 +20,21 @@ pub struct Config {
     pub cluster: bool,
     /// `[common] CryptoKey`, default `Adba723b7fe06819`: 16, 24 or 32 bytes; keys the clientId seal.
     pub crypto_key: String,
-    /// `[etcd] Endpoints`, default empty: comma-separated `host:port` list.
+    /// `[etcd] Endpoints`, default empty: comma-separated `host:port` list (`https://host:port`
+    /// or plain `host:port` with `CaFile`, which turns TLS on).
     pub etcd_endpoints: Vec<String>,
+    /// `[etcd] User` and `[etcd] Password`, default empty = no etcd authentication (the
+    /// original's). Both or neither: the etcd user this node authenticates as once etcd has
+    /// `auth enable`d. It needs read and write on `/wsServers/` and `ws/account/` and leases.
+    pub etcd_user: String,
+    pub etcd_password: String,
+    /// `[etcd] CaFile`, default empty = plain HTTP to etcd: a PEM file of the CA that signed
+    /// etcd's server certificate. Set, the node speaks TLS to etcd and trusts that CA only.
+    pub etcd_ca_file: String,
+    /// `[etcd] CertFile` and `[etcd] KeyFile`, default empty: a PEM client certificate and its
+    /// private key, for an etcd started with `--client-cert-auth`. Both or neither; need CaFile.
+    pub etcd_cert_file: String,
+    pub etcd_key_file: String,
     /// `[wspush] AdvertiseHost`: the IPv4 address peers reach this node at (its RPC link address
     /// and the node sealed into clientIds). Default: in cluster mode the first non-loopback IPv4
     /// address, as the original picks it, else 127.0.0.1. See [`Config::node_host`].
@@ -174,6 +187,16 @@ pub struct Config {
     /// the server then warns at start. No effect without ApiKey. `/healthz` and `/readyz`
     /// are always open (orchestrator probes).
     pub ops_require_key: bool,
+    /// `[wspush] SignatureCompat`, default false: also accept the first signature scheme, an
+    /// `X-Signature` over the body alone with no `X-Timestamp`, which a captured request can
+    /// replay on any route for ever. Only for callers not yet moved to the scheme of
+    /// `docs/auth.md`; logged at WARN on every start while on.
+    pub signature_compat: bool,
+    /// `[wspush] RefuseDefaultCryptoKey`, default false: refuse to start (exit 2, naming
+    /// `common.CryptoKey`) while `CryptoKey` is the original's published default. Off, that key
+    /// is only warned about at every start and on `/status`: the original ships it in its own
+    /// `conf/app.ini`, so a drop-in deployment must keep starting with it.
+    pub refuse_default_crypto_key: bool,
     /// `[wspush] LogFormat` / `--log-format` (the flag wins), default `text`: human-readable log
     /// lines, or `json`, one JSON object per line for a log pipeline (Loki, ELK, journald).
     pub log_format: LogFormat,
@@ -215,6 +238,11 @@ impl Default for Config {
             cluster: false,
             crypto_key: "Adba723b7fe06819".to_string(),
             etcd_endpoints: Vec::new(),
+            etcd_user: String::new(),
+            etcd_password: String::new(),
+            etcd_ca_file: String::new(),
+            etcd_cert_file: String::new(),
+            etcd_key_file: String::new(),
             advertise_host: None,
             rpc_timeout: Duration::from_millis(3000),
             lease_ttl: Duration::from_secs(5),
@@ -253,6 +281,8 @@ impl Default for Config {
             max_node_links_per_core: 8192,
             max_node_links_per_peer: 512,
             ops_require_key: true,
+            signature_compat: false,
+            refuse_default_crypto_key: false,
             log_format: LogFormat::Text,
         }
     }
@@ -373,6 +403,11 @@ impl Config {
                         .map(String::from)
                         .collect()
                 }
+                ("etcd", "user") => c.etcd_user = value.to_string(),
+                ("etcd", "password") => c.etcd_password = value.to_string(),
+                ("etcd", "cafile") => c.etcd_ca_file = value.to_string(),
+                ("etcd", "certfile") => c.etcd_cert_file = value.to_string(),
+                ("etcd", "keyfile") => c.etcd_key_file = value.to_string(),
                 ("wspush", "advertisehost") if !value.is_empty() => {
                     c.advertise_host = Some(
                         value
@@ -413,6 +448,10 @@ impl Config {
                 }
                 ("wspush", "maxnodelinksperpeer") => {
                     c.max_node_links_per_peer = number(&full, value)?
+                }
+                ("wspush", "signaturecompat") => c.signature_compat = boolean(&full, value)?,
+                ("wspush", "refusedefaultcryptokey") => {
+                    c.refuse_default_crypto_key = boolean(&full, value)?
                 }
                 ("wspush", "shutdowngrace") => c.shutdown_grace = seconds(&full, value)?,
                 ("wspush", "handshaketimeout") => c.handshake_timeout = seconds(&full, value)?,
@@ -473,6 +512,16 @@ impl Config {
             problems.push(err(
                 "common.CryptoKey",
                 format!("must be 16, 24 or 32 bytes long, got {key_len}"),
+            ));
+        }
+        if self.refuse_default_crypto_key && self.crypto_key == DEFAULT_CRYPTO_KEY {
+            problems.push(err(
+                "common.CryptoKey",
+                format!(
+                    "is the original's published default and RefuseDefaultCryptoKey is on: \
+                     set your own, e.g. `openssl rand -hex 16` (32 characters); \
+                     {DEFAULT_KEY_RISK}"
+                ),
             ));
         }
         if self.http_port == 0 {
@@ -581,6 +630,7 @@ impl Config {
                 ));
             }
         }
+        problems.extend(self.etcd_access_problems());
         for (key, value) in [
             ("wspush.HeadTimeout", self.head_timeout),
             ("wspush.KeepAliveTimeout", self.keepalive_timeout),
@@ -596,6 +646,134 @@ impl Config {
 
 /// The original's published default `CryptoKey`: fine for a try-out, a known key in production.
 pub const DEFAULT_CRYPTO_KEY: &str = "Adba723b7fe06819";
+
+/// What the published default key lets anyone do, for the start-up warning, `/status` and the
+/// refusal.
+pub const DEFAULT_KEY_RISK: &str = "anyone who knows the published key can forge clientIds \
+    and so push to, bind, unbind and close any client of any system";
+
+impl Config {
+    /// The `[etcd]` credential and TLS keys: pairs set together, files readable PEM, and
+    /// endpoint schemes that agree with CaFile.
+    fn etcd_access_problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        if self.etcd_user.is_empty() != self.etcd_password.is_empty() {
+            let (key, other) = if self.etcd_user.is_empty() {
+                ("etcd.User", "Password")
+            } else {
+                ("etcd.Password", "User")
+            };
+            problems.push(err(
+                key,
+                format!("is required with etcd.{other}: set both, or neither for an etcd without authentication"),
+            ));
+        }
+        if self.etcd_cert_file.is_empty() != self.etcd_key_file.is_empty() {
+            let (key, other) = if self.etcd_cert_file.is_empty() {
+                ("etcd.CertFile", "KeyFile")
+            } else {
+                ("etcd.KeyFile", "CertFile")
+            };
+            problems.push(err(
+                key,
+                format!("is required with etcd.{other}: a client certificate needs its key"),
+            ));
+        }
+        if !self.etcd_cert_file.is_empty() && self.etcd_ca_file.is_empty() {
+            problems.push(err(
+                "etcd.CaFile",
+                "is required with etcd.CertFile: TLS to etcd trusts only the CA named here",
+            ));
+        }
+        for (key, path) in [
+            ("etcd.CaFile", &self.etcd_ca_file),
+            ("etcd.CertFile", &self.etcd_cert_file),
+            ("etcd.KeyFile", &self.etcd_key_file),
+        ] {
+            if path.is_empty() {
+                continue;
+            }
+            match std::fs::read(path) {
+                Ok(pem) if pem.windows(11).any(|w| w == b"-----BEGIN ") => {}
+                Ok(_) => problems.push(err(key, format!("{path} is not a PEM file"))),
+                Err(e) => problems.push(err(key, format!("cannot read {path}: {e}"))),
+            }
+        }
+        let tls = !self.etcd_ca_file.is_empty();
+        for endpoint in &self.etcd_endpoints {
+            let lower = endpoint.to_ascii_lowercase();
+            if tls && lower.starts_with("http://") {
+                problems.push(err(
+                    "etcd.Endpoints",
+                    format!("{endpoint} is plain http:// while etcd.CaFile turns TLS on: write https://host:port or host:port"),
+                ));
+            } else if !tls && lower.starts_with("https://") {
+                problems.push(err(
+                    "etcd.Endpoints",
+                    format!("{endpoint} is https:// but etcd.CaFile is not set: name the CA that signed etcd's certificate"),
+                ));
+            }
+        }
+        problems
+    }
+
+    /// What a node started with this config should tell the operator at every start (WARN):
+    /// protections that are off or weakened on purpose, with what that allows.
+    pub fn start_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.crypto_key == DEFAULT_CRYPTO_KEY {
+            warnings.push(format!(
+                "common.CryptoKey is the original's published default: {DEFAULT_KEY_RISK}; \
+                 set your own on every node (e.g. `openssl rand -hex 16`, 32 characters), and \
+                 RefuseDefaultCryptoKey = true to refuse the default"
+            ));
+        }
+        if !self.etcd_user.is_empty() && self.etcd_ca_file.is_empty() {
+            warnings.push(
+                "etcd.User is set without etcd.CaFile: the etcd password and the systems' \
+                 secrets cross the network to etcd in plain text; set CaFile (TLS) unless \
+                 etcd is on this host"
+                    .to_string(),
+            );
+        }
+        if self.cluster && self.cluster_secret.is_empty() && self.crypto_key == DEFAULT_CRYPTO_KEY {
+            warnings.push(
+                "node links are authenticated with a key derived from the published default \
+                 CryptoKey, so anyone who can reach RPCPort can open one: set [wspush] \
+                 ClusterSecret (or your own CryptoKey) on every node"
+                    .to_string(),
+            );
+        }
+        if self.cluster && self.api_key.is_empty() {
+            // The original's open API, kept by default for its callers; in a cluster it also
+            // means that anyone who can reach an HttpPort registers systems every node holds.
+            warnings.push(
+                "cluster mode without ApiKey: anyone who reaches the HTTP port can register \
+                 systems and push to any system; set [wspush] ApiKey (e.g. `openssl rand -hex \
+                 32`, the same on every node) and send `Authorization: apikey <key>` on /api/* \
+                 (docs/auth.md)"
+                    .to_string(),
+            );
+        }
+        if !self.api_key.is_empty() && !self.ops_require_key {
+            warnings.push(
+                "wspush.OpsRequireKey = false: /metrics, /status and /status.json are open to \
+                 anyone who reaches HttpPort (system and group names included), while /api/* \
+                 wants the ApiKey"
+                    .to_string(),
+            );
+        }
+        if self.signature_compat {
+            warnings.push(
+                "wspush.SignatureCompat is on: signatures over the body alone are accepted, \
+                 and a captured signed request can be replayed on any route, at any time; \
+                 move callers to X-Timestamp signatures (docs/auth.md) and turn it off"
+                    .to_string(),
+            );
+        }
+        warnings
+    }
+}
 
 impl Config {
     /// Every key wspush reads, as `section.Key`, with its value written the way app.ini takes it
@@ -620,6 +798,11 @@ impl Config {
             ("common.Cluster", self.cluster.to_string()),
             ("common.CryptoKey", crypto_key),
             ("etcd.Endpoints", self.etcd_endpoints.join(", ")),
+            ("etcd.User", self.etcd_user.clone()),
+            ("etcd.Password", secret(&self.etcd_password)),
+            ("etcd.CaFile", self.etcd_ca_file.clone()),
+            ("etcd.CertFile", self.etcd_cert_file.clone()),
+            ("etcd.KeyFile", self.etcd_key_file.clone()),
             (
                 "wspush.AdvertiseHost",
                 self.advertise_host
@@ -700,6 +883,11 @@ impl Config {
                 self.max_node_links_per_peer.to_string(),
             ),
             ("wspush.OpsRequireKey", self.ops_require_key.to_string()),
+            ("wspush.SignatureCompat", self.signature_compat.to_string()),
+            (
+                "wspush.RefuseDefaultCryptoKey",
+                self.refuse_default_crypto_key.to_string(),
+            ),
         ]
     }
 }

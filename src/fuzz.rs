@@ -606,9 +606,10 @@ impl<'a> Input<'a> {
 }
 
 /// The auth parsers of issue 7 on untrusted text: the `token` of a `/ws` query, the JWT itself
-/// (header, claims, signature), an `Authorization` header, an `X-Signature` over a body (first
-/// line the header, the rest the body), a webhook URL, and an etcd account value. Invariants: a
-/// body signed with the secret verifies; a token re-signed with the secret over the input's own
+/// (header, claims, signature), an `Authorization` header, an `X-Signature` and `X-Timestamp`
+/// over a route, system and body (one line each, the rest the body), a webhook URL, and an
+/// etcd account value. Invariants: a request signed with the secret verifies (and, in
+/// compatibility mode, a body signed the old way); a token re-signed with the secret over the input's own
 /// header and payload is never refused for its signature, and one signed with another secret is
 /// never accepted.
 pub fn auth(data: &[u8]) {
@@ -623,12 +624,52 @@ pub fn auth(data: &[u8]) {
     let _ = crate::shard::system::check_webhook_url(&text);
     let _ = crate::cluster::membership::parse_account("sys", data);
 
-    let (header, body) = text.split_once('\n').unwrap_or((&text, ""));
-    let _ = auth::verify_signature(SECRET, body.as_bytes(), Some(header));
-    let signed = auth::sign_hex(SECRET, body.as_bytes());
+    // Lines: X-Signature, X-Timestamp, path, SystemId, then the body.
+    let mut lines = text.splitn(5, '\n');
+    let mut line = || lines.next().unwrap_or("");
+    let (header, timestamp, path, system, body) = (line(), line(), line(), line(), line());
+    let req = auth::SignedRequest {
+        path,
+        system,
+        timestamp: Some(timestamp),
+        signature: Some(header),
+        body: body.as_bytes(),
+    };
+    for compat in [false, true] {
+        let _ = auth::verify_signature(SECRET, &req, NOW, compat);
+        let _ = auth::verify_signature(
+            SECRET,
+            &auth::SignedRequest {
+                timestamp: None,
+                ..req
+            },
+            NOW,
+            compat,
+        );
+    }
+    let now = NOW.to_string();
+    let signed = auth::sign_hex(
+        SECRET,
+        &auth::signing_input(path, system, &now, body.as_bytes()),
+    );
+    let good = auth::SignedRequest {
+        timestamp: Some(&now),
+        signature: Some(&signed),
+        ..req
+    };
     assert!(
-        auth::verify_signature(SECRET, body.as_bytes(), Some(&signed)).is_ok(),
-        "bug: a body signed with the secret does not verify"
+        auth::verify_signature(SECRET, &good, NOW, false).is_ok(),
+        "bug: a request signed with the secret does not verify"
+    );
+    let body_only = auth::sign_hex(SECRET, body.as_bytes());
+    let old = auth::SignedRequest {
+        timestamp: None,
+        signature: Some(&body_only),
+        ..req
+    };
+    assert!(
+        auth::verify_signature(SECRET, &old, NOW, true).is_ok(),
+        "bug: a body-only signature does not verify in compatibility mode"
     );
 
     let _ = auth::verify_jwt(SECRET, &text, "sys", NOW);

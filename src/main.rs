@@ -5,7 +5,7 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use wspush::config::{Config, ConfigError, LogFormat, DEFAULT_CRYPTO_KEY};
+use wspush::config::{Config, ConfigError, LogFormat};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -178,13 +178,8 @@ fn check_config(opts: &Opts) -> ExitCode {
             }
         }
     }
-    if config.crypto_key == DEFAULT_CRYPTO_KEY {
-        notes.push(
-            "common.CryptoKey is the original's published default: set your own before \
-             production"
-                .into(),
-        );
-    }
+    // What the server would warn about at every start.
+    notes.extend(config.start_warnings());
 
     if !problems.is_empty() {
         for e in &problems {

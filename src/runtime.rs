@@ -155,6 +155,28 @@ struct CoreStart {
     door: UnixStream,
 }
 
+/// The `[etcd]` credentials and the PEM files they name, read once at start (the config check
+/// already found them readable; a file that went away since is a start error naming the key).
+fn etcd_access(config: &Config) -> anyhow::Result<membership::EtcdAccess> {
+    let read = |key: &str, path: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        if path.is_empty() {
+            return Ok(None);
+        }
+        std::fs::read(path)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("cannot read {key} {path}: {e}"))
+    };
+    let user = (!config.etcd_user.is_empty())
+        .then(|| (config.etcd_user.clone(), config.etcd_password.clone()));
+    let cert = read("etcd.CertFile", &config.etcd_cert_file)?;
+    let key = read("etcd.KeyFile", &config.etcd_key_file)?;
+    Ok(membership::EtcdAccess {
+        user,
+        ca_pem: read("etcd.CaFile", &config.etcd_ca_file)?,
+        identity_pem: cert.zip(key),
+    })
+}
+
 /// Runs the server until SIGTERM/SIGINT. Returns an error if it could not start.
 pub fn run(mut config: Config) -> anyhow::Result<()> {
     let cpus = sys::available_cpus();
@@ -202,15 +224,6 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
                 config.rpc_port
             )
         })?;
-        if config.cluster_secret.is_empty()
-            && config.crypto_key == crate::config::DEFAULT_CRYPTO_KEY
-        {
-            tracing::warn!(
-                "node links are authenticated with a key derived from the published default \
-                 CryptoKey, so anyone who can reach RPCPort can open one: set [wspush] \
-                 ClusterSecret (or your own CryptoKey) on every node"
-            );
-        }
     }
     let mut inboxes = Vec::with_capacity(cores);
     let mut starts = Vec::with_capacity(cores);
@@ -249,6 +262,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
                 self_addr: node,
                 lease_ttl_secs: config.lease_ttl.as_secs() as i64,
                 request_timeout: config.rpc_timeout.min(Duration::from_secs(2)),
+                access: etcd_access(&config)?,
             },
             Arc::new(Notifier {
                 inboxes: inboxes.clone(),
@@ -296,20 +310,8 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "wspush starting"
     );
-    if !config.api_key.is_empty() && !config.ops_require_key {
-        tracing::warn!(
-            "wspush.OpsRequireKey = false: /metrics, /status and /status.json are open to anyone \
-             who reaches HttpPort (system and group names included), while /api/* wants the ApiKey"
-        );
-    }
-    if config.cluster && config.api_key.is_empty() {
-        // The original's open API, kept by default for its callers; in a cluster it also means
-        // that anyone who can reach an HttpPort registers systems that every node then holds.
-        tracing::warn!(
-            "cluster mode without ApiKey: anyone who reaches the HTTP port can register systems \
-             and push to any system; set [wspush] ApiKey (e.g. `openssl rand -hex 32`, the same \
-             on every node) and send `Authorization: apikey <key>` on /api/* (docs/auth.md)"
-        );
+    for warning in config.start_warnings() {
+        tracing::warn!("{warning}");
     }
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("wspush-core")

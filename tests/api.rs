@@ -46,11 +46,20 @@ fn send_to_client(port: u16, system: &str, client: &str, data: Value) -> Value {
     )
 }
 
-/// The `messageId` of a successful push answer (data must be exactly `{"messageId"}`).
+/// The `messageId` of a successful push answer: data is exactly `{"messageId"}`, plus, on the
+/// fan-out routes, `"failedNodes": []` (one node: every part answers; issue 12).
 fn message_id(v: &Value) -> String {
     assert_eq!(v["code"], 0, "push failed: {v}");
     let data = v["data"].as_object().expect("data is an object");
-    assert_eq!(data.len(), 1, "data must be exactly {{messageId}}: {v}");
+    let fan_out = data.contains_key("failedNodes");
+    assert_eq!(
+        data.len(),
+        1 + fan_out as usize,
+        "data must be exactly {{messageId}}: {v}"
+    );
+    if fan_out {
+        assert_eq!(v["data"]["failedNodes"], json!([]), "{v}");
+    }
     let id = v["data"]["messageId"].as_str().expect("data.messageId");
     assert!(
         id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
@@ -1168,4 +1177,89 @@ fn data_nested_deeper_than_max_json_depth_is_refused() {
     );
     assert_eq!(v["code"], 0, "{v}");
     assert_eq!(ws.recv_json()["data"], json!(["[[[[", {"a": "{{{{"}]));
+}
+
+/// Issue 12: every push route says how many sockets took the frame (`X-Wspush-Delivered`), and
+/// the fan-out routes list the nodes that did not answer (`data.failedNodes`: `[]` on one
+/// node, where every part answers). The unicast routes keep the original's `data`.
+#[test]
+fn push_routes_say_how_many_sockets_took_the_frame() {
+    let server = Server::start();
+    let port = server.port;
+    let system = unique("delivered");
+    server.register(&system);
+    let clients: Vec<Ws> = (0..3).map(|_| server.ws(&system)).collect();
+    for ws in &clients[..2] {
+        bind(port, &system, ws, "g", "u", "");
+    }
+    let forged = forged_ids(&clients[0].client_id).remove(0);
+    let push = |route: &str, body: Value| {
+        let resp = api_raw(port, Some(&system), route, body.to_string().as_bytes());
+        assert_eq!(resp.status, 200, "{route}: {}", resp.text());
+        let v = resp.json();
+        assert_eq!(v["code"], 0, "{route}: {v}");
+        let delivered = resp
+            .header("X-Wspush-Delivered")
+            .unwrap_or_else(|| panic!("{route}: no X-Wspush-Delivered in {:?}", resp.headers))
+            .parse::<u64>()
+            .unwrap_or_else(|e| panic!("{route}: X-Wspush-Delivered: {e}"));
+        (delivered, v["data"].clone())
+    };
+    let fields = |route: &str, client: Value| {
+        let mut body = json!({"sendUserId": "", "code": 1, "msg": "", "data": "x"});
+        match route {
+            "/api/send_to_client" => body["clientId"] = client,
+            "/api/send_to_clients" => body["clientIds"] = client,
+            "/api/send_to_group" => body["groupName"] = json!("g"),
+            "/api/send_to_user" => body["userId"] = json!("u"),
+            _ => {}
+        }
+        body
+    };
+    let id0 = json!(clients[0].client_id);
+    let (n, data) = push(
+        "/api/send_to_client",
+        fields("/api/send_to_client", id0.clone()),
+    );
+    assert_eq!(n, 1);
+    assert_eq!(data.as_object().unwrap().len(), 1, "only messageId: {data}");
+    let (n, _) = push(
+        "/api/send_to_client",
+        fields("/api/send_to_client", json!(forged)),
+    );
+    assert_eq!(n, 0, "a forged id reached nobody, and the header says so");
+    let ids = json!([clients[0].client_id, clients[1].client_id, forged]);
+    let (n, data) = push("/api/send_to_clients", fields("/api/send_to_clients", ids));
+    assert_eq!(n, 2);
+    assert_eq!(data.as_object().unwrap().len(), 1, "only messageId: {data}");
+    let (n, data) = push(
+        "/api/send_to_group",
+        fields("/api/send_to_group", json!(null)),
+    );
+    assert_eq!((n, &data["failedNodes"]), (2, &json!([])), "{data}");
+    assert!(data["messageId"].is_string(), "{data}");
+    let (n, data) = push(
+        "/api/send_to_system",
+        fields("/api/send_to_system", json!(null)),
+    );
+    assert_eq!((n, &data["failedNodes"]), (3, &json!([])), "{data}");
+    let (n, data) = push(
+        "/api/send_to_user",
+        fields("/api/send_to_user", json!(null)),
+    );
+    assert_eq!((n, &data["failedNodes"]), (2, &json!([])), "{data}");
+    assert_eq!(data["count"], 2, "{data}");
+    // A route that pushes nothing has no such header.
+    let resp = api_raw(
+        port,
+        Some(&system),
+        "/api/get_online_list",
+        json!({"groupName": "g"}).to_string().as_bytes(),
+    );
+    assert_eq!(
+        resp.header("X-Wspush-Delivered"),
+        None,
+        "{:?}",
+        resp.headers
+    );
 }

@@ -331,8 +331,9 @@ fn api_key_and_secret_are_both_needed_when_both_apply() {
     assert_eq!(resp.json()["code"], 0, "{}", resp.text());
 
     let body = json!({"groupName": "g"}).to_string();
-    let sig = sign(SECRET, body.as_bytes());
     let route = "/api/get_online_list";
+    let [(ts_name, ts), (sig_name, sig)] =
+        signature_headers(SECRET, route, &system, body.as_bytes());
     let key_only = post(
         port,
         Some(&system),
@@ -345,7 +346,7 @@ fn api_key_and_secret_are_both_needed_when_both_apply() {
         port,
         Some(&system),
         route,
-        &[("X-Signature", &sig)],
+        &[(&ts_name, &ts), (&sig_name, &sig)],
         body.as_bytes(),
     );
     assert_refused(&sig_only, 403, "Authorization");
@@ -353,7 +354,7 @@ fn api_key_and_secret_are_both_needed_when_both_apply() {
         port,
         Some(&system),
         route,
-        &[("Authorization", &good), ("X-Signature", &sig)],
+        &[("Authorization", &good), (&ts_name, &ts), (&sig_name, &sig)],
         body.as_bytes(),
     );
     assert_eq!(both.status, 200, "{}", both.text());
@@ -381,31 +382,35 @@ fn a_secret_makes_api_calls_signed() {
         "a 401 names its scheme: {:?}",
         unsigned.headers
     );
-    let wrong_key = sign("another-secret-0123456789", bytes);
-    let resp = post(
+    let resp = post_signed(
         port,
-        Some(&system),
+        &system,
+        "another-secret-0123456789",
         route,
-        &[("X-Signature", &wrong_key)],
+        &[],
         bytes,
     );
     assert_refused(&resp, 401, "does not match");
     // The signature of one body does not carry another (one byte changed: the data).
     let tampered = body.replace("refused", "refusec");
+    let [(ts_name, ts), (sig_name, sig)] = signature_headers(SECRET, route, &system, bytes);
     let resp = post(
         port,
         Some(&system),
         route,
-        &[("X-Signature", &sign(SECRET, bytes))],
+        &[(&ts_name, &ts), (&sig_name, &sig)],
         tampered.as_bytes(),
     );
     assert_refused(&resp, 401, "does not match");
-    for malformed in ["xyz", "0123", &"g".repeat(64), &sign(SECRET, bytes)[..63]] {
+    // A signature without its timestamp is refused as such.
+    let resp = post(port, Some(&system), route, &[(&sig_name, &sig)], bytes);
+    assert_refused(&resp, 401, "X-Timestamp header is required");
+    for malformed in ["xyz", "0123", &"g".repeat(64), &sig[..63]] {
         let resp = post(
             port,
             Some(&system),
             route,
-            &[("X-Signature", malformed)],
+            &[(&ts_name, &ts), ("X-Signature", malformed)],
             bytes,
         );
         assert_refused(&resp, 401, "64 hex digits");
@@ -416,7 +421,8 @@ fn a_secret_makes_api_calls_signed() {
     // Signed right, in lowercase and in uppercase hex: delivered.
     for (data, upper) in [("lower", false), ("upper", true)] {
         let body = push_body(&ws.client_id, data).to_string();
-        let mut sig = sign(SECRET, body.as_bytes());
+        let [(ts_name, ts), (sig_name, mut sig)] =
+            signature_headers(SECRET, route, &system, body.as_bytes());
         if upper {
             sig = sig.to_ascii_uppercase();
         }
@@ -424,7 +430,7 @@ fn a_secret_makes_api_calls_signed() {
             port,
             Some(&system),
             route,
-            &[("X-Signature", &sig)],
+            &[(&ts_name, &ts), (&sig_name, &sig)],
             body.as_bytes(),
         );
         assert_eq!(resp.status, 200, "{}", resp.text());
@@ -433,14 +439,19 @@ fn a_secret_makes_api_calls_signed() {
     }
     // A chunked body is signed as its decoded bytes.
     let body = push_body(&ws.client_id, "chunked").to_string();
-    let sig = sign(SECRET, body.as_bytes());
+    let [(ts_name, ts), (sig_name, sig)] =
+        signature_headers(SECRET, route, &system, body.as_bytes());
     let (a, b) = body.split_at(10);
     let chunked = format!("{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len());
     let resp = post(
         port,
         Some(&system),
         route,
-        &[("Transfer-Encoding", "chunked"), ("X-Signature", &sig)],
+        &[
+            ("Transfer-Encoding", "chunked"),
+            (&ts_name, &ts),
+            (&sig_name, &sig),
+        ],
         chunked.as_bytes(),
     );
     assert_eq!(resp.json()["code"], 0, "{}", resp.text());
@@ -482,12 +493,12 @@ fn a_secret_makes_api_calls_signed() {
     );
     assert_eq!(v["code"], 0, "{v}");
     let body = json!({"groupName": "g"}).to_string();
-    let new_sig = sign("a-brand-new-secret-0123456789", body.as_bytes());
-    let resp = post(
+    let resp = post_signed(
         port,
-        Some(&system),
+        &system,
+        "a-brand-new-secret-0123456789",
         "/api/get_online_list",
-        &[("X-Signature", &new_sig)],
+        &[],
         body.as_bytes(),
     );
     assert_refused(&resp, 401, "does not match");
@@ -495,6 +506,181 @@ fn a_secret_makes_api_calls_signed() {
         .stderr_log()
         .contains("API request refused: signature"));
     server.assert_serves();
+}
+
+/// Issue 12: the signature covers the route, the SystemId and a timestamp besides the body, so
+/// a captured call cannot be replayed on another route, for another system with the same
+/// secret, or minutes later.
+#[test]
+fn a_signature_is_bound_to_its_route_system_and_time() {
+    let mut server = Server::start();
+    let port = server.port;
+    let system = unique("bound");
+    register_secret(port, &system, SECRET);
+    let twin = unique("twin");
+    register_secret(port, &twin, SECRET);
+    let mut ws = ws_with_token(port, &system, &token(SECRET, None));
+    let mut twin_ws = ws_with_token(port, &twin, &token(SECRET, None));
+
+    // A signed send_to_client, as a caller sends it and an eavesdropper captures it.
+    let route = "/api/send_to_client";
+    let body = push_body(&ws.client_id, "once").to_string();
+    let bytes = body.as_bytes();
+    let [(ts_name, ts), (sig_name, sig)] = signature_headers(SECRET, route, &system, bytes);
+    let captured = [
+        (ts_name.as_str(), ts.as_str()),
+        (sig_name.as_str(), sig.as_str()),
+    ];
+    let resp = post(port, Some(&system), route, &captured, bytes);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["code"], 0, "{}", resp.text());
+    assert_eq!(ws.recv_json()["data"], "once");
+
+    // The same headers and body on routes that read the same clientId field: refused, and the
+    // client is neither closed nor asked about.
+    for other in [
+        "/api/close_client",
+        "/api/is_online",
+        "/api/unbind_from_group",
+    ] {
+        let resp = post(port, Some(&system), other, &captured, bytes);
+        assert_refused(&resp, 401, "does not match");
+    }
+    ws.expect_nothing(QUIET_MS);
+    let v = signed(
+        port,
+        &system,
+        SECRET,
+        "/api/is_online",
+        &json!({"clientId": ws.client_id}),
+    );
+    assert_eq!(
+        v["data"]["online"], true,
+        "the replayed close_client closed it: {v}"
+    );
+
+    // Signed for `system`, sent as the twin system (same secret): refused.
+    let twin_body = push_body(&twin_ws.client_id, "twin").to_string();
+    let [(ts_name, ts), (sig_name, sig)] =
+        signature_headers(SECRET, route, &system, twin_body.as_bytes());
+    let resp = post(
+        port,
+        Some(&twin),
+        route,
+        &[(&ts_name, &ts), (&sig_name, &sig)],
+        twin_body.as_bytes(),
+    );
+    assert_refused(&resp, 401, "does not match");
+    twin_ws.expect_nothing(QUIET_MS);
+
+    // Signed correctly but at a time more than 300 s from the server's clock, either way.
+    for (offset, needle) in [(-1000, "behind"), (1000, "ahead")] {
+        let at = now() + offset;
+        let at_text = at.to_string();
+        let sig = sign_request(SECRET, route, &system, at, bytes);
+        let resp = post(
+            port,
+            Some(&system),
+            route,
+            &[("X-Timestamp", &at_text), ("X-Signature", &sig)],
+            bytes,
+        );
+        assert_refused(&resp, 401, "s off");
+        let msg = resp.json()["msg"].as_str().unwrap().to_string();
+        assert!(msg.contains(needle) && msg.contains("\u{b1}300 s"), "{msg}");
+    }
+    // Within the window (a caller whose clock is 200 s slow): accepted.
+    let at = now() - 200;
+    let at_text = at.to_string();
+    let late = push_body(&ws.client_id, "late").to_string();
+    let sig = sign_request(SECRET, route, &system, at, late.as_bytes());
+    let resp = post(
+        port,
+        Some(&system),
+        route,
+        &[("X-Timestamp", &at_text), ("X-Signature", &sig)],
+        late.as_bytes(),
+    );
+    assert_eq!(resp.json()["code"], 0, "{}", resp.text());
+    assert_eq!(ws.recv_json()["data"], "late");
+    for bad in ["soon", "-5", "1.5e9"] {
+        let resp = post(
+            port,
+            Some(&system),
+            route,
+            &[("X-Timestamp", bad), ("X-Signature", &sig)],
+            late.as_bytes(),
+        );
+        assert_refused(&resp, 401, "X-Timestamp must be");
+    }
+    ws.expect_nothing(QUIET_MS);
+    server.assert_serves();
+}
+
+/// The body-only scheme of before is refused by default and accepted with
+/// `SignatureCompat = true`, which the server warns about at start.
+#[test]
+fn the_body_only_scheme_needs_signature_compat() {
+    let route = "/api/send_to_client";
+    for compat in [false, true] {
+        let extra = if compat {
+            vec!["SignatureCompat = true"]
+        } else {
+            vec![]
+        };
+        let server = Server::start_with(&extra);
+        let port = server.port;
+        let system = unique("compat");
+        register_secret(port, &system, SECRET);
+        let mut ws = ws_with_token(port, &system, &token(SECRET, None));
+        let body = push_body(&ws.client_id, "old scheme").to_string();
+        let old = sign(SECRET, body.as_bytes());
+        let resp = post(
+            port,
+            Some(&system),
+            route,
+            &[("X-Signature", &old)],
+            body.as_bytes(),
+        );
+        let warned = server
+            .stderr_log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("SignatureCompat"));
+        if compat {
+            assert_eq!(resp.status, 200, "{}", resp.text());
+            assert_eq!(resp.json()["code"], 0, "{}", resp.text());
+            assert_eq!(ws.recv_json()["data"], "old scheme");
+            assert!(
+                warned,
+                "no start WARN about SignatureCompat:\n{}",
+                server.stderr_log()
+            );
+            // Wrong body-only signatures are still refused.
+            let wrong = sign("another-secret-0123456789", body.as_bytes());
+            let resp = post(
+                port,
+                Some(&system),
+                route,
+                &[("X-Signature", &wrong)],
+                body.as_bytes(),
+            );
+            assert_refused(&resp, 401, "does not match the request body");
+        } else {
+            assert_refused(&resp, 401, "X-Timestamp header is required");
+            ws.expect_nothing(QUIET_MS);
+            assert!(!warned, "{}", server.stderr_log());
+        }
+        // The current scheme works either way.
+        let v = signed(
+            port,
+            &system,
+            SECRET,
+            route,
+            &push_body(&ws.client_id, "new"),
+        );
+        assert_eq!(v["code"], 0, "{v}");
+        assert_eq!(ws.recv_json()["data"], "new");
+    }
 }
 
 #[test]

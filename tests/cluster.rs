@@ -649,6 +649,117 @@ fn whole_flow_through_nginx_in_front_of_three_nodes() {
     assert!(!access.contains("\" 5"), "an nginx 5xx: {access}");
 }
 
+/// The value of `wspush_peer_call_failures_total{route="<route>"}` in a `/metrics` scrape.
+fn peer_call_failures(port: u16, route: &str) -> u64 {
+    let text = http(port, "GET", "/metrics", &[], b"").text();
+    let series = format!("wspush_peer_call_failures_total{{route=\"{route}\"}} ");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&series))
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"));
+    line[series.len()..].trim().parse().unwrap()
+}
+
+/// Issue 12: a push whose peer is dead still answers code 0 (the original's routes), but says
+/// what happened: `X-Wspush-Delivered` counts the sockets that took the frame, the fan-out
+/// routes name the node that did not answer in `data.failedNodes`, and a bind to a client of
+/// that node answers code -1. The failures are counted in /metrics and logged at WARN. The
+/// nodes run with a 30 s lease so the killed node stays in the peer table throughout.
+#[test]
+fn a_dead_peers_share_of_a_request_is_reported_not_acknowledged() {
+    let mut c = cluster_with(2, &["LeaseTtl = 30"]);
+    let (a, dead) = (c.nodes[0].port, c.nodes[1].addr());
+    let system = unique("outcome");
+    assert_eq!(register(a, &system)["code"], 0);
+    let mut on_a = c.nodes[0].ws(&system);
+    let on_b = c.nodes[1].ws(&system);
+    for ws in [&on_a, &on_b] {
+        bind(a, &system, ws, "room", "u", "");
+    }
+    let delivered = |resp: &Response| -> u64 {
+        resp.header("X-Wspush-Delivered")
+            .unwrap_or_else(|| panic!("no X-Wspush-Delivered in {:?}", resp.headers))
+            .parse()
+            .unwrap()
+    };
+    let call = |route: &str, body: Value| -> (u64, Value) {
+        let resp = api_raw(a, Some(&system), route, body.to_string().as_bytes());
+        assert_eq!(resp.status, 200, "{route}: {}", resp.text());
+        let v = resp.json();
+        assert_eq!(v["code"], 0, "{route} answers code 0, as the original: {v}");
+        (delivered(&resp), v["data"].clone())
+    };
+    let push = json!({"sendUserId": "", "code": 5, "msg": "", "data": "x"});
+    let with = |key: &str, value: Value| {
+        let mut body = push.clone();
+        body[key] = value;
+        body
+    };
+    // Both nodes up: both clients counted, no failed node.
+    let (n, data) = call("/api/send_to_group", with("groupName", json!("room")));
+    assert_eq!((n, &data["failedNodes"]), (2, &json!([])), "{data}");
+    assert_eq!(recv_skipping_presence(&mut on_a)["code"], 5);
+    let (n, _) = call(
+        "/api/send_to_client",
+        with("clientId", json!(on_b.client_id)),
+    );
+    assert_eq!(n, 1);
+
+    c.nodes[1].signal(libc::SIGKILL);
+    assert!(c.nodes[1].wait_exit(Duration::from_secs(5)).is_some());
+
+    let (n, _) = call(
+        "/api/send_to_client",
+        with("clientId", json!(on_b.client_id)),
+    );
+    assert_eq!(n, 0, "the dead node's client got nothing");
+    let both = json!([on_a.client_id, on_b.client_id]);
+    let (n, _) = call("/api/send_to_clients", with("clientIds", both));
+    assert_eq!(n, 1);
+    let (n, data) = call("/api/send_to_group", with("groupName", json!("room")));
+    assert_eq!((n, &data["failedNodes"]), (1, &json!([dead])), "{data}");
+    let (n, data) = call("/api/send_to_system", push.clone());
+    assert_eq!((n, &data["failedNodes"]), (1, &json!([dead])), "{data}");
+    let (n, data) = call("/api/send_to_user", with("userId", json!("u")));
+    assert_eq!((n, &data["failedNodes"]), (1, &json!([dead])), "{data}");
+    assert_eq!(data["count"], 1, "{data}");
+    // The survivor's client got each of them.
+    for _ in 0..4 {
+        let m = recv_skipping_presence(&mut on_a);
+        assert_eq!(m["code"], 5, "{m}");
+    }
+
+    // A bind of the dead node's client: code -1 naming the node, not a silent 0.
+    let v = api(
+        a,
+        Some(&system),
+        "/api/bind_to_group",
+        &json!({"clientId": on_b.client_id, "groupName": "other", "userId": "", "extend": ""}),
+    );
+    assert_fails_naming(&v, &format!("node {dead} unreachable"));
+
+    // Counted by route, and logged at WARN (throttled: at most a line a second per core).
+    for route in [
+        "send_to_client",
+        "send_to_clients",
+        "send_to_group",
+        "send_to_system",
+    ] {
+        assert!(peer_call_failures(a, route) >= 1, "{route}");
+    }
+    assert!(peer_call_failures(a, "send_to_user") >= 1);
+    assert!(peer_call_failures(a, "bind_to_group") >= 1);
+    let log = c.nodes[0].stderr_log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("call to a peer node failed"))
+        .count();
+    assert!(
+        warned >= 1,
+        "no WARN line for the failed peer calls:\n{log}"
+    );
+}
+
 #[test]
 fn a_node_killed_with_sigkill_under_load_leaves_promptly_and_the_rest_keeps_working() {
     let mut c = cluster(3);

@@ -1,7 +1,9 @@
 //! Issue 7's per-system secrets in cluster mode, with a real etcd and two real nodes: a secret
 //! registered through one node is stored in etcd (`ws/account/<systemId>`) and enforced by the
 //! other, on the API and on `/ws`; values written the original's way (no secret) keep working
-//! unsigned; an operator's edit of the value in etcd is followed by every node.
+//! unsigned; an operator's edit of the value in etcd is followed by every node. And (issue 12)
+//! the nodes' own access to etcd: a user and password once etcd has authentication on, TLS
+//! with the CA of a certificate made by the test, and a client certificate.
 
 mod common;
 
@@ -80,14 +82,12 @@ fn a_secret_registered_on_one_node_is_enforced_by_the_other() {
         body.as_bytes(),
     );
     assert_refused(&unsigned, 401, "X-Signature");
-    let wrong = post(
+    let wrong = post_signed(
         b.port,
-        Some(&system),
+        &system,
+        "not-the-secret-0123456789",
         "/api/get_online_list",
-        &[(
-            "X-Signature",
-            &sign("not-the-secret-0123456789", body.as_bytes()),
-        )],
+        &[],
         body.as_bytes(),
     );
     assert_refused(&wrong, 401, "does not match");
@@ -380,4 +380,145 @@ fn lookups_of_unknown_systems_are_limited_per_core() {
         "no connect refused in {secs:.1} s of 200 random ids"
     );
     assert_eq!(metric(node.port, LIMITED), refused as f64);
+}
+
+/// `wspush_etcd_connect_failures_total` of a node (0 while `/metrics` does not answer).
+fn connect_failures(node: &Node) -> u64 {
+    let Ok(resp) = try_http(node.port, "GET", "/metrics", &[], b"") else {
+        return 0;
+    };
+    resp.text()
+        .lines()
+        .find_map(|l| l.strip_prefix("wspush_etcd_connect_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits (≤ 20 s) until `node` logged a WARN line containing `needle` and failed to reach etcd
+/// three times (the retries go on: 0.2, 0.4, 0.8 s apart), then asserts it is still not ready.
+fn assert_stays_unready(node: &mut Node, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        node.assert_alive();
+        let log = node.stderr_log();
+        let warned = log
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(needle));
+        if warned && connect_failures(node) >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no WARN line with {needle:?} and 3 failed connects within 20 s \
+             ({} so far):\n{log}",
+            connect_failures(node)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let readyz = http(node.port, "GET", "/readyz", &[], b"");
+    assert_eq!(readyz.status, 503, "{}", readyz.text());
+}
+
+/// Issue 12: `[etcd] User` and `Password`. With authentication on in etcd (a user whose role
+/// may read and write `/wsServers/` and `ws/account/` only, as docs/auth.md sets it up), nodes
+/// with the password join, register and serve across nodes; a node with a wrong one says so
+/// and stays not ready.
+#[test]
+fn nodes_authenticate_to_an_etcd_with_authentication_on() {
+    let etcd = Etcd::start();
+    etcd.enable_auth("wspush-node", "node-password-0123456789");
+    let creds = ["User = wspush-node", "Password = node-password-0123456789"];
+    let nodes: Vec<Node> = (0..2)
+        .map(|_| Node::start_with_access(&etcd.endpoint(), &creds, &[]))
+        .collect();
+    converge(&nodes);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // A registration (an etcd transaction on ws/account/) through one node is known to the other.
+    let system = unique("etcd-auth");
+    assert_eq!(
+        api(
+            a.port,
+            None,
+            "/api/register",
+            &json!({ "systemId": system })
+        )["code"],
+        0
+    );
+    let mut on_b = b.ws(&system);
+    let v = api(
+        a.port,
+        Some(&system),
+        "/api/send_to_client",
+        &push_body(&on_b.client_id, "through etcd with auth"),
+    );
+    assert_eq!(v["code"], 0, "{v}");
+    assert_eq!(on_b.recv_json()["data"], "through etcd with auth");
+
+    let mut wrong = Node::spawn(
+        &etcd.endpoint(),
+        &["User = wspush-node", "Password = not-the-password"],
+        &[],
+    );
+    assert_stays_unready(
+        &mut wrong,
+        "etcd refused the credentials: check [etcd] User and Password",
+    );
+    // Without credentials at all etcd refuses the node too.
+    let mut none = Node::spawn(&etcd.endpoint(), &[], &[]);
+    assert_stays_unready(&mut none, "etcd unreachable");
+}
+
+/// Issue 12: TLS to etcd. etcd serves clients over TLS with a certificate signed by a CA the
+/// test made, and wants client certificates: nodes with `CaFile`, `CertFile` and `KeyFile`
+/// join (with an `https://` endpoint and with a bare `host:port` alike); a node without a
+/// client certificate stays not ready; an `https://` endpoint without `CaFile` is a config
+/// error at start.
+#[test]
+fn nodes_reach_etcd_over_tls_with_a_test_ca_and_client_certificates() {
+    let pki = TestPki::generate();
+    let etcd = Etcd::start_tls(&pki, true);
+    let ca = format!("CaFile = {}", pki.ca.display());
+    let cert = format!("CertFile = {}", pki.client_cert.display());
+    let key = format!("KeyFile = {}", pki.client_key.display());
+    let tls = [ca.as_str(), &cert, &key];
+    let https = format!("https://{}", etcd.endpoint());
+    let nodes = vec![
+        Node::start_with_access(&https, &tls, &[]),
+        Node::start_with_access(&etcd.endpoint(), &tls, &[]),
+    ];
+    converge(&nodes);
+    let system = unique("etcd-tls");
+    let v = api(
+        nodes[1].port,
+        None,
+        "/api/register",
+        &json!({ "systemId": system }),
+    );
+    assert_eq!(v["code"], 0, "{v}");
+    let mut on_a = nodes[0].ws(&system);
+    let v = api(
+        nodes[1].port,
+        Some(&system),
+        "/api/send_to_client",
+        &push_body(&on_a.client_id, "over tls"),
+    );
+    assert_eq!(v["code"], 0, "{v}");
+    assert_eq!(on_a.recv_json()["data"], "over tls");
+
+    // The CA but no client certificate: etcd ends the handshake.
+    let mut no_cert = Node::spawn(&etcd.endpoint(), &[&ca], &[]);
+    assert_stays_unready(&mut no_cert, "etcd unreachable");
+
+    // https:// without CaFile: nothing to check etcd's certificate against; exit 2.
+    let mut no_ca = Node::spawn(&https, &[], &[]);
+    let status = no_ca
+        .wait_exit(Duration::from_secs(10))
+        .expect("a node with https:// and no CaFile started");
+    assert_eq!(status.code(), Some(2), "{}", no_ca.stderr_log());
+    assert!(
+        no_ca.stderr_log().contains("etcd.Endpoints"),
+        "{}",
+        no_ca.stderr_log()
+    );
+    let _ = std::fs::remove_dir_all(&pki.dir);
 }

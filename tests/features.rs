@@ -67,7 +67,16 @@ fn send_to_user(server: &Server, system: &str, user: &str, data: Value) -> (Stri
     );
     assert_eq!(v["code"], 0, "send_to_user: {v}");
     let obj = v["data"].as_object().expect("data is an object");
-    assert_eq!(obj.len(), 2, "data is exactly {{messageId, count}}: {v}");
+    assert_eq!(
+        obj.len(),
+        3,
+        "data is exactly {{messageId, count, failedNodes}}: {v}"
+    );
+    assert_eq!(
+        v["data"]["failedNodes"],
+        json!([]),
+        "one node: none failed: {v}"
+    );
     let id = v["data"]["messageId"]
         .as_str()
         .expect("messageId")
@@ -291,7 +300,16 @@ fn send_to_system_reaches_every_client_of_the_system_and_no_other() {
     );
     assert_eq!(v["code"], 0, "{v}");
     let data = v["data"].as_object().expect("data is an object");
-    assert_eq!(data.len(), 1, "data is exactly {{messageId}}: {v}");
+    assert_eq!(
+        data.len(),
+        2,
+        "data is exactly {{messageId, failedNodes}}: {v}"
+    );
+    assert_eq!(
+        v["data"]["failedNodes"],
+        json!([]),
+        "one node: none failed: {v}"
+    );
     let id = v["data"]["messageId"].as_str().unwrap().to_string();
     for ws in &mut mine {
         let m = ws.recv_json();

@@ -674,7 +674,8 @@ fn node_frame_seeds() -> Seeds {
 }
 
 /// A valid HS256 token for system "sys" (header, claims with exp and userId, signature with the
-/// target's secret), a bare Authorization value, a signature line plus body, a webhook URL and
+/// target's secret), a bare Authorization value, a signed request (signature, timestamp, path,
+/// system, body: one line each), a webhook URL and
 /// an account value as the original and wspush write it.
 fn auth_seeds() -> Seeds {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -685,11 +686,16 @@ fn auth_seeds() -> Seeds {
     let tag = wspush::auth::hmac_sha256(b"fuzz-secret-0123456789abcdef", input.as_bytes());
     let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag));
     let body = r#"{"clientId":"x","code":1}"#;
-    let signature = wspush::auth::sign_hex("fuzz-secret-0123456789abcdef", body.as_bytes());
+    let (path, system, at) = ("/api/send_to_client", "sys", "1800000000");
+    let signed = wspush::auth::signing_input(path, system, at, body.as_bytes());
+    let signature = wspush::auth::sign_hex("fuzz-secret-0123456789abcdef", &signed);
     vec![
         ("jwt", token.into_bytes()),
         ("apikey", b"apikey fuzz-api-key-0123456789".to_vec()),
-        ("signature", format!("{signature}\n{body}").into_bytes()),
+        (
+            "signature",
+            format!("{signature}\n{at}\n{path}\n{system}\n{body}").into_bytes(),
+        ),
         ("webhook_url", b"http://127.0.0.1:8080/hooks/wspush?x=1".to_vec()),
         (
             "account",

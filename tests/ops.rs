@@ -697,3 +697,72 @@ fn cluster_readyz_follows_etcd_and_membership_events_log_once() {
         );
     }
 }
+
+/// Issue 12: the original's published `CryptoKey` lets anyone who knows it forge clientIds.
+/// The server still starts with it (the original's own `conf/app.ini` ships it), but says so
+/// at WARN on every start and on `/status`; `RefuseDefaultCryptoKey = true` refuses it.
+#[test]
+fn the_published_crypto_key_is_warned_about_at_every_start_and_refused_on_request() {
+    let warned = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("WARN")
+                    && l.contains("common.CryptoKey")
+                    && l.contains("forge clientIds")
+                    && l.contains("openssl rand -hex 16")
+            })
+            .count()
+    };
+    // Every start warns, once.
+    for start in 0..2 {
+        let server = Server::start();
+        assert_eq!(
+            warned(&server.stderr_log()),
+            1,
+            "start {start}: one WARN about the default key:\n{}",
+            server.stderr_log()
+        );
+        let status = http(server.port, "GET", "/status.json", &[], b"").json();
+        assert_eq!(status["defaultCryptoKey"], true, "{status}");
+        let warnings = status["warnings"].as_array().expect("warnings is a list");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.as_str().unwrap().contains("common.CryptoKey")),
+            "{status}"
+        );
+        // The page has the element its script fills with them.
+        let page = http(server.port, "GET", "/status", &[], b"").text();
+        assert!(page.contains("id=\"warnings\""), "no warnings element");
+    }
+
+    // An own key: no warning, nothing on /status.
+    let own = |text: String| {
+        text.replace(
+            "CryptoKey = Adba723b7fe06819",
+            "CryptoKey = 0123456789abcdef0123456789abcdef",
+        )
+    };
+    let server = Server::start_edited(&["RefuseDefaultCryptoKey = true"], 2, None, &own);
+    assert_eq!(warned(&server.stderr_log()), 0, "{}", server.stderr_log());
+    let status = http(server.port, "GET", "/status.json", &[], b"").json();
+    assert_eq!(status["defaultCryptoKey"], false, "{status}");
+    assert_eq!(status["warnings"], json!([]), "{status}");
+    drop(server);
+
+    // RefuseDefaultCryptoKey = true with the default key: exit 2, one line naming the key.
+    let (port, rpc) = free_ports();
+    let (dir, path) = write_config(&config_text(port, rpc, &["RefuseDefaultCryptoKey = true"]));
+    let path = path.to_str().unwrap();
+    let (status, stderr) = run_to_exit(&["-c", path, "--cores", "2"]);
+    assert_eq!(status.code(), Some(2), "stderr:\n{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("common.CryptoKey") && stderr.contains("RefuseDefaultCryptoKey"),
+        "{stderr}"
+    );
+    let ran = run(&["check-config", "-c", path]);
+    assert_eq!(ran.status.code(), Some(2), "stderr:\n{}", ran.stderr);
+    assert!(ran.stderr.contains("common.CryptoKey"), "{}", ran.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -295,6 +295,16 @@ fn the_status_page_shows_the_servers_numbers() {
         );
     }
 
+    // The start-up warnings (here the published default CryptoKey, issue 12), one each.
+    let warnings = after["warnings"].as_array().unwrap();
+    assert!(!warnings.is_empty(), "{after}");
+    assert_eq!(shown(&dom, "warnings"), warnings.len() as u64);
+    assert!(
+        element(&dom, "warning-0").1.contains("common.CryptoKey"),
+        "{:?}",
+        element(&dom, "warning-0")
+    );
+
     // A screenshot for people, kept next to the build.
     let png = dir.join("status-page.png");
     run_chromium(

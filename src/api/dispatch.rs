@@ -1,6 +1,7 @@
 //! Resolving clientIds: the one function that knows whether a client is on this core, another
 //! core of this node, or another node, and the calls that go there.
 
+use super::error::ApiError;
 use crate::cluster::proto::{RemoteOp, RemoteReply, Target as RemoteTarget};
 use crate::ids::ClientAddr;
 use crate::shard::inbox::{Op, Reply};
@@ -64,12 +65,14 @@ pub fn resolve(shard: &Shard, client_id: &str) -> Target {
 }
 
 /// Queues `frame` to every listed client of `system`: one message per core and one per node
-/// that owns some. Returns how many were reached.
+/// that owns some. Returns how many were reached; a node that does not answer reached none
+/// (counted and logged as `what`'s peer failure).
 pub async fn deliver<'a>(
     shard: &Rc<Shard>,
     system: &Arc<str>,
     client_ids: impl Iterator<Item = &'a str>,
     frame: SharedFrame,
+    what: &'static str,
 ) -> usize {
     let mut per_core: Vec<Vec<(u32, u32)>> = vec![Vec::new(); shard.nr_cores];
     let mut per_node: HashMap<SocketAddrV4, Vec<RemoteTarget>> = HashMap::new();
@@ -95,9 +98,13 @@ pub async fn deliver<'a>(
             match shard.cluster() {
                 Some(cluster) => match cluster.call(addr, op).await {
                     Ok(RemoteReply::Count(n)) => n as usize,
+                    Ok(RemoteReply::Failed(why)) => {
+                        shard.peer_failed(addr, what, &why);
+                        0
+                    }
                     Ok(_) => 0,
                     Err(e) => {
-                        tracing::debug!(peer = %addr, core = shard.id, error = %e, "push to a peer failed");
+                        shard.peer_failed(addr, what, &e);
                         0
                     }
                 },
@@ -109,41 +116,58 @@ pub async fn deliver<'a>(
     local + remote.into_iter().sum::<usize>()
 }
 
-/// Runs a per-client op where the client lives. `Ok(false)` when it was not found or not
-/// reachable; `Err` when it was found but a limit refused the op (the text says which).
+/// What a per-client op found where the client lives.
+enum Found {
+    /// It ran: whether the client was there (and, for bind, was bound).
+    Ran(bool),
+    /// The client was found but a limit refused the op; the text says which.
+    Refused(String),
+    /// The client's node is a peer that did not answer (or could not run the op): nothing is
+    /// known about the client. The text says which node and why.
+    Unreachable(String),
+}
+
+/// Runs a per-client op where the client lives. A peer that does not answer is counted and
+/// logged as `what`'s peer failure.
 async fn on_client(
     shard: &Rc<Shard>,
     client_id: &str,
+    what: &'static str,
     local: impl FnOnce(u32, u32) -> Op,
     remote: impl FnOnce(RemoteTarget) -> RemoteOp,
-) -> Result<bool, String> {
+) -> Found {
     match resolve(shard, client_id) {
         Target::Core {
             core,
             slot,
             generation,
         } => match shard.call(core, local(slot, generation)).await {
-            Reply::Refused(why) => Err(why),
-            reply => Ok(reply.found()),
+            Reply::Refused(why) => Found::Refused(why),
+            reply => Found::Ran(reply.found()),
         },
         Target::Node { addr, target } => {
             let Some(cluster) = shard.cluster() else {
-                return Ok(false);
+                return Found::Ran(false);
+            };
+            let unreachable = |why: &dyn std::fmt::Display| {
+                shard.peer_failed(addr, what, why);
+                Found::Unreachable(format!("node {addr} unreachable ({why})"))
             };
             match cluster.call(addr, remote(target)).await {
-                Ok(RemoteReply::Done(found)) => Ok(found),
-                Ok(RemoteReply::Refused(why)) => Err(why),
-                Ok(_) => Ok(false),
-                Err(e) => {
-                    tracing::debug!(peer = %addr, core = shard.id, error = %e, "request to a peer failed");
-                    Ok(false)
-                }
+                Ok(RemoteReply::Done(found)) => Found::Ran(found),
+                Ok(RemoteReply::Refused(why)) => Found::Refused(why),
+                Ok(RemoteReply::Failed(why)) => unreachable(&why),
+                Ok(_) => Found::Ran(false),
+                Err(e) => unreachable(&e),
             }
         }
-        Target::Nowhere => Ok(false),
+        Target::Nowhere => Found::Ran(false),
     }
 }
 
+/// bind_to_group where the client lives. `Err` when a limit refused it, or when the client's
+/// node did not answer (issue 12: answering code 0 would tell the caller a bind happened that
+/// nobody confirmed; an unknown client stays code 0, as in the original).
 pub async fn bind(
     shard: &Rc<Shard>,
     system: Arc<str>,
@@ -151,16 +175,17 @@ pub async fn bind(
     group: Arc<str>,
     user_id: String,
     extend: String,
-) -> Result<bool, String> {
+) -> Result<bool, ApiError> {
     let (s, g, u, e) = (
         system.to_string(),
         group.to_string(),
         user_id.clone(),
         extend.clone(),
     );
-    on_client(
+    let found = on_client(
         shard,
         client_id,
+        "bind_to_group",
         |slot, generation| Op::Bind {
             slot,
             generation,
@@ -177,14 +202,25 @@ pub async fn bind(
             extend: e,
         },
     )
-    .await
+    .await;
+    match found {
+        Found::Ran(bound) => Ok(bound),
+        Found::Refused(why) => Err(ApiError::Limit(why)),
+        Found::Unreachable(why) => Err(ApiError::Peer(format!(
+            "{why}: the bind was not confirmed; retry once the node is back or gone"
+        ))),
+    }
 }
 
+/// close_client where the client lives. `Err` when a limit refused it. A client whose node
+/// does not answer is treated as unknown (code 0, as the original answers for those); the
+/// failure is counted and logged.
 pub async fn close(shard: &Rc<Shard>, system: Arc<str>, client_id: &str) -> Result<bool, String> {
     let s = system.to_string();
-    on_client(
+    let found = on_client(
         shard,
         client_id,
+        "close_client",
         |slot, generation| Op::Close {
             slot,
             generation,
@@ -192,16 +228,22 @@ pub async fn close(shard: &Rc<Shard>, system: Arc<str>, client_id: &str) -> Resu
         },
         |target| RemoteOp::Close { target, system: s },
     )
-    .await
+    .await;
+    match found {
+        Found::Ran(closed) => Ok(closed),
+        Found::Refused(why) => Err(why),
+        Found::Unreachable(_) => Ok(false),
+    }
 }
 
 /// is_online: connected (and not being closed) on whichever node owns it. An id that does not
 /// open, belongs to another system, or whose node does not answer in time is offline.
 pub async fn is_online(shard: &Rc<Shard>, system: Arc<str>, client_id: &str) -> bool {
     let s = system.to_string();
-    on_client(
+    let found = on_client(
         shard,
         client_id,
+        "is_online",
         |slot, generation| Op::IsOnline {
             slot,
             generation,
@@ -209,17 +251,18 @@ pub async fn is_online(shard: &Rc<Shard>, system: Arc<str>, client_id: &str) -> 
         },
         |target| RemoteOp::IsOnline { target, system: s },
     )
-    .await
-    .unwrap_or(false)
+    .await;
+    matches!(found, Found::Ran(true))
 }
 
 /// unbind_from_group on the client's own core ([`Shard::unbind_from_group`]). True when it was
 /// a member and left.
 pub async fn unbind(shard: &Rc<Shard>, system: Arc<str>, client_id: &str, group: Arc<str>) -> bool {
     let (s, g) = (system.to_string(), group.to_string());
-    on_client(
+    let found = on_client(
         shard,
         client_id,
+        "unbind_from_group",
         |slot, generation| Op::Unbind {
             slot,
             generation,
@@ -232,6 +275,6 @@ pub async fn unbind(shard: &Rc<Shard>, system: Arc<str>, client_id: &str, group:
             group: g,
         },
     )
-    .await
-    .unwrap_or(false)
+    .await;
+    matches!(found, Found::Ran(true))
 }

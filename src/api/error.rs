@@ -19,6 +19,10 @@ pub enum ApiError {
     /// A configured limit refused the request (the message names the key).
     #[error("{0}")]
     Limit(String),
+    /// Cluster mode: the peer node the request had to reach did not answer (the message names
+    /// it); nothing is known to have happened there.
+    #[error("{0}")]
+    Peer(String),
     /// The request as a whole could not be read (too large, timed out, malformed framing).
     #[error("{0}")]
     Request(String),
@@ -61,18 +65,43 @@ pub enum Data {
     EmptyList,
     /// `{}`
     EmptyObject,
-    /// `{"messageId":"..."}`
-    MessageId(String),
+    /// A push: `{"messageId":"..."}`, with `count` and `failedNodes` where [`Pushed`] says,
+    /// and the `X-Wspush-Delivered` header.
+    Pushed(Pushed),
     /// `{"count":N,"list":[...]}`
     OnlineList(Vec<String>),
     /// `{"online":bool}`
     Online(bool),
-    /// `{"messageId":"...","count":N}`
-    MessageCount(String, usize),
     /// `{"count":N,"list":[{"clientId","userId","extend"}...]}`
     Presence(Vec<crate::cluster::proto::Member>),
     /// `{"clients":N,"groups":N,"users":N}`
     Stats(crate::shard::stats::SystemStats),
+}
+
+/// What a push route answers (issue 12: code 0 alone said nothing about what was delivered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    pub message_id: String,
+    /// Sockets the frame was queued for, on every node that answered: the
+    /// `X-Wspush-Delivered` header of every push route.
+    pub delivered: usize,
+    /// send_to_user's `data.count` (the same number; its own field since issue 7).
+    pub with_count: bool,
+    /// `data.failedNodes` of the fan-out routes (send_to_group, send_to_system, send_to_user):
+    /// the peers (`host:RPCPort`) that did not answer, whose clients got nothing. Always
+    /// present on those routes, `[]` when every node answered, so the shape is stable; `None`
+    /// on the unicast routes, which keep the original's data.
+    pub failed_nodes: Option<Vec<String>>,
+}
+
+impl Data {
+    /// The `X-Wspush-Delivered` value of a push route's answer; `None` for the other routes.
+    pub fn delivered(&self) -> Option<usize> {
+        match self {
+            Data::Pushed(p) => Some(p.delivered),
+            _ => None,
+        }
+    }
 }
 
 /// Writes `{"code":..,"msg":..,"data":..}`.
@@ -85,9 +114,22 @@ pub fn envelope(result: &Result<Data, ApiError>) -> Vec<u8> {
             match data {
                 Data::EmptyList => out.extend_from_slice(b"[]"),
                 Data::EmptyObject => out.extend_from_slice(b"{}"),
-                Data::MessageId(id) => {
+                Data::Pushed(p) => {
                     out.extend_from_slice(b"{\"messageId\":");
-                    write_json_str(&mut out, id);
+                    write_json_str(&mut out, &p.message_id);
+                    if p.with_count {
+                        out.extend_from_slice(format!(",\"count\":{}", p.delivered).as_bytes());
+                    }
+                    if let Some(nodes) = &p.failed_nodes {
+                        out.extend_from_slice(b",\"failedNodes\":[");
+                        for (i, node) in nodes.iter().enumerate() {
+                            if i > 0 {
+                                out.push(b',');
+                            }
+                            write_json_str(&mut out, node);
+                        }
+                        out.push(b']');
+                    }
                     out.push(b'}');
                 }
                 Data::OnlineList(list) => {
@@ -104,11 +146,6 @@ pub fn envelope(result: &Result<Data, ApiError>) -> Vec<u8> {
                 }
                 Data::Online(online) => {
                     out.extend_from_slice(format!("{{\"online\":{online}}}").as_bytes())
-                }
-                Data::MessageCount(id, count) => {
-                    out.extend_from_slice(b"{\"messageId\":");
-                    write_json_str(&mut out, id);
-                    out.extend_from_slice(format!(",\"count\":{count}}}").as_bytes());
                 }
                 Data::Presence(list) => {
                     out.extend_from_slice(
@@ -178,10 +215,28 @@ mod tests {
         };
         assert_eq!(data(Data::Online(true)), json!({"online": true}));
         assert_eq!(data(Data::Online(false)), json!({"online": false}));
+        let pushed = |with_count: bool, failed_nodes: Option<Vec<String>>| {
+            Data::Pushed(Pushed {
+                message_id: "00ff".into(),
+                delivered: 3,
+                with_count,
+                failed_nodes,
+            })
+        };
+        assert_eq!(data(pushed(false, None)), json!({"messageId": "00ff"}));
         assert_eq!(
-            data(Data::MessageCount("00ff".into(), 3)),
-            json!({"messageId": "00ff", "count": 3})
+            data(pushed(true, Some(vec![]))),
+            json!({"messageId": "00ff", "count": 3, "failedNodes": []})
         );
+        assert_eq!(
+            data(pushed(
+                false,
+                Some(vec!["10.0.0.2:7900".into(), "10.0.0.3:7900".into()])
+            )),
+            json!({"messageId": "00ff", "failedNodes": ["10.0.0.2:7900", "10.0.0.3:7900"]})
+        );
+        assert_eq!(pushed(false, None).delivered(), Some(3));
+        assert_eq!(Data::EmptyList.delivered(), None);
         let member = Member {
             client_id: "c\"1".into(),
             user_id: "".into(),

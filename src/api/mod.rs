@@ -14,7 +14,7 @@ use crate::net::http::{Head, Method};
 use crate::shard::system::{check_system_id, check_webhook_target, check_webhook_url};
 use crate::shard::{RegisterError, Shard, SystemInfo};
 use crate::ws::message;
-use error::{ApiError, Data};
+use error::{ApiError, Data, Pushed};
 use request::{
     decode, required, Bind, ByClient, ByGroup, NoFields, Push, PushFields, PushToClients, Register,
     SendToGroup, SendToUser, Unbind,
@@ -134,9 +134,18 @@ pub async fn handle(
         Ok(None) => return Err(ApiError::UnknownSystem(system.to_string())),
         Err(e) => return Err(ApiError::Etcd(e)),
     };
-    // A system with a secret signs its calls: the body as received, before anything reads it.
+    // A system with a secret signs its calls: route, system, time and the body as received,
+    // checked before anything reads the body (the method check above let only POST through).
     if let Some(secret) = &info.secret {
-        if let Err(e) = auth::verify_signature(secret, body, head.signature.as_deref()) {
+        let signed = auth::SignedRequest {
+            path: &head.path,
+            system,
+            timestamp: head.timestamp.as_deref(),
+            signature: head.signature.as_deref(),
+            body,
+        };
+        let compat = shard.config.signature_compat;
+        if let Err(e) = auth::verify_signature(secret, &signed, auth::unix_now(), compat) {
             if let Some(skipped) = shard.throttles.api_refused.admit() {
                 tracing::info!(core = shard.id, ?route, system, error = %e, also = skipped,
                     "API request refused: signature");
@@ -154,8 +163,14 @@ pub async fn handle(
             req.fields.check(limits)?;
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
-            dispatch::deliver(shard, &system, std::iter::once(&*client_id), frame).await;
-            Ok(Data::MessageId(message_id))
+            let once = std::iter::once(&*client_id);
+            let delivered = dispatch::deliver(shard, &system, once, frame, "send_to_client").await;
+            Ok(Data::Pushed(Pushed {
+                message_id,
+                delivered,
+                with_count: false,
+                failed_nodes: None,
+            }))
         }
         Route::SendToClients => {
             let req: PushToClients = decode(body)?;
@@ -181,8 +196,14 @@ pub async fn handle(
             req.fields.check(limits)?;
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
-            dispatch::deliver(shard, &system, ids.iter().map(|s| &**s), frame).await;
-            Ok(Data::MessageId(message_id))
+            let ids = ids.iter().map(|s| &**s);
+            let delivered = dispatch::deliver(shard, &system, ids, frame, "send_to_clients").await;
+            Ok(Data::Pushed(Pushed {
+                message_id,
+                delivered,
+                with_count: false,
+                failed_nodes: None,
+            }))
         }
         Route::SendToGroup => {
             let req: SendToGroup = decode(body)?;
@@ -191,8 +212,11 @@ pub async fn handle(
             req.fields.check(limits)?;
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
-            shard.push_group(system, Arc::from(&*group), frame).await;
-            Ok(Data::MessageId(message_id))
+            let group = Arc::from(&*group);
+            let fanout = shard
+                .push_group(system, group, frame, "send_to_group")
+                .await;
+            Ok(pushed(message_id, fanout, false))
         }
         Route::BindToGroup => {
             let req: Bind = decode(body)?;
@@ -215,8 +239,7 @@ pub async fn handle(
                 req.user_id.map(|s| s.into_owned()).unwrap_or_default(),
                 req.extend.map(|s| s.into_owned()).unwrap_or_default(),
             )
-            .await
-            .map_err(ApiError::Limit)?;
+            .await?;
             Ok(Data::EmptyList)
         }
         Route::GetOnlineList => {
@@ -247,8 +270,8 @@ pub async fn handle(
             req.check(limits)?;
             let message_id = shard.message_id();
             let frame = req.frame(&message_id);
-            shard.push_system(system, frame).await;
-            Ok(Data::MessageId(message_id))
+            let fanout = shard.push_system(system, frame).await;
+            Ok(pushed(message_id, fanout, false))
         }
         Route::UnbindFromGroup => {
             let req: Unbind = decode(body)?;
@@ -268,8 +291,8 @@ pub async fn handle(
             req.fields.check(limits)?;
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
-            let count = shard.push_user(system, Arc::from(&*user_id), frame).await;
-            Ok(Data::MessageCount(message_id, count))
+            let fanout = shard.push_user(system, Arc::from(&*user_id), frame).await;
+            Ok(pushed(message_id, fanout, true))
         }
         Route::GetGroupPresence => {
             let req: ByGroup = decode(body)?;
@@ -301,6 +324,16 @@ fn within(field: &str, value: &str, max: usize, key: &str) -> Result<(), ApiErro
 /// [`within`] `MaxNameBytes`: groupName, userId, sendUserId, clientId.
 fn name(field: &str, value: &str, limits: &Config) -> Result<(), ApiError> {
     within(field, value, limits.max_name_bytes, "MaxNameBytes")
+}
+
+/// A fan-out route's answer: what was delivered, and the nodes that did not answer.
+fn pushed(message_id: String, fanout: crate::shard::Fanout, with_count: bool) -> Data {
+    Data::Pushed(Pushed {
+        message_id,
+        delivered: fanout.delivered,
+        with_count,
+        failed_nodes: Some(fanout.failed.iter().map(|n| n.to_string()).collect()),
+    })
 }
 
 /// The options `register` may attach (issue 7), validated. Absent fields are the original's

@@ -33,8 +33,9 @@ use std::time::Duration;
 use crate::ops::metrics::{self, EtcdCounters};
 use crate::shard::SystemInfo;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+    WatchResponse, WatchStream,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -105,6 +106,32 @@ pub struct MembershipConfig {
     pub lease_ttl_secs: i64,
     /// Deadline for each etcd call (e.g. 2 s).
     pub request_timeout: Duration,
+    /// Credentials and TLS material (`[etcd] User`, `Password`, `CaFile`, `CertFile`, `KeyFile`).
+    pub access: EtcdAccess,
+}
+
+/// How this node proves itself to etcd and checks etcd (issue 12; the original has neither).
+#[derive(Clone, Default)]
+pub struct EtcdAccess {
+    /// `(user, password)`: etcd-client authenticates on connect and again when the token
+    /// expires.
+    pub user: Option<(String, String)>,
+    /// PEM of the CA that signed etcd's server certificate. Set, every endpoint is TLS and only
+    /// this CA is trusted (the build has no system roots).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key, for an etcd with `--client-cert-auth`.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("EtcdAccess")
+            .field("user", &self.user.as_ref().map(|(user, _)| user))
+            .field("tls", &self.ca_pem.is_some())
+            .field("client_cert", &self.identity_pem.is_some())
+            .finish()
+    }
 }
 
 /// Handle to the etcd thread. Cheap to clone; usable from any thread.
@@ -645,13 +672,48 @@ struct Session {
     watch: WatchStream,
 }
 
-fn connect_options(timeout: Duration) -> ConnectOptions {
-    ConnectOptions::new()
+fn connect_options(timeout: Duration, access: &EtcdAccess) -> ConnectOptions {
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(timeout)
         .with_timeout(timeout)
         // Notices a dead connection (e.g. a network partition) even when no call is in flight.
         .with_keep_alive(Duration::from_secs(2), timeout)
-        .with_keep_alive_while_idle(true)
+        .with_keep_alive_while_idle(true);
+    if let Some((user, password)) = &access.user {
+        options = options.with_user(user.clone(), password.clone());
+    }
+    if let Some(ca) = &access.ca_pem {
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some((cert, key)) = &access.identity_pem {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        options = options.with_tls(tls);
+    }
+    options
+}
+
+/// A connect error with its causes (a transport error's own text is only "transport error")
+/// and, when it says etcd refused this node's credentials or certificate, which keys to check.
+fn explain_connect_error(e: etcd_client::Error) -> etcd_client::Error {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    let lower = text.to_ascii_lowercase();
+    let hint = if lower.contains("authentication failed") || lower.contains("invalid user") {
+        "etcd refused the credentials: check [etcd] User and Password"
+    } else if lower.contains("user name is empty") {
+        "etcd has authentication enabled: set [etcd] User and Password"
+    } else if lower.contains("certificate") || lower.contains("tls") {
+        "TLS to etcd failed: check [etcd] CaFile (the CA of etcd's certificate), CertFile and KeyFile"
+    } else if matches!(e, etcd_client::Error::TransportError(_)) {
+        return etcd_client::Error::EndpointError(text);
+    } else {
+        return e;
+    };
+    etcd_client::Error::EndpointError(format!("{hint} ({text})"))
 }
 
 /// A new client for the configured endpoints (connections are made lazily, on the first call).
@@ -662,7 +724,10 @@ async fn connect(cfg: &MembershipConfig) -> Result<Client, etcd_client::Error> {
         .map(|e| e.trim())
         .filter(|e| !e.is_empty())
         .collect();
-    Client::connect(&endpoints, Some(connect_options(cfg.request_timeout))).await
+    let options = connect_options(cfg.request_timeout, &cfg.access);
+    Client::connect(&endpoints, Some(options))
+        .await
+        .map_err(explain_connect_error)
 }
 
 /// Connect, grant a lease, put our key, start the keep-alive, read both prefixes, start the watch.
@@ -1241,6 +1306,7 @@ mod tests {
             self_addr,
             lease_ttl_secs: 5,
             request_timeout: Duration::from_secs(1),
+            access: EtcdAccess::default(),
         };
         let a_addr = addr("127.0.0.1:17901");
         let b_addr = addr("127.0.0.1:17902");

@@ -40,6 +40,8 @@ pub struct Head {
     pub authorization: Option<String>,
     /// The `X-Signature` header, trimmed (signed calls of a system with a secret).
     pub signature: Option<String>,
+    /// The `X-Timestamp` header, trimmed: the unix time a signed call was signed at.
+    pub timestamp: Option<String>,
 }
 
 /// Why a head could not be used; each maps to one status code.
@@ -150,6 +152,8 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(Head, usize)>, 
             head.authorization = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("x-signature") {
             head.signature = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("x-timestamp") {
+            head.timestamp = Some(value.to_string());
         }
     }
     // RFC 9112 §6.3: a request with both is an error. Behind a proxy that picks the other

@@ -301,10 +301,19 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         let status = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status());
         let (path, ok) = (&head.path, result.is_ok());
         (shard.metrics).api_request(path, route.is_some(), status, ok, started.elapsed());
-        let extra = match status {
-            405 => "Allow: POST\r\n",
+        let delivered;
+        let extra = match (status, &result) {
+            (405, _) => "Allow: POST\r\n",
             // RFC 9110 section 15.5.2: a 401 names how to authenticate (docs/auth.md).
-            401 => "WWW-Authenticate: HMAC-SHA256 realm=\"wspush\"\r\n",
+            (401, _) => "WWW-Authenticate: HMAC-SHA256 realm=\"wspush\"\r\n",
+            // Issue 12: what a push did, besides code 0 (docs/api-extensions.md).
+            (_, Ok(data)) => match data.delivered() {
+                Some(n) => {
+                    delivered = format!("X-Wspush-Delivered: {n}\r\n");
+                    &delivered
+                }
+                None => "",
+            },
             _ => "",
         };
         out.clear();

@@ -89,6 +89,24 @@ fn reason_index(reason: EndReason) -> usize {
     }
 }
 
+/// The `route` labels of `wspush_peer_call_failures_total`, listed at 0 before any failure so
+/// that the series exist from the start: every API route that calls peers, and `group_event`.
+pub const PEER_CALL_ROUTES: [&str; 13] = [
+    "send_to_client",
+    "send_to_clients",
+    "send_to_group",
+    "send_to_system",
+    "send_to_user",
+    "bind_to_group",
+    "close_client",
+    "is_online",
+    "unbind_from_group",
+    "get_online_list",
+    "get_group_presence",
+    "get_system_stats",
+    "group_event",
+];
+
 /// Upper bounds of the API latency histogram buckets, in seconds (the `le` label), and the same
 /// in nanoseconds for the comparison on the request path. 100 us to 2.5 s: a local request
 /// takes tens of microseconds, a cross-node one up to `RpcTimeoutMs`.
@@ -186,6 +204,9 @@ pub struct CoreMetrics {
     pub core_replies: Counter,
     /// API requests by route. A handful of routes: a linear search is cheaper than hashing.
     api: RefCell<Vec<RouteStats>>,
+    /// Calls to peer nodes that got no answer, by the route (or internal event) that made
+    /// them; a dozen labels at most.
+    peer_failures: RefCell<Vec<(&'static str, u64)>>,
     /// Samples of the node's totals taken by `/status.json` requests on this core.
     pub rate_samples: RefCell<VecDeque<RateSample>>,
 }
@@ -210,6 +231,7 @@ impl Default for CoreMetrics {
             core_requests: Counter::default(),
             core_replies: Counter::default(),
             api: RefCell::default(),
+            peer_failures: RefCell::default(),
             rate_samples: RefCell::default(),
         }
     }
@@ -277,6 +299,15 @@ impl CoreMetrics {
         }
     }
 
+    /// A call to a peer node for `route` got no answer.
+    pub fn peer_call_failed(&self, route: &'static str) {
+        let mut failures = self.peer_failures.borrow_mut();
+        match failures.iter_mut().find(|(r, _)| *r == route) {
+            Some((_, n)) => *n += 1,
+            None => failures.push((route, 1)),
+        }
+    }
+
     /// This core's counters; the caller adds what only the shard knows (connections, links,
     /// systems).
     pub fn snapshot(&self, core: usize) -> CoreSnapshot {
@@ -297,6 +328,7 @@ impl CoreMetrics {
             core_requests: self.core_requests.get(),
             core_replies: self.core_replies.get(),
             api: self.api.borrow().clone(),
+            peer_failures: self.peer_failures.borrow().clone(),
             ..CoreSnapshot::default()
         }
     }
@@ -426,6 +458,8 @@ pub struct CoreSnapshot {
     pub core_requests: u64,
     pub core_replies: u64,
     pub api: Vec<RouteStats>,
+    /// `(route, calls)`: calls to peer nodes that got no answer.
+    pub peer_failures: Vec<(&'static str, u64)>,
     /// This core's links to peer nodes (cluster mode).
     pub links: Vec<LinkSnapshot>,
     pub registered_systems: u64,
@@ -608,6 +642,15 @@ impl NodeSnapshot {
             }
         }
         merged.into_values().collect()
+    }
+
+    /// Calls to peers that got no answer, summed over the cores, by route.
+    pub fn peer_failures(&self) -> BTreeMap<&'static str, u64> {
+        let mut merged = BTreeMap::new();
+        for &(route, n) in self.cores.iter().flat_map(|c| &c.peer_failures) {
+            *merged.entry(route).or_default() += n;
+        }
+        merged
     }
 
     /// Links merged over the cores, by peer: counts summed, round trip averaged over the cores
@@ -1041,6 +1084,20 @@ pub fn render(s: &NodeSnapshot) -> String {
                     secs(rtt),
                 );
             }
+        }
+        t.family(
+            "wspush_peer_call_failures_total",
+            "counter",
+            "Calls to a peer node that got no answer (unreachable, past RpcTimeoutMs, or the \
+             peer could not run them), by the route that made them (group_event: the \
+             1001/1002/1003 pushes): that node's part of the request was not done.",
+        );
+        let mut failures = s.peer_failures();
+        for route in PEER_CALL_ROUTES {
+            failures.entry(route).or_insert(0);
+        }
+        for (route, n) in failures {
+            t.sample("wspush_peer_call_failures_total", &[("route", route)], n);
         }
     }
     if let Some(etcd) = &s.etcd {

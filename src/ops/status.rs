@@ -92,6 +92,10 @@ pub fn json(shard: &Shard, s: &NodeSnapshot) -> Value {
     json!({
         "node": s.node,
         "version": s.version,
+        // What the node warned about at start (the published CryptoKey, ...), for a person
+        // who never reads the log; `defaultCryptoKey` for a check that wants one flag.
+        "warnings": shard.config.start_warnings(),
+        "defaultCryptoKey": shard.config.crypto_key == crate::config::DEFAULT_CRYPTO_KEY,
         "cluster": s.cluster,
         "ready": s.ready,
         "draining": s.draining,

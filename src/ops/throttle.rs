@@ -1,6 +1,7 @@
 //! At most one log line a second for events a client can cause at will (refused connects and
-//! requests, slow consumers). A flood costs a counter increment per event, not a line; the line
-//! that is written says how many like it were left out since the one before.
+//! requests, slow consumers) or that repeat with every request (a peer that does not answer).
+//! A flood costs a counter increment per event, not a line; the line that is written says how
+//! many like it were left out since the one before.
 //!
 //! Per core and not shared: `Cell`s, no atomics.
 
@@ -22,6 +23,9 @@ pub struct CoreThrottles {
     pub slow_consumer: Throttle,
     /// Inbound node links refused (a limit, or a failed handshake).
     pub link_refused: Throttle,
+    /// Calls to a peer node that got no answer (a dead peer fails every request until it
+    /// leaves the peer table).
+    pub peer_failed: Throttle,
 }
 
 /// One kind of event's log budget on one core.

@@ -13,6 +13,7 @@ pub mod registry;
 pub mod stats;
 pub mod system;
 
+use crate::cluster::link::LinkError;
 use crate::cluster::proto::{Member, RemoteOp, RemoteReply};
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -45,6 +46,31 @@ pub enum RegisterError {
     Etcd(String),
     /// `MaxSystems` systems are known already (the text names the key).
     Full(String),
+}
+
+/// What a push to several nodes did: the sockets that took the frame on every node that
+/// answered, and the peers that did not answer (their clients got nothing).
+#[derive(Debug, Default)]
+pub struct Fanout {
+    pub delivered: usize,
+    pub failed: Vec<SocketAddrV4>,
+}
+
+/// The answers of a call to every peer, sorted by [`Shard::sort_answers`].
+#[derive(Debug, Default)]
+struct PeerAnswers {
+    replies: Vec<RemoteReply>,
+    failed: Vec<SocketAddrV4>,
+}
+
+impl PeerAnswers {
+    /// A push's outcome: `local` sockets on this node plus every answer's count.
+    fn fanout(self, local: usize) -> Fanout {
+        Fanout {
+            delivered: local + self.replies.iter().map(RemoteReply::count).sum::<usize>(),
+            failed: self.failed,
+        }
+    }
 }
 
 /// Connections of one system on this core, and its groups here.
@@ -493,7 +519,7 @@ impl Shard {
                 message::MSG_OFFLINE,
                 &data,
             );
-            self.push_group(system.clone(), Arc::from(&*group), frame)
+            self.push_group(system.clone(), Arc::from(&*group), frame, "group_event")
                 .await;
         }
     }
@@ -744,8 +770,7 @@ impl Shard {
                 None => return 0,
             }
         };
-        self.push_to(&members, f);
-        members.len()
+        self.push_to(&members, f)
     }
 
     fn online_list_local(&self, system: &str, group: &str) -> Vec<String> {
@@ -834,7 +859,7 @@ impl Shard {
             message::MSG_LEFT,
             &conn.member_event_data(),
         );
-        self.push_group(Arc::from(&*conn.system), group, frame)
+        self.push_group(Arc::from(&*conn.system), group, frame, "group_event")
             .await;
         true
     }
@@ -1020,14 +1045,14 @@ impl Shard {
         rx.recv().await.unwrap_or(Reply::Unreachable)
     }
 
-    /// Queues `frame` to every member of the group on every core of this node; returns when
-    /// every core has queued it.
+    /// Queues `frame` to every member of the group on every core of this node; returns, when
+    /// every core has queued it, how many sockets took it.
     pub async fn push_group_node(
         self: &Rc<Self>,
         system: Arc<str>,
         group: Arc<str>,
         frame: SharedFrame,
-    ) {
+    ) -> usize {
         let remote = (0..self.nr_cores).filter(|&c| c != self.id).map(|core| {
             self.call(
                 core,
@@ -1039,19 +1064,25 @@ impl Shard {
             )
         });
         let remote = join_all(remote);
-        self.group_push_local(&system, &group, &frame);
-        remote.await;
+        let local = self.group_push_local(&system, &group, &frame);
+        local + remote.await.iter().map(Reply::count).sum::<usize>()
     }
 
-    /// [`Self::push_group_node`] on this node and one `GroupPush` to every peer node.
+    /// [`Self::push_group_node`] on this node and one `GroupPush` to every peer node. `what`
+    /// names the caller for the peer-failure count (`send_to_group`, `group_event`).
     pub async fn push_group(
         self: &Rc<Self>,
         system: Arc<str>,
         group: Arc<str>,
         frame: SharedFrame,
-    ) {
+        what: &'static str,
+    ) -> Fanout {
         let Some(cluster) = self.cluster() else {
-            return self.push_group_node(system, group, frame).await;
+            let delivered = self.push_group_node(system, group, frame).await;
+            return Fanout {
+                delivered,
+                failed: Vec::new(),
+            };
         };
         let peers = cluster.peers();
         let (system_name, group_name) = (system.to_string(), group.to_string());
@@ -1065,15 +1096,20 @@ impl Shard {
                 },
             )
         });
-        let (_, answers) = futures_util::future::join(
+        let (local, answers) = futures_util::future::join(
             self.push_group_node(system, group, frame.clone()),
             join_all(remote),
         )
         .await;
-        for (addr, answer) in peers.iter().zip(answers) {
-            if let Err(e) = answer {
-                tracing::debug!(peer = %addr, core = self.id, error = %e, "group push to a peer failed");
-            }
+        let answers = self.sort_answers(&peers, answers, what);
+        Fanout {
+            delivered: local
+                + answers
+                    .replies
+                    .iter()
+                    .map(RemoteReply::count)
+                    .sum::<usize>(),
+            failed: answers.failed,
         }
     }
 
@@ -1122,13 +1158,12 @@ impl Shard {
         let (mut list, answers) =
             futures_util::future::join(self.online_list_node(system, group), join_all(remote))
                 .await;
-        for (addr, answer) in peers.iter().zip(answers) {
-            match answer {
-                Ok(RemoteReply::List(more)) => list.extend(more),
-                Ok(_) => {}
-                // The link logs its loss once; a line per request would flood.
-                Err(e) => tracing::debug!(peer = %addr, core = self.id, error = %e,
-                    "online list: peer left out of the answer"),
+        for answer in self
+            .sort_answers(&peers, answers, "get_online_list")
+            .replies
+        {
+            if let RemoteReply::List(more) = answer {
+                list.extend(more);
             }
         }
         list
@@ -1140,26 +1175,59 @@ impl Shard {
         join_all((0..self.nr_cores).map(|core| self.call(core, make()))).await
     }
 
-    /// Runs `op` on every peer node (none outside cluster mode), all at once; the answers of
-    /// those that gave one. A peer that failed or timed out is left out (logged at debug: the
-    /// link logs its loss once, a line per request would flood).
-    async fn on_every_peer(&self, op: RemoteOp, what: &str) -> Vec<RemoteReply> {
+    /// Runs `op` on every peer node (none outside cluster mode), all at once: the answers of
+    /// those that gave one, and the peers that did not (see [`Self::sort_answers`]).
+    async fn on_every_peer(&self, op: RemoteOp, what: &'static str) -> PeerAnswers {
         let Some(cluster) = self.cluster() else {
-            return Vec::new();
+            return PeerAnswers::default();
         };
         let peers = cluster.peers();
         let answers = join_all(peers.iter().map(|&addr| cluster.call(addr, op.clone()))).await;
-        peers
-            .iter()
-            .zip(answers)
-            .filter_map(|(addr, answer)| match answer {
-                Ok(reply) => Some(reply),
-                Err(e) => {
-                    tracing::debug!(peer = %addr, core = self.id, error = %e, what, "peer left out");
-                    None
+        self.sort_answers(&peers, answers, what)
+    }
+
+    /// Splits the answers of `peers` (in their order) into replies and failures: no answer
+    /// (unreachable, past RpcTimeoutMs) or a `Failed` one (the peer could not run the op).
+    /// Each failure is counted and logged by [`Self::peer_failed`].
+    fn sort_answers(
+        &self,
+        peers: &[SocketAddrV4],
+        answers: Vec<Result<RemoteReply, LinkError>>,
+        what: &'static str,
+    ) -> PeerAnswers {
+        let mut sorted = PeerAnswers::default();
+        for (&addr, answer) in peers.iter().zip(answers) {
+            match answer {
+                Ok(RemoteReply::Failed(why)) => {
+                    self.peer_failed(addr, what, &why);
+                    sorted.failed.push(addr);
                 }
-            })
-            .collect()
+                Ok(reply) => sorted.replies.push(reply),
+                Err(e) => {
+                    self.peer_failed(addr, what, &e);
+                    sorted.failed.push(addr);
+                }
+            }
+        }
+        sorted
+    }
+
+    /// A call to a peer that got no answer: its part of the request was not done (issue 12:
+    /// the caller learns it from `X-Wspush-Delivered` and `failedNodes`, the operator from
+    /// this). Counted by route in `/metrics` (`wspush_peer_call_failures_total`) and logged
+    /// at WARN, at most one line a second per core with the number left out since: a dead peer
+    /// fails every request for up to LeaseTtl, until it leaves the peer table.
+    pub fn peer_failed(
+        &self,
+        peer: SocketAddrV4,
+        what: &'static str,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.metrics.peer_call_failed(what);
+        if let Some(skipped) = self.throttles.peer_failed.admit() {
+            tracing::warn!(%peer, core = self.id, route = what, %error, also = skipped,
+                "call to a peer node failed: its part of the request was not done");
+        }
     }
 
     /// send_to_system on this node: every client of the system on every core. Returns how many
@@ -1179,7 +1247,7 @@ impl Shard {
     }
 
     /// send_to_system: every client of the system on every node.
-    pub async fn push_system(self: &Rc<Self>, system: Arc<str>, frame: SharedFrame) -> usize {
+    pub async fn push_system(self: &Rc<Self>, system: Arc<str>, frame: SharedFrame) -> Fanout {
         let op = RemoteOp::SystemPush {
             system: system.to_string(),
             frame: frame.to_vec(),
@@ -1189,7 +1257,7 @@ impl Shard {
             self.on_every_peer(op, "send_to_system"),
         )
         .await;
-        local + remote.iter().map(RemoteReply::count).sum::<usize>()
+        remote.fanout(local)
     }
 
     /// send_to_user on this node: the system's connections bound with `user_id`, every core.
@@ -1209,14 +1277,13 @@ impl Shard {
         answers.iter().map(Reply::count).sum()
     }
 
-    /// send_to_user: the system's connections bound with `user_id` on every node; returns how
-    /// many took the frame.
+    /// send_to_user: the system's connections bound with `user_id` on every node.
     pub async fn push_user(
         self: &Rc<Self>,
         system: Arc<str>,
         user_id: Arc<str>,
         frame: SharedFrame,
-    ) -> usize {
+    ) -> Fanout {
         let op = RemoteOp::UserPush {
             system: system.to_string(),
             user_id: user_id.to_string(),
@@ -1227,7 +1294,7 @@ impl Shard {
             self.on_every_peer(op, "send_to_user"),
         )
         .await;
-        local + remote.iter().map(RemoteReply::count).sum::<usize>()
+        remote.fanout(local)
     }
 
     /// The group's members on this node with their user data.
@@ -1262,7 +1329,7 @@ impl Shard {
             self.on_every_peer(op, "get_group_presence"),
         )
         .await;
-        for answer in remote {
+        for answer in remote.replies {
             if let RemoteReply::Members(more) = answer {
                 list.extend(more);
             }
@@ -1298,7 +1365,7 @@ impl Shard {
             self.on_every_peer(op, "get_system_stats"),
         )
         .await;
-        for answer in remote {
+        for answer in remote.replies {
             if let RemoteReply::Stats(part) = answer {
                 total.merge(part);
             }
@@ -1401,9 +1468,10 @@ impl Shard {
                 group,
                 frame,
             } => {
-                self.push_group_node(Arc::from(system), Arc::from(group), Arc::from(frame))
+                let reached = self
+                    .push_group_node(Arc::from(system), Arc::from(group), Arc::from(frame))
                     .await;
-                RemoteReply::Done(true)
+                RemoteReply::Count(reached as u32)
             }
             RemoteOp::OnlineList { system, group } => RemoteReply::List(
                 self.online_list_node(Arc::from(system), Arc::from(group))
@@ -1580,7 +1648,7 @@ impl Shard {
                 system,
                 group,
                 frame,
-            } => Reply::Done(self.group_push_local(&system, &group, &frame) > 0),
+            } => Reply::Count(self.group_push_local(&system, &group, &frame)),
             Op::OnlineList { system, group } => {
                 Reply::List(self.online_list_local(&system, &group))
             }
@@ -1640,7 +1708,7 @@ impl Shard {
                         message::MSG_ONLINE,
                         &data,
                     );
-                    self.push_group(system, group, frame).await;
+                    self.push_group(system, group, frame, "group_event").await;
                 }
                 Reply::Done(true)
             }

@@ -20,12 +20,59 @@ fn mac(secret: &str, data: &[u8]) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
-/// `X-Signature` of `body`: lowercase hex HMAC-SHA256.
+/// Lowercase hex HMAC-SHA256 of `body`: the `X-Signature` of a webhook, and of an API call in
+/// the old body-only scheme (`SignatureCompat = true`).
 pub fn sign(secret: &str, body: &[u8]) -> String {
     mac(secret, body)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The `X-Signature` of an API call as docs/auth.md defines it: HMAC-SHA256 of
+/// `POST\n<route>\n<SystemId>\n<X-Timestamp>\n` followed by the body.
+pub fn sign_request(
+    secret: &str,
+    route: &str,
+    system: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
+    let mut input = format!("POST\n{route}\n{system}\n{timestamp}\n").into_bytes();
+    input.extend_from_slice(body);
+    sign(secret, &input)
+}
+
+/// `X-Timestamp` (now) and `X-Signature` for a call of `system` to `route` with `body`.
+pub fn signature_headers(
+    secret: &str,
+    route: &str,
+    system: &str,
+    body: &[u8],
+) -> [(String, String); 2] {
+    let at = now();
+    [
+        ("X-Timestamp".to_string(), at.to_string()),
+        (
+            "X-Signature".to_string(),
+            sign_request(secret, route, system, at, body),
+        ),
+    ]
+}
+
+/// [`post`] with `extra` headers and the [`signature_headers`] of the call.
+pub fn post_signed(
+    port: u16,
+    system: &str,
+    secret: &str,
+    route: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let signature = signature_headers(secret, route, system, body);
+    let mut headers: Vec<(&str, &str)> = extra.to_vec();
+    headers.extend(signature.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    post(port, Some(system), route, &headers, body)
 }
 
 /// Seconds since the epoch.
@@ -81,14 +128,7 @@ pub fn post(
 /// A signed call: asserts a 200 envelope and returns it.
 pub fn signed(port: u16, system: &str, secret: &str, route: &str, body: &Value) -> Value {
     let bytes = body.to_string();
-    let sig = sign(secret, bytes.as_bytes());
-    let resp = post(
-        port,
-        Some(system),
-        route,
-        &[("X-Signature", &sig)],
-        bytes.as_bytes(),
-    );
+    let resp = post_signed(port, system, secret, route, &[], bytes.as_bytes());
     assert_eq!(
         resp.status,
         200,

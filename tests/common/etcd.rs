@@ -34,12 +34,131 @@ pub struct Etcd {
     pub client_port: u16,
     pub peer_port: u16,
     pub dir: PathBuf,
+    /// Set by [`Etcd::start_tls`]: clients speak TLS, and `/health` moves to a plain-HTTP
+    /// metrics listener on its own port.
+    tls: Option<EtcdTls>,
     child: Option<Child>,
+}
+
+/// How a TLS etcd runs: its server certificate, and whether it wants client certificates.
+#[derive(Clone)]
+struct EtcdTls {
+    pki: TestPki,
+    client_cert_auth: bool,
+    metrics_port: u16,
+}
+
+/// Certificates made for one test by `openssl`, in a directory of their own: a CA, etcd's
+/// server certificate for 127.0.0.1 and a client certificate, both signed by that CA. P-256
+/// keys (quick to make), PKCS#8 PEM, valid for a day.
+#[derive(Clone)]
+pub struct TestPki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    pub fn generate() -> TestPki {
+        let dir = temp_dir("pki");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run openssl (apt-get install openssl): {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=wspush test CA"];
+        ca.extend(key);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&ca);
+        for (name, cn, usage) in [
+            ("server", "127.0.0.1", "serverAuth"),
+            ("client", "wspush-node", "clientAuth"),
+        ] {
+            let mut req = vec!["req", "-new", "-subj"];
+            let subject = format!("/CN={cn}");
+            req.push(&subject);
+            req.extend(key);
+            let (key_file, csr) = (format!("{name}.key"), format!("{name}.csr"));
+            req.extend(["-keyout", &key_file, "-out", &csr]);
+            openssl(&req);
+            let ext = format!("{name}.ext");
+            std::fs::write(
+                dir.join(&ext),
+                format!(
+                    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                     extendedKeyUsage={usage}\nsubjectAltName=IP:127.0.0.1\n"
+                ),
+            )
+            .unwrap();
+            let pem = format!("{name}.pem");
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+                "-out",
+                &pem,
+            ]);
+        }
+        TestPki {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+            dir,
+        }
+    }
 }
 
 impl Etcd {
     /// Starts etcd and waits until it is healthy (a leader is elected).
     pub fn start() -> Etcd {
+        Etcd::start_with(None)
+    }
+
+    /// Starts etcd serving clients over TLS with `pki`'s server certificate; with
+    /// `client_cert_auth` it also wants a client certificate signed by `pki`'s CA.
+    pub fn start_tls(pki: &TestPki, client_cert_auth: bool) -> Etcd {
+        Etcd::start_with(Some((pki.clone(), client_cert_auth)))
+    }
+
+    fn start_with(tls: Option<(TestPki, bool)>) -> Etcd {
         assert!(
             Path::new(ETCD).exists(),
             "{ETCD} is missing: the cluster tests need a real etcd \
@@ -48,10 +167,16 @@ impl Etcd {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let (client_port, peer_port) = free_ports();
+            let tls = tls.clone().map(|(pki, client_cert_auth)| EtcdTls {
+                pki,
+                client_cert_auth,
+                metrics_port: free_ports().0,
+            });
             let mut etcd = Etcd {
                 client_port,
                 peer_port,
                 dir: temp_dir("etcd"),
+                tls,
                 child: None,
             };
             match etcd.launch() {
@@ -79,9 +204,26 @@ impl Etcd {
             .append(true)
             .open(self.dir.join("etcd.log"))
             .unwrap();
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(ETCD)
+        let mut command = Command::new(ETCD);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.pki.server_cert)
+                .arg("--key-file")
+                .arg(&tls.pki.server_key)
+                .arg("--listen-metrics-urls")
+                .arg(format!("http://127.0.0.1:{}", tls.metrics_port));
+            if tls.client_cert_auth {
+                command
+                    .arg("--client-cert-auth")
+                    .arg("--trusted-ca-file")
+                    .arg(&tls.pki.ca);
+            }
+        }
+        let child = command
             .arg("--name")
             .arg("default")
             .arg("--data-dir")
@@ -108,13 +250,11 @@ impl Etcd {
     fn wait_healthy(&mut self) -> Result<(), String> {
         let child = self.child.as_mut().unwrap();
         let healthy = |r: &Response| r.status == 200 && r.text().contains("\"health\":\"true\"");
-        match wait_http(
-            child,
-            self.client_port,
-            "/health",
-            ETCD_READY_TIMEOUT,
-            healthy,
-        ) {
+        let port = self
+            .tls
+            .as_ref()
+            .map_or(self.client_port, |t| t.metrics_port);
+        match wait_http(child, port, "/health", ETCD_READY_TIMEOUT, healthy) {
             Ok(()) => Ok(()),
             Err(WaitEnd::Exited(status)) => {
                 self.child = None;
@@ -126,9 +266,78 @@ impl Etcd {
         }
     }
 
-    /// `127.0.0.1:<client port>`, the form `[etcd] Endpoints` takes.
+    /// `127.0.0.1:<client port>`, the form `[etcd] Endpoints` takes (TLS or not: with
+    /// `CaFile` set, a node speaks TLS to a bare host:port).
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// One call to etcd's v3 JSON gateway (plain HTTP etcd only); panics unless it is a 200.
+    fn gateway(&self, path: &str, body: Value) -> Value {
+        let resp = try_http(
+            self.client_port,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("etcd {path}: {e}"));
+        assert_eq!(resp.status, 200, "etcd {path} {body}: {}", resp.text());
+        resp.json()
+    }
+
+    /// Turns etcd's authentication on, as an operator following docs/auth.md does with
+    /// etcdctl: a `root` user (etcd wants one before `auth enable`) and `user`/`password` with
+    /// a role that may read and write the two prefixes wspush uses and nothing else. After
+    /// this the gateway helpers ([`Etcd::put`], [`Etcd::get_prefix`]) are refused.
+    pub fn enable_auth(&self, user: &str, password: &str) {
+        let range = |prefix: &str| {
+            let mut end = prefix.as_bytes().to_vec();
+            *end.last_mut().unwrap() += 1;
+            json!({"permType": "READWRITE", "key": B64.encode(prefix), "range_end": B64.encode(&end)})
+        };
+        self.gateway("/v3/auth/role/add", json!({"name": "root"}));
+        self.gateway(
+            "/v3/auth/user/add",
+            json!({"name": "root", "password": unique("root-password")}),
+        );
+        self.gateway(
+            "/v3/auth/user/grant",
+            json!({"user": "root", "role": "root"}),
+        );
+        self.gateway("/v3/auth/role/add", json!({"name": "wspush"}));
+        for prefix in ["/wsServers/", "ws/account/"] {
+            self.gateway(
+                "/v3/auth/role/grant",
+                json!({"name": "wspush", "perm": range(prefix)}),
+            );
+        }
+        self.gateway(
+            "/v3/auth/user/add",
+            json!({"name": user, "password": password}),
+        );
+        self.gateway(
+            "/v3/auth/user/grant",
+            json!({"user": user, "role": "wspush"}),
+        );
+        self.gateway("/v3/auth/enable", json!({}));
+        // Without credentials the gateway is now refused.
+        let resp = try_http(
+            self.client_port,
+            "POST",
+            "/v3/kv/range",
+            &[("Content-Type", "application/json")],
+            json!({"key": B64.encode("ws/account/")})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(
+            resp.status != 200 || resp.text().contains("error"),
+            "etcd still answers without credentials: {} {}",
+            resp.status,
+            resp.text()
+        );
     }
 
     /// SIGKILLs etcd and reaps it; the data dir is kept for [`Etcd::restart`].
@@ -304,29 +513,52 @@ impl Node {
         Node::start_with_endpoints(&etcd.endpoint(), extra)
     }
 
-    pub fn start_with_endpoints(endpoints: &str, extra: &[&str]) -> Node {
-        let mut last_log = String::new();
-        for _attempt in 0..3 {
-            let (port, rpc_port) = free_ports();
-            let dir = temp_dir("node");
-            let config = dir.join("app.ini");
-            std::fs::write(&config, node_config_text(port, rpc_port, endpoints, extra)).unwrap();
-            let log = File::create(dir.join("server.log")).unwrap();
-            let child = Command::new(BIN)
-                .arg("-c")
-                .arg(&config)
-                .args(["--cores", "2"])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("spawn wspush");
-            let mut server = Server {
+    /// Starts a node (on free ports) whose config has these `[etcd]` `Endpoints` and `[wspush]`
+    /// `extra` lines; `etcd_keys` are `[etcd]` lines after `Endpoints` (credentials, TLS
+    /// files). Returns at once, without waiting for anything.
+    pub fn spawn(endpoints: &str, etcd_keys: &[&str], extra: &[&str]) -> Node {
+        let (port, rpc_port) = free_ports();
+        let dir = temp_dir("node");
+        let config = dir.join("app.ini");
+        let mut text = node_config_text(port, rpc_port, endpoints, extra);
+        let at = text.find("\n\n[wspush]").expect("node config has [wspush]");
+        let keys: String = etcd_keys.iter().map(|k| format!("\n{k}")).collect();
+        text.insert_str(at, &keys);
+        std::fs::write(&config, text).unwrap();
+        let log = File::create(dir.join("server.log")).unwrap();
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&config)
+            .args(["--cores", "2"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn wspush");
+        Node {
+            server: Server {
                 port,
                 dir,
                 child,
                 exited: None,
-            };
+            },
+            rpc_port,
+        }
+    }
+
+    pub fn start_with_endpoints(endpoints: &str, extra: &[&str]) -> Node {
+        Node::start_with_access(endpoints, &[], extra)
+    }
+
+    /// [`Node::spawn`], then waits until `/readyz` is 200 (retrying on a port taken meanwhile).
+    pub fn start_with_access(endpoints: &str, etcd_keys: &[&str], extra: &[&str]) -> Node {
+        let mut last_log = String::new();
+        for _attempt in 0..3 {
+            let Node {
+                mut server,
+                rpc_port,
+            } = Node::spawn(endpoints, etcd_keys, extra);
+            let port = server.port;
             match server.wait_ready() {
                 Ok(()) => return Node { server, rpc_port },
                 Err(why) => {

@@ -123,6 +123,17 @@ impl Server {
     /// [`Server::start_cores`] with the open-files limit (soft and hard) set to `nofile` by
     /// util-linux `prlimit`, which execs the server (the pid stays the server's).
     pub fn start_limited(extra: &[&str], cores: usize, nofile: Option<u64>) -> Server {
+        Server::start_edited(extra, cores, nofile, &|text| text)
+    }
+
+    /// [`Server::start_limited`] with the config text passed through `edit` before it is
+    /// written (to change a `[common]` key, say).
+    pub fn start_edited(
+        extra: &[&str],
+        cores: usize,
+        nofile: Option<u64>,
+        edit: &dyn Fn(String) -> String,
+    ) -> Server {
         let cores = cores.to_string();
         let mut last_log = String::new();
         // A port picked free can be taken again before the server binds it: retry on that only.
@@ -130,7 +141,7 @@ impl Server {
             let (port, rpc_port) = free_ports();
             let dir = temp_dir("server");
             let config = dir.join("app.ini");
-            std::fs::write(&config, config_text(port, rpc_port, extra)).unwrap();
+            std::fs::write(&config, edit(config_text(port, rpc_port, extra))).unwrap();
             let log = File::create(dir.join("server.log")).unwrap();
             let mut command = match nofile {
                 Some(n) => {
