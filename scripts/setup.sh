@@ -13,6 +13,10 @@ if [ "${WSPUSH_SETUP_TEST:-0}" = 1 ]; then
   [ -x /usr/sbin/nginx ] || need+=(nginx)
   # Headless Chromium: tests/status_page.rs loads the /status page and reads its DOM.
   [ -x /usr/bin/chromium ] || need+=(chromium)
+  # openssl: the etcd TLS test makes its own CA and certificates; prlimit (util-linux): the
+  # open-files tests start the server under a lower limit.
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
