@@ -38,6 +38,7 @@ pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod counters;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod ids;

@@ -300,7 +300,7 @@ pub struct Link {
     /// node (another secret) is reported once a minute per link, not on every retry.
     refusal_logged: RefCell<Option<(String, Instant)>>,
     /// Calls, failures, reconnects and round trip, for `/metrics`.
-    pub stats: crate::ops::metrics::LinkStats,
+    pub stats: crate::counters::LinkStats,
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);

@@ -30,7 +30,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ops::metrics::{self, EtcdCounters};
+use crate::counters::{EtcdCounters, ETCD};
 use crate::shard::SystemInfo;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
@@ -580,8 +580,8 @@ async fn drive(
                     s.connected = true;
                     s.last_error.clear();
                 }
-                metrics::ETCD.connected.store(1, Ordering::Relaxed);
-                EtcdCounters::bump(&metrics::ETCD.sessions);
+                ETCD.connected.store(1, Ordering::Relaxed);
+                EtcdCounters::bump(&ETCD.sessions);
                 notifier.notify(ToCores::EtcdConnected(true));
                 match outage.take() {
                     Some(o) if ever_connected => tracing::info!(
@@ -606,7 +606,7 @@ async fn drive(
                     s.connected = false;
                     s.last_error.clone_from(&reason);
                 }
-                metrics::ETCD.connected.store(0, Ordering::Relaxed);
+                ETCD.connected.store(0, Ordering::Relaxed);
                 notifier.notify(ToCores::EtcdConnected(false));
                 tracing::warn!(
                     error = %reason,
@@ -624,7 +624,7 @@ async fn drive(
             }
             Err(e) => {
                 shared.borrow_mut().last_error.clone_from(&e);
-                EtcdCounters::bump(&metrics::ETCD.connect_failures);
+                EtcdCounters::bump(&ETCD.connect_failures);
                 let now = Instant::now();
                 match &mut outage {
                     None => {
@@ -885,7 +885,7 @@ async fn read_systems(
 
 /// Counts a session lost to its lease keep-alive (for `/metrics`) and passes the reason on.
 fn keepalive_failed(reason: String) -> String {
-    EtcdCounters::bump(&metrics::ETCD.keepalive_failures);
+    EtcdCounters::bump(&ETCD.keepalive_failures);
     reason
 }
 

@@ -101,7 +101,7 @@ impl Cluster {
     }
 
     /// This core's links, for `/metrics` and the status page.
-    pub fn link_stats(&self) -> Vec<crate::ops::metrics::LinkSnapshot> {
+    pub fn link_stats(&self) -> Vec<crate::counters::LinkSnapshot> {
         (self.links.borrow().values())
             .map(|link| link.stats.snapshot(link.addr, link.is_up()))
             .collect()

@@ -1,8 +1,8 @@
 //! Operations routes: `GET /metrics` (Prometheus), `GET /status.json` and `GET /status` (the
 //! status page). `/healthz` and `/readyz` stay in the listener's `probe()`.
 //!
-//! - [`metrics`]: the per-core counters, their snapshots, the side-thread atomics, and the
-//!   Prometheus text format.
+//! - [`metrics`]: the node's snapshot (every core's counters, summed) and its Prometheus text
+//!   format; the counters themselves are in [`crate::counters`].
 //! - [`status`]: the JSON of the status page, its rates, and the page itself.
 //!
 //! A request on any core gathers every core's snapshot with one `Op::Metrics` per core (the
@@ -114,7 +114,7 @@ pub async fn gather(shard: &Rc<Shard>, detail: bool) -> NodeSnapshot {
             _ => None,
         })
         .collect();
-    let (start_time, started) = metrics::process_started();
+    let (start_time, started) = crate::counters::process_started();
     NodeSnapshot {
         node: shard.node.to_string(),
         version: env!("CARGO_PKG_VERSION"),
@@ -125,7 +125,7 @@ pub async fn gather(shard: &Rc<Shard>, detail: bool) -> NodeSnapshot {
         start_time,
         cores,
         process,
-        etcd: shard.cluster().map(|_| metrics::ETCD.snapshot()),
+        etcd: shard.cluster().map(|_| crate::counters::ETCD.snapshot()),
         webhook: Some(crate::webhook::stats()),
     }
 }

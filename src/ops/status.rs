@@ -13,7 +13,8 @@
 //! stable ids (`connections-total`, `core-<n>-connections`, `rate-frames`, ...). Each number's
 //! raw value is also in its `data-value` attribute; the text is formatted for reading.
 
-use super::metrics::{NodeSnapshot, RateSample, Totals, REASONS};
+use super::metrics::NodeSnapshot;
+use crate::counters::{RateSample, Totals, REASONS};
 use crate::shard::Shard;
 use serde_json::{json, Map, Value};
 use std::cell::RefCell;

@@ -5,6 +5,7 @@
 //! kernel's socket buffer is full does the connection get a task of its own that waits for
 //! writability. An idle connection holds no buffer: the queue's storage is released once drained.
 
+pub use crate::counters::EndReason;
 use crate::sys::{self, Shutdown};
 use crate::ws::frame::SharedFrame;
 use glommio::net::TcpStream;
@@ -14,28 +15,6 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Instant;
-
-/// Why a connection ended; logged and (later) counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// The client sent a close frame.
-    ClientClose,
-    /// EOF or a socket error without a close frame.
-    Reset,
-    /// No pong (or any frame) within PongTimeout.
-    PongTimeout,
-    /// Its outbound queue overflowed.
-    SlowConsumer,
-    /// close_client from the API.
-    Kicked,
-    /// A protocol violation or an oversized message.
-    ProtocolError,
-    /// The server is shutting down.
-    Shutdown,
-    /// This node lost its cluster membership and its peers dropped it (see
-    /// `runtime::isolation_loop`): its clients go to a node the others can reach.
-    CutOff,
-}
 
 /// User data set by bind_to_group.
 #[derive(Debug, Default)]
@@ -123,7 +102,7 @@ impl Conn {
 
     /// Writes as much of the queue as the socket takes now, one `sendmsg` per up to
     /// [`sys::MAX_IOV`] frames.
-    pub fn flush_now(&self, writes: &crate::ops::metrics::Counter) -> Flush {
+    pub fn flush_now(&self, writes: &crate::counters::Counter) -> Flush {
         let mut out = self.out.borrow_mut();
         loop {
             if out.is_empty() {

@@ -99,7 +99,7 @@ pub enum Reply {
     Members(Vec<Member>),
     Stats(StatsPart),
     /// Answer to `Op::Metrics` (boxed: it is much larger than the other answers).
-    Metrics(Box<crate::ops::metrics::CoreSnapshot>),
+    Metrics(Box<crate::counters::CoreSnapshot>),
     /// The client was found but a limit refused the op; the text says which.
     Refused(String),
     /// The core could not be reached (shutting down).

@@ -163,7 +163,7 @@ pub struct Shard {
     /// Cluster mode only: the peer table and links of this core.
     cluster: std::cell::OnceCell<Rc<Cluster>>,
     /// This core's counters, summed over the cores only when `/metrics` is scraped.
-    pub metrics: crate::ops::metrics::CoreMetrics,
+    pub metrics: crate::counters::CoreMetrics,
 }
 
 impl Shard {
@@ -1599,8 +1599,8 @@ impl Shard {
 
     /// This core's counters and state for `/metrics`; with `detail`, also its systems and
     /// groups (and, on core 0, the registered names) for `/status.json`.
-    fn metrics_snapshot(&self, detail: bool) -> crate::ops::metrics::CoreSnapshot {
-        use crate::ops::metrics::SystemSnapshot;
+    fn metrics_snapshot(&self, detail: bool) -> crate::counters::CoreSnapshot {
+        use crate::counters::SystemSnapshot;
         let mut s = self.metrics.snapshot(self.id);
         s.connections = self.registry.borrow().len() as u64;
         s.http_connections = self.http_conns.get() as u64;
