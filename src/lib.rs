@@ -44,6 +44,7 @@ pub mod fuzz;
 pub mod ids;
 pub mod net;
 pub mod ops;
+pub mod readiness;
 pub mod runtime;
 pub mod shard;
 pub mod sys;

@@ -12,6 +12,7 @@ use crate::cluster::membership::{self, CoreNotifier, EtcdRequest, Membership, To
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::net::listener;
+use crate::readiness;
 use crate::shard::inbox::{CoreMsg, Op};
 use crate::shard::{Shard, SystemInfo};
 use crate::sys;
@@ -24,70 +25,11 @@ use std::net::SocketAddrV4;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Cores whose listener is accepting, and how many there are in all. Read by `/readyz`.
-static ACCEPTING: AtomicUsize = AtomicUsize::new(0);
-static CORES: AtomicUsize = AtomicUsize::new(usize::MAX);
-/// Cluster mode: whether etcd membership is established. Always true on a single node.
-static MEMBERSHIP: AtomicBool = AtomicBool::new(true);
-/// Cluster mode: this node has been without membership for LeaseTtl and no peer vouches for the
-/// cluster (see `cluster::isolation_verdict`): its clients were closed with 1001 and new
-/// WebSocket connects get 503 until membership is back. Written by core 0's isolation loop.
-static CUT_OFF: AtomicBool = AtomicBool::new(false);
-/// Set by the first SIGTERM/SIGINT, before the cores hear of it, so `/readyz` says 503 at once.
-static DRAINING: AtomicBool = AtomicBool::new(false);
-/// Whether the one "wspush ready" line was logged.
-static READY_LOGGED: AtomicBool = AtomicBool::new(false);
-/// The drain's figures, summed over the cores for the one "drain finished" line: clients closed
-/// with 1001, and those still there when ShutdownGrace ran out (cut).
-static DRAIN_CLIENTS: AtomicUsize = AtomicUsize::new(0);
-static DRAIN_CUT: AtomicUsize = AtomicUsize::new(0);
-/// Cores whose drain is over; each waits (at most ShutdownGrace) for the others.
-static DRAINED_CORES: AtomicUsize = AtomicUsize::new(0);
-
-/// True once every core accepts, none is draining, and (cluster) membership is established.
-pub fn is_ready() -> bool {
-    not_ready_reason().is_none()
-}
-
-/// Why `/readyz` says 503, or None when the node is ready. SeqCst: the core that completes
-/// ACCEPTING and the etcd thread that sets MEMBERSHIP each check the other's flag after setting
-/// their own (see [`log_ready_once`]); with weaker orderings both could miss.
-pub fn not_ready_reason() -> Option<&'static str> {
-    if DRAINING.load(Ordering::SeqCst) {
-        Some("draining")
-    } else if ACCEPTING.load(Ordering::SeqCst) != CORES.load(Ordering::SeqCst) {
-        Some("cores starting")
-    } else if !MEMBERSHIP.load(Ordering::SeqCst) {
-        Some("etcd membership not established")
-    } else {
-        None
-    }
-}
-
-/// Whether etcd membership is established (always true on a single node).
-pub fn membership_established() -> bool {
-    MEMBERSHIP.load(Ordering::SeqCst)
-}
-
-/// Whether this node is cut off from its cluster and refuses new WebSocket clients.
-pub fn cut_off() -> bool {
-    CUT_OFF.load(Ordering::SeqCst)
-}
-
 /// How often core 0 checks, while membership is lost, whether the node is cut off.
 const ISOLATION_CHECK_EVERY: Duration = Duration::from_secs(1);
-
-/// Logs "wspush ready" the first time the node is ready: every core accepting and, in cluster
-/// mode, membership established, whichever comes last. Called by both.
-fn log_ready_once() {
-    if is_ready() && !READY_LOGGED.swap(true, Ordering::SeqCst) {
-        tracing::info!(cores = CORES.load(Ordering::SeqCst), "wspush ready");
-    }
-}
 
 /// Capacity of each core-to-core channel. A full channel makes the sender wait (backpressure),
 /// never drops.
@@ -131,8 +73,8 @@ impl CoreNotifier for Notifier {
     fn notify(&self, msg: ToCores) {
         match msg {
             ToCores::EtcdConnected(up) => {
-                MEMBERSHIP.store(up, Ordering::SeqCst);
-                log_ready_once();
+                readiness::set_membership(up);
+                readiness::log_ready_once();
             }
             ToCores::Peers(peers) => {
                 for inbox in &self.inboxes {
@@ -195,7 +137,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         tracing::warn!(cores, cpus, "more cores than CPUs: running unpinned");
         PoolPlacement::Unbound(cores)
     };
-    CORES.store(cores, Ordering::Release);
+    readiness::set_cores(cores);
     let node = SocketAddrV4::new(config.node_host(), config.rpc_port);
 
     let any = std::net::Ipv4Addr::UNSPECIFIED;
@@ -255,7 +197,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     let starts = Arc::new(Mutex::new(starts));
 
     let membership = if config.cluster {
-        MEMBERSHIP.store(false, Ordering::Release);
+        readiness::expect_membership();
         let m = membership::spawn(
             membership::MembershipConfig {
                 endpoints: config.etcd_endpoints.clone(),
@@ -343,12 +285,9 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     match failed {
         Some(e) => Err(e),
         None => {
-            if DRAINING.load(Ordering::SeqCst) {
-                tracing::info!(
-                    clients = DRAIN_CLIENTS.load(Ordering::Relaxed),
-                    cut = DRAIN_CUT.load(Ordering::Relaxed),
-                    "drain finished"
-                );
+            if readiness::draining() {
+                let (clients, cut) = readiness::drain_figures();
+                tracing::info!(clients, cut, "drain finished");
             }
             tracing::info!("wspush stopped");
             Ok(())
@@ -429,13 +368,13 @@ async fn run_core(
         shard.clone(),
         http,
     )));
-    if ACCEPTING.fetch_add(1, Ordering::SeqCst) + 1 == cores {
+    if readiness::core_accepting() == cores {
         tracing::debug!(
             http_port = config.http_port,
             cores,
             "wspush accepting on every core"
         );
-        log_ready_once();
+        readiness::log_ready_once();
     }
 
     tasks.push({
@@ -456,7 +395,7 @@ async fn run_core(
 
     control_loop(&shard, &inbox, start.door).await;
 
-    ACCEPTING.fetch_sub(1, Ordering::AcqRel);
+    readiness::core_stopped_accepting();
     shard.draining.set(true);
     for task in tasks {
         task.cancel().await;
@@ -566,9 +505,9 @@ async fn isolation_loop(shard: Rc<Shard>) {
     let mut lost_since: Option<Instant> = None;
     loop {
         glommio::timer::sleep(ISOLATION_CHECK_EVERY).await;
-        if MEMBERSHIP.load(Ordering::SeqCst) || DRAINING.load(Ordering::SeqCst) {
+        if readiness::membership_established() || readiness::draining() {
             lost_since = None;
-            if CUT_OFF.swap(false, Ordering::SeqCst) {
+            if readiness::set_cut_off(false) {
                 tracing::info!("cluster membership is back: accepting WebSocket clients again");
             }
             continue;
@@ -589,12 +528,12 @@ async fn isolation_loop(shard: Rc<Shard>) {
             .map(PeerView::from_answer)
             .collect();
         let verdict = isolation_verdict(&views);
-        if MEMBERSHIP.load(Ordering::SeqCst) {
+        if readiness::membership_established() {
             continue; // regained while we asked
         }
         match verdict {
             Some(why) => {
-                let first = !CUT_OFF.swap(true, Ordering::SeqCst);
+                let first = !readiness::set_cut_off(true);
                 // Every tick while cut off, not only the first: a WebSocket whose upgrade
                 // passed the check just before the flag was set is closed within a second.
                 let mut closed = 0;
@@ -613,7 +552,7 @@ async fn isolation_loop(shard: Rc<Shard>) {
                     tracing::debug!(clients = closed, "cut off: closed late WebSocket clients");
                 }
             }
-            None if CUT_OFF.swap(false, Ordering::SeqCst) => {
+            None if readiness::set_cut_off(false) => {
                 tracing::info!("a peer vouches for the cluster again: accepting WebSocket clients");
             }
             None => {}
@@ -625,7 +564,7 @@ async fn isolation_loop(shard: Rc<Shard>) {
 async fn drain(shard: &Rc<Shard>) {
     let conns = shard.all_conns();
     tracing::debug!(core = shard.id, clients = conns.len(), "draining");
-    DRAIN_CLIENTS.fetch_add(conns.len(), Ordering::Relaxed);
+    readiness::drain_closed(conns.len());
     for conn in &conns {
         conn.end_reason
             .set(Some(crate::shard::conn::EndReason::Shutdown));
@@ -644,14 +583,12 @@ async fn drain(shard: &Rc<Shard>) {
     // it holds (a balancer's kept-alive probe gets 503 "draining", an API request its answer)
     // until every core is done or the grace ends, instead of leaving them unanswered until the
     // process exits. Within the same deadline, so the cut below is never later than it was.
-    DRAINED_CORES.fetch_add(1, Ordering::SeqCst);
-    while DRAINED_CORES.load(Ordering::SeqCst) < CORES.load(Ordering::SeqCst)
-        && Instant::now() < deadline
-    {
+    readiness::core_drained();
+    while !readiness::all_cores_drained() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     let left = shard.all_conns();
-    DRAIN_CUT.fetch_add(left.len(), Ordering::Relaxed);
+    readiness::drain_cut(left.len());
     for conn in left {
         conn.cut(crate::shard::conn::EndReason::Shutdown);
         // The core stops right after this, so these sessions never reach end_conn: their
@@ -678,7 +615,7 @@ fn wait_for_signals(inboxes: Vec<Arc<ControlInbox>>, membership: Option<Membersh
             std::process::exit(1);
         }
         seen = true;
-        DRAINING.store(true, Ordering::SeqCst);
+        readiness::start_draining();
         tracing::info!(signal, "drain started");
         if let Some(membership) = &membership {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -686,7 +623,7 @@ fn wait_for_signals(inboxes: Vec<Arc<ControlInbox>>, membership: Option<Membersh
             // The etcd thread answers within its request deadline, or drops the sender.
             // The etcd thread logged whether the revoke worked.
             let _ = rx.blocking_recv();
-            MEMBERSHIP.store(false, Ordering::SeqCst);
+            readiness::set_membership(false);
         }
         for inbox in &inboxes {
             inbox.send(Control::Shutdown);

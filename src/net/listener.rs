@@ -409,7 +409,7 @@ fn probe(shard: &Shard, head: &Head) -> Option<(u16, &'static str, Vec<u8>)> {
         "/healthz" => json(200, serde_json::json!({"status": "ok"})),
         "/readyz" => {
             let reason =
-                crate::runtime::not_ready_reason().or(shard.draining.get().then_some("draining"));
+                crate::readiness::not_ready_reason().or(shard.draining.get().then_some("draining"));
             match reason {
                 None => json(200, serde_json::json!({"status": "ready"})),
                 Some(reason) => json(
@@ -614,7 +614,7 @@ async fn upgrade(
     };
     let refusal: Option<&[u8]> = if shard.draining.get() {
         Some(b"shutting down\n")
-    } else if crate::runtime::cut_off() {
+    } else if crate::readiness::cut_off() {
         // Its peers cannot reach a client here: the balancer should pick another node.
         Some(b"this node is cut off from its cluster (no etcd membership): try another node\n")
     } else if !shard.admit_conn(peer) {

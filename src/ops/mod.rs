@@ -119,7 +119,7 @@ pub async fn gather(shard: &Rc<Shard>, detail: bool) -> NodeSnapshot {
         node: shard.node.to_string(),
         version: env!("CARGO_PKG_VERSION"),
         cluster: shard.cluster().is_some(),
-        ready: crate::runtime::is_ready() && !shard.draining.get(),
+        ready: crate::readiness::is_ready() && !shard.draining.get(),
         draining: shard.draining.get(),
         uptime: started.elapsed(),
         start_time,

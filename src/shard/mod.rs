@@ -1532,7 +1532,7 @@ impl Shard {
                 RemoteReply::Stats(part)
             }
             RemoteOp::Membership => RemoteReply::Membership {
-                established: crate::runtime::membership_established(),
+                established: crate::readiness::membership_established(),
                 lists_you: self.cluster().is_some_and(|c| c.is_peer(&from)),
             },
             RemoteOp::Bind { .. }
