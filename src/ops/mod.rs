@@ -77,9 +77,9 @@ pub async fn respond(shard: &Rc<Shard>, route: Route, head: &Head) -> Response {
     match route {
         Route::Metrics => Response {
             status: 200,
-            content_type: metrics::CONTENT_TYPE,
+            content_type: metrics::render::CONTENT_TYPE,
             headers: NO_STORE,
-            body: metrics::render(&gather(shard, false).await).into_bytes(),
+            body: metrics::render::render(&gather(shard, false).await).into_bytes(),
         },
         Route::StatusJson => {
             let snapshot = gather(shard, true).await;
@@ -104,7 +104,7 @@ pub async fn respond(shard: &Rc<Shard>, route: Route, head: &Head) -> Response {
 pub async fn gather(shard: &Rc<Shard>, detail: bool) -> NodeSnapshot {
     let calls = (0..shard.nr_cores).map(|core| shard.call(core, Op::Metrics { detail }));
     // /proc/self/fd lists one entry per connection: read it off the cores.
-    let process = glommio::executor().spawn_blocking(metrics::read_process);
+    let process = glommio::executor().spawn_blocking(metrics::process::read_process);
     let (replies, process) = futures_util::future::join(join_all(calls), process).await;
     let cores = replies
         .into_iter()
