@@ -10,123 +10,31 @@
 //! included, is checked again), on a helper thread under the timeout: getaddrinfo has no
 //! deadline of its own. Unless `WebhookAllowPrivate` is on, only public addresses are
 //! connected to ([`private_range`]).
+//!
+//! - this file: [`Client`], its kept-alive connection and the name lookups;
+//! - [`url`]: the webhook URL, parsed;
+//! - [`address`]: the address ranges refused unless `WebhookAllowPrivate` is on;
+//! - [`wire`]: the request bytes, the response head, and [`PostError`].
+
+pub mod address;
+pub mod url;
+pub mod wire;
+
+pub use address::private_range;
+pub use url::{Url, UrlError};
+pub use wire::{parse_head, request_bytes, Head, PostError, MAX_KEPT_BODY};
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
-/// Largest response body read (and discarded) to keep the connection; a larger or chunked one
-/// closes it instead.
-pub const MAX_KEPT_BODY: usize = 64 * 1024;
+
 /// A kept-alive connection idle longer than this is not reused: receivers commonly close idle
 /// connections after 5 s or more, and a POST on a connection the receiver is closing is wasted.
 const REUSE_WITHIN: Duration = Duration::from_secs(4);
-
-/// A parsed `http://host[:port][/path][?query]` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Url {
-    /// Host name or IP address (IPv6 without brackets).
-    pub host: String,
-    pub port: u16,
-    /// Path and query as sent in the request line; `/` at least.
-    pub target: String,
-    /// The `Host` header: the URL's authority as written.
-    pub authority: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UrlError {
-    #[error("webhookUrl must start with http:// (https is not supported: terminate TLS in front of the receiver, or keep it on a private network)")]
-    Scheme,
-    #[error("webhookUrl has no host")]
-    NoHost,
-    #[error("webhookUrl has a bad port")]
-    Port,
-    #[error("webhookUrl must not carry user:password@")]
-    UserInfo,
-    #[error("webhookUrl contains spaces or control characters")]
-    BadChar,
-}
-
-impl Url {
-    pub fn parse(text: &str) -> Result<Url, UrlError> {
-        if text.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err(UrlError::BadChar);
-        }
-        let rest = match text.get(..7) {
-            Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &text[7..],
-            _ => return Err(UrlError::Scheme),
-        };
-        // The fragment never goes on the wire.
-        let rest = rest.split('#').next().unwrap_or_default();
-        let split = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, target) = rest.split_at(split);
-        if authority.contains('@') {
-            return Err(UrlError::UserInfo);
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or(UrlError::NoHost)?;
-            match after {
-                "" => (host, None),
-                _ => (host, Some(after.strip_prefix(':').ok_or(UrlError::Port)?)),
-            }
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(UrlError::NoHost);
-        }
-        let port = match port {
-            None | Some("") => 80,
-            // Digits only: u16's parser would take a leading '+'.
-            Some(p) if !p.bytes().all(|b| b.is_ascii_digit()) => return Err(UrlError::Port),
-            Some(p) => match p.parse::<u16>() {
-                Ok(p) if p > 0 => p,
-                _ => return Err(UrlError::Port),
-            },
-        };
-        let target = match target.strip_prefix('?') {
-            Some(_) => format!("/{target}"),
-            None if target.is_empty() => "/".to_string(),
-            None => target.to_string(),
-        };
-        Ok(Url {
-            host: host.to_string(),
-            port,
-            target,
-            authority: authority.to_string(),
-        })
-    }
-}
-
-/// Why a POST got no status.
-#[derive(Debug, thiserror::Error)]
-pub enum PostError {
-    #[error("cannot resolve {host}: {source}")]
-    Resolve { host: String, source: io::Error },
-    #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: io::Error },
-    #[error("{host} is {addr}, a {range} address, and WebhookAllowPrivate is off")]
-    Private {
-        host: String,
-        addr: IpAddr,
-        range: &'static str,
-    },
-    #[error("no answer within the timeout ({0})")]
-    Timeout(&'static str),
-    #[error("the receiver closed the connection before answering")]
-    Closed,
-    #[error("I/O error: {0}")]
-    Io(#[from] io::Error),
-    #[error("bad response: {0}")]
-    BadResponse(&'static str),
-}
 
 /// One sender's client: the timeout and at most one kept-alive connection.
 pub struct Client {
@@ -383,230 +291,9 @@ fn is_reset(e: &io::Error) -> bool {
     )
 }
 
-/// Why a webhook may not go to `ip` unless `WebhookAllowPrivate` is on: the range it falls in,
-/// or None for a public address. The ranges are those an outside caller of an open
-/// `/api/register` must not reach through this node: the node itself, its LAN, its cloud's
-/// metadata service (169.254.169.254) and addresses that are not one host.
-pub fn private_range(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => private_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = embedded_v4(v6) {
-                return private_v4(v4);
-            }
-            let s = v6.segments();
-            match s[0] {
-                _ if v6.is_unspecified() => Some("unspecified"),
-                _ if v6.is_loopback() => Some("loopback"),
-                x if x & 0xfe00 == 0xfc00 => Some("unique-local (fc00::/7)"),
-                x if x & 0xffc0 == 0xfe80 => Some("link-local (fe80::/10)"),
-                // Deprecated site-local: still routed inside some networks.
-                x if x & 0xffc0 == 0xfec0 => Some("site-local (fec0::/10)"),
-                x if x & 0xff00 == 0xff00 => Some("multicast"),
-                _ => None,
-            }
-        }
-    }
-}
-
-fn private_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, c, _] = ip.octets();
-    Some(match (a, b) {
-        (0, _) => "unspecified (0.0.0.0/8)",
-        (10, _) => "private (10.0.0.0/8)",
-        (100, 64..=127) => "shared/CGNAT (100.64.0.0/10)",
-        (127, _) => "loopback (127.0.0.0/8)",
-        (169, 254) => "link-local (169.254.0.0/16)",
-        (172, 16..=31) => "private (172.16.0.0/12)",
-        (192, 168) => "private (192.168.0.0/16)",
-        (192, 0) if c == 0 => "IETF protocol assignments (192.0.0.0/24)",
-        (198, 18..=19) => "benchmarking (198.18.0.0/15)",
-        (224..=239, _) => "multicast (224.0.0.0/4)",
-        (240..=255, _) => "reserved or broadcast (240.0.0.0/4)",
-        _ => return None,
-    })
-}
-
-/// The IPv4 address an IPv6 one stands for, where the kernel or a gateway would take it to that
-/// IPv4 host: mapped `::ffff:a.b.c.d`, the deprecated compatible `::a.b.c.d`, NAT64
-/// `64:ff9b::a.b.c.d` and 6to4 `2002:AABB:CCDD::`.
-fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
-    let s = ip.segments();
-    let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-    match s {
-        [0, 0, 0, 0, 0, 0xffff, _, _] => Some(tail),
-        // `::` and `::1` are IPv6's own unspecified and loopback addresses.
-        [0, 0, 0, 0, 0, 0, _, _] if !ip.is_unspecified() && !ip.is_loopback() => Some(tail),
-        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
-        [0x2002, hi, lo, ..] => Some(Ipv4Addr::new(
-            (hi >> 8) as u8,
-            hi as u8,
-            (lo >> 8) as u8,
-            lo as u8,
-        )),
-        _ => None,
-    }
-}
-
-/// The request: head and body in one buffer, so it leaves in one write.
-pub fn request_bytes(url: &Url, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + body.len());
-    out.extend_from_slice(b"POST ");
-    out.extend_from_slice(url.target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend_from_slice(url.authority.as_bytes());
-    out.extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-    out.extend_from_slice(b"\r\nUser-Agent: wspush/");
-    out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
-}
-
-/// What the client needs from a response head.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Head {
-    pub status: u16,
-    /// Bytes of the head, blank line included.
-    pub len: usize,
-    pub content_length: Option<usize>,
-    /// HTTP/1.1 without `Connection: close`, and no chunked body.
-    pub keep_alive: bool,
-}
-
-/// Parses a response head at the start of `buf`; None while it is incomplete.
-pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, PostError> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(PostError::BadResponse("too many response headers"))
-        }
-        Err(_) => return Err(PostError::BadResponse("not an HTTP/1.x response")),
-    };
-    let status = resp.code.unwrap_or(0);
-    let mut keep_alive = resp.version == Some(1);
-    let mut content_length = None;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            content_length = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|&n| n <= MAX_KEPT_BODY);
-            if content_length.is_none() {
-                keep_alive = false;
-            }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding")
-            || (h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close"))
-        {
-            keep_alive = false;
-        }
-    }
-    Ok(Some(Head {
-        status,
-        len,
-        content_length,
-        keep_alive,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_http_urls() {
-        let u = Url::parse("http://example.com:8080/hooks/ws?x=1#frag").unwrap();
-        assert_eq!(
-            u,
-            Url {
-                host: "example.com".into(),
-                port: 8080,
-                target: "/hooks/ws?x=1".into(),
-                authority: "example.com:8080".into(),
-            }
-        );
-        let u = Url::parse("HTTP://10.0.0.1").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.target.as_str()),
-            ("10.0.0.1", 80, "/")
-        );
-        let u = Url::parse("http://h?q").unwrap();
-        assert_eq!(u.target, "/?q");
-        let u = Url::parse("http://[::1]:9000/x").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.authority.as_str()),
-            ("::1", 9000, "[::1]:9000")
-        );
-    }
-
-    #[test]
-    fn refuses_what_it_cannot_send() {
-        for (url, want) in [
-            ("https://example.com/", UrlError::Scheme),
-            ("ftp://x/", UrlError::Scheme),
-            ("", UrlError::Scheme),
-            ("http://", UrlError::NoHost),
-            ("http://:80/", UrlError::NoHost),
-            ("http://h:0/", UrlError::Port),
-            ("http://h:99999/", UrlError::Port),
-            ("http://h:+80/", UrlError::Port),
-            ("http://u:p@h/", UrlError::UserInfo),
-            ("http://h/a b", UrlError::BadChar),
-            ("http://h/\r\nX-Injected: 1", UrlError::BadChar),
-        ] {
-            assert_eq!(Url::parse(url), Err(want), "{url:?}");
-        }
-    }
-
-    #[test]
-    fn request_has_the_json_head_and_the_headers() {
-        let u = Url::parse("http://h:81/p").unwrap();
-        let r = request_bytes(&u, &[("X-Signature", "ab")], b"{}");
-        let text = String::from_utf8(r).unwrap();
-        assert!(
-            text.starts_with("POST /p HTTP/1.1\r\nHost: h:81\r\n"),
-            "{text}"
-        );
-        assert!(text.contains("\r\nContent-Type: application/json\r\n"));
-        assert!(text.contains("\r\nContent-Length: 2\r\n"));
-        assert!(text.ends_with("\r\nX-Signature: ab\r\n\r\n{}"));
-    }
-
-    #[test]
-    fn reads_status_and_whether_the_connection_can_be_kept() {
-        let h = parse_head(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (h.status, h.content_length, h.keep_alive),
-            (204, Some(0), true)
-        );
-        let h = parse_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert!(!h.keep_alive);
-        let h = parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            .unwrap()
-            .unwrap();
-        assert!(!h.keep_alive);
-        let h = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert!(!h.keep_alive);
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\n").unwrap().is_none());
-        assert!(parse_head(b"garbage\r\n\r\n").is_err());
-    }
 
     /// A one-thread HTTP server on a free port: for each accepted connection, `script` gets the
     /// stream and the connection's number. Returns the port.
