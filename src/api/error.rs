@@ -1,6 +1,17 @@
-//! API errors and the one place they become an HTTP status and the `{code,msg,data}` envelope.
+//! API errors and the one place they become an HTTP status, the headers that go with it, and
+//! the `{code,msg,data}` envelope; and the refusals the listener answers before any route runs
+//! ([`Refusal`]), with their status and headers chosen here too.
 
-/// What went wrong with an API request; every variant is the caller's doing.
+/// Whose doing an error is: the caller's (a bad or unauthorised request, a limit it ran into)
+/// or the server's (etcd or a peer node could not answer, the node cannot take more now).
+/// Server faults are logged at WARN, caller faults at DEBUG or INFO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Caller,
+    Server,
+}
+
+/// What went wrong with an API request; [`ApiError::fault`] says whose doing it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     #[error("request body is not valid JSON: {0}")]
@@ -46,6 +57,25 @@ impl ApiError {
         }
     }
 
+    /// Whose doing the error is: etcd down and a peer that did not answer are the server's;
+    /// everything else (the request, its credentials, a limit it ran into) the caller's.
+    pub fn fault(&self) -> Fault {
+        match self {
+            ApiError::Etcd(_) | ApiError::Peer(_) => Fault::Server,
+            _ => Fault::Caller,
+        }
+    }
+
+    /// Headers the answer carries besides Content-Type and Content-Length: a 401 names how to
+    /// authenticate (RFC 9110 section 15.5.2, docs/auth.md), a 405 the method the routes take.
+    pub fn headers(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "WWW-Authenticate: HMAC-SHA256 realm=\"wspush\"\r\n",
+            ApiError::MethodNotAllowed => "Allow: POST\r\n",
+            _ => "",
+        }
+    }
+
     /// HTTP status: the original answers 200 with code -1 for everything but these.
     pub fn status(&self) -> u16 {
         match self {
@@ -56,6 +86,69 @@ impl ApiError {
             ApiError::NotFound => 404,
             _ => 200,
         }
+    }
+}
+
+/// A request the listener refuses before any route runs; the answer closes the connection.
+/// The API ones ([`Refusal::is_api`]) answer the JSON envelope, the others plain text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request head could not be read: the parser's status (400, 413, 431, ...), or 408
+    /// when it did not come in time.
+    Head(u16),
+    /// An API request's body could not be read: 400 (malformed chunked framing), 408 (not in
+    /// time) or 413 (over MaxBodyBytes).
+    Body(u16),
+    /// MaxHttpConnsPerCore: 503, come back in a second.
+    HttpFull,
+    /// The `/ws` request is not a valid WebSocket upgrade: 400, naming the version we speak.
+    Handshake,
+    /// The `/ws` systemId is unusable (too long, bad characters): 400.
+    SystemId,
+    /// The node takes no new WebSocket clients now (draining, cut off from its cluster, at
+    /// MaxConnsPerCore): 503, come back in a few seconds.
+    Unavailable,
+    /// The connect authorisation refused: 401 (no or a bad token), or 503 (the system could
+    /// not be looked up now).
+    Connect(u16),
+}
+
+impl Refusal {
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::Head(status) | Refusal::Body(status) | Refusal::Connect(status) => status,
+            Refusal::HttpFull | Refusal::Unavailable => 503,
+            Refusal::Handshake | Refusal::SystemId => 400,
+        }
+    }
+
+    /// Headers the answer carries besides Content-Type and Content-Length: when to come back
+    /// (`Retry-After`, which a client library may honour to spread its reconnects), how to
+    /// authenticate, or the WebSocket version this server speaks.
+    pub fn headers(self) -> &'static str {
+        match self {
+            Refusal::HttpFull => "Retry-After: 1\r\n",
+            Refusal::Handshake => "Sec-WebSocket-Version: 13\r\n",
+            Refusal::Unavailable => "Retry-After: 5\r\n",
+            Refusal::Connect(401) => "WWW-Authenticate: Bearer realm=\"wspush\"\r\n",
+            Refusal::Connect(_) => "Retry-After: 5\r\n",
+            Refusal::Head(_) | Refusal::Body(_) | Refusal::SystemId => "",
+        }
+    }
+
+    /// Whose doing the refusal is: a node that cannot take more (or look a system up) now is
+    /// the server's; the rest is the request's.
+    pub fn fault(self) -> Fault {
+        match self {
+            Refusal::HttpFull | Refusal::Unavailable => Fault::Server,
+            Refusal::Connect(status) if status >= 500 => Fault::Server,
+            _ => Fault::Caller,
+        }
+    }
+
+    /// Whether the answer is the API's JSON envelope (an API request) rather than plain text.
+    pub fn is_api(self) -> bool {
+        matches!(self, Refusal::Body(_) | Refusal::HttpFull)
     }
 }
 
@@ -201,6 +294,33 @@ mod tests {
         assert_eq!(v["code"], -1);
         assert_eq!(v["msg"], "clientId is required");
         assert_eq!(v["data"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn faults_and_headers() {
+        assert_eq!(
+            ApiError::Etcd("etcd unreachable".into()).fault(),
+            Fault::Server
+        );
+        assert_eq!(ApiError::Peer("peer down".into()).fault(), Fault::Server);
+        assert_eq!(ApiError::MissingSystemId.fault(), Fault::Caller);
+        assert_eq!(ApiError::Limit("MaxSystems".into()).fault(), Fault::Caller);
+        assert_eq!(ApiError::MethodNotAllowed.headers(), "Allow: POST\r\n");
+        assert!(ApiError::Unauthorized("x".into())
+            .headers()
+            .starts_with("WWW-Authenticate: HMAC-SHA256"));
+        assert_eq!(ApiError::NotFound.headers(), "");
+        assert_eq!(Refusal::HttpFull.status(), 503);
+        assert_eq!(Refusal::HttpFull.headers(), "Retry-After: 1\r\n");
+        assert_eq!(Refusal::Connect(401).status(), 401);
+        assert!(Refusal::Connect(401)
+            .headers()
+            .starts_with("WWW-Authenticate: Bearer"));
+        assert_eq!(Refusal::Connect(503).headers(), "Retry-After: 5\r\n");
+        assert_eq!(Refusal::Connect(503).fault(), Fault::Server);
+        assert_eq!(Refusal::Connect(401).fault(), Fault::Caller);
+        assert_eq!(Refusal::Head(431).status(), 431);
+        assert!(Refusal::Body(413).is_api() && !Refusal::Handshake.is_api());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 
 use super::handshake;
 use super::http::{self, Head, Method};
-use crate::api::{self, error::envelope};
+use crate::api;
+use crate::api::error::{envelope, Fault, Refusal};
 use crate::ops;
 use crate::shard::Shard;
 use crate::ws::session;
@@ -143,10 +144,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             Err(ReadEnd::Closed) => return,
             Err(ReadEnd::Reject(status, why)) => {
                 tracing::debug!(%peer, core = shard.id, status, why, "bad request head");
-                let body = format!("{why}\n");
-                http::write_response(&mut out, status, http::TEXT, "", body.as_bytes(), true);
-                let _ = stream.write_all(&out).await;
-                return;
+                return refuse(&mut stream, &mut out, Refusal::Head(status), &why).await;
             }
         };
 
@@ -167,7 +165,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             refused_over_limit(&shard, peer);
             let body_unread = head.chunked || head.content_length.unwrap_or(0) > 0;
             let why = "server is at its HTTP connection limit, try again later";
-            reject(&mut stream, &mut out, 503, "Retry-After: 1\r\n", why).await;
+            refuse(&mut stream, &mut out, Refusal::HttpFull, why).await;
             if body_unread {
                 close_unread(&mut stream).await;
             }
@@ -215,7 +213,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         // so the connection closes after the 403.
         if head.path.starts_with("/api/") {
             if let Err(e) = api::check_api_key(&shard, route, &head) {
-                let status = e.status();
+                let (status, headers) = (e.status(), e.headers());
                 let started = Instant::now();
                 let result = Err(e);
                 (shard.metrics).api_request(
@@ -226,7 +224,14 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                     started.elapsed(),
                 );
                 out.clear();
-                http::write_response(&mut out, status, http::JSON, "", &envelope(&result), true);
+                http::write_response(
+                    &mut out,
+                    status,
+                    http::JSON,
+                    headers,
+                    &envelope(&result),
+                    true,
+                );
                 if stream.write_all(&out).await.is_ok()
                     && (head.chunked
                         || buf.len() - head_len < head.content_length.unwrap_or(0) as usize)
@@ -254,14 +259,15 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                         408 => "timed out reading the request body",
                         _ => "malformed chunked body",
                     };
-                    return reject(&mut stream, &mut out, status, "", why).await;
+                    return refuse(&mut stream, &mut out, Refusal::Body(status), why).await;
                 }
             }
         } else {
             let length = head.content_length.unwrap_or(0);
             if length > config.max_body_bytes as u64 {
                 tracing::debug!(%peer, core = shard.id, length, "request body over MaxBodyBytes refused");
-                return reject(&mut stream, &mut out, 413, "", "request body too large").await;
+                let why = "request body too large";
+                return refuse(&mut stream, &mut out, Refusal::Body(413), why).await;
             }
             let length = length as usize;
             if head.expect_continue
@@ -277,14 +283,8 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 .await
                 .is_err()
             {
-                return reject(
-                    &mut stream,
-                    &mut out,
-                    408,
-                    "",
-                    "timed out reading the request body",
-                )
-                .await;
+                let why = "timed out reading the request body";
+                return refuse(&mut stream, &mut out, Refusal::Body(408), why).await;
             }
             (None, head_len + length)
         };
@@ -295,26 +295,30 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             Some(route) => api::handle(&shard, route, &head, body).await,
             None => api::unknown_route(&shard, &head),
         };
-        if let Err(e) = &result {
-            tracing::debug!(%peer, core = shard.id, path = %head.path, error = %e, "API request refused");
+        match &result {
+            Err(e) if e.fault() == Fault::Server => {
+                tracing::warn!(%peer, core = shard.id, path = %head.path, error = %e, "API request failed");
+            }
+            Err(e) => {
+                tracing::debug!(%peer, core = shard.id, path = %head.path, error = %e, "API request refused");
+            }
+            Ok(_) => {}
         }
         let status = result.as_ref().map(|_| 200).unwrap_or_else(|e| e.status());
         let (path, ok) = (&head.path, result.is_ok());
         (shard.metrics).api_request(path, route.is_some(), status, ok, started.elapsed());
         let delivered;
-        let extra = match (status, &result) {
-            (405, _) => "Allow: POST\r\n",
-            // RFC 9110 section 15.5.2: a 401 names how to authenticate (docs/auth.md).
-            (401, _) => "WWW-Authenticate: HMAC-SHA256 realm=\"wspush\"\r\n",
+        let extra = match &result {
+            // 401 and 405 say how to authenticate and which method to use (api::error).
+            Err(e) => e.headers(),
             // Issue 12: what a push did, besides code 0 (docs/api-extensions.md).
-            (_, Ok(data)) => match data.delivered() {
+            Ok(data) => match data.delivered() {
                 Some(n) => {
                     delivered = format!("X-Wspush-Delivered: {n}\r\n");
                     &delivered
                 }
                 None => "",
             },
-            _ => "",
         };
         out.clear();
         http::write_response(
@@ -363,10 +367,19 @@ fn refused_over_limit(shard: &Shard, peer: SocketAddr) {
     }
 }
 
-async fn reject(stream: &mut TcpStream, out: &mut Vec<u8>, status: u16, extra: &str, why: &str) {
+/// Answers a request refused before any route ran, then the connection closes: the status and
+/// headers are the refusal's (`api::error::Refusal`), `why` the message, in the envelope for an
+/// API request, else as a line of text.
+async fn refuse(stream: &mut TcpStream, out: &mut Vec<u8>, refusal: Refusal, why: &str) {
     out.clear();
-    let body = envelope(&Err(api::error::ApiError::Request(why.to_string())));
-    http::write_response(out, status, http::JSON, extra, &body, true);
+    let (content_type, body) = if refusal.is_api() {
+        let body = envelope(&Err(api::error::ApiError::Request(why.to_string())));
+        (http::JSON, body)
+    } else {
+        (http::TEXT, format!("{why}\n").into_bytes())
+    };
+    let (status, headers) = (refusal.status(), refusal.headers());
+    http::write_response(out, status, content_type, headers, &body, true);
     let _ = stream.write_all(out).await;
 }
 
@@ -598,36 +611,22 @@ async fn upgrade(
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%peer, core = shard.id, error = %e, "WebSocket handshake refused");
-            let mut out = Vec::new();
-            let body = format!("{e}\n");
-            http::write_response(
-                &mut out,
-                400,
-                http::TEXT,
-                "Sec-WebSocket-Version: 13\r\n",
-                body.as_bytes(),
-                true,
-            );
-            let _ = stream.write_all(&out).await;
-            return;
+            let why = e.to_string();
+            return refuse(&mut stream, &mut Vec::new(), Refusal::Handshake, &why).await;
         }
     };
-    let refusal: Option<&[u8]> = if shard.draining.get() {
-        Some(b"shutting down\n")
+    let unavailable = if shard.draining.get() {
+        Some("shutting down")
     } else if crate::readiness::cut_off() {
         // Its peers cannot reach a client here: the balancer should pick another node.
-        Some(b"this node is cut off from its cluster (no etcd membership): try another node\n")
+        Some("this node is cut off from its cluster (no etcd membership): try another node")
     } else if !shard.admit_conn(peer) {
-        Some(b"server is at its connection limit, try again later\n")
+        Some("server is at its connection limit, try again later")
     } else {
         None
     };
-    if let Some(body) = refusal {
-        let mut out = Vec::new();
-        // Retry-After: a client library that honours it spreads its reconnects.
-        http::write_response(&mut out, 503, http::TEXT, "Retry-After: 5\r\n", body, true);
-        let _ = stream.write_all(&out).await;
-        return;
+    if let Some(why) = unavailable {
+        return refuse(&mut stream, &mut Vec::new(), Refusal::Unavailable, why).await;
     }
     // The session is a task of its own: nothing of the request lives as long as it does, and an
     // idle connection's memory is that small task plus its registry entry.
@@ -640,41 +639,33 @@ async fn upgrade(
                     tracing::info!(%peer, core = shard.id, bytes = system_id.len(), %problem,
                         also = skipped, "WebSocket connect refused: systemId");
                 }
-                let body = format!("systemId {problem}\n");
-                let mut out = Vec::new();
-                http::write_response(&mut out, 400, http::TEXT, "", body.as_bytes(), true);
-                let _ = stream.write_all(&out).await;
-                return;
+                let why = format!("systemId {problem}");
+                return refuse(&mut stream, &mut Vec::new(), Refusal::SystemId, &why).await;
             }
             // Issue 7: a system with a secret needs a connect token. Nothing between this
             // check and add_conn awaits, so the core's view of the system cannot change between.
-            let user_id = match crate::auth::authorize_connect(&shard, &system_id, &head.query)
-                .await
-            {
-                Ok(user_id) => user_id,
-                Err(refusal) => {
-                    if let Some(skipped) = shard.throttles.connect_refused.admit() {
-                        tracing::info!(%peer, core = shard.id, system = %system_id, status = refusal.status,
-                            why = %refusal.why, also = skipped, "WebSocket connect refused");
+            let user_id =
+                match crate::auth::authorize_connect(&shard, &system_id, &head.query).await {
+                    Ok(user_id) => user_id,
+                    Err(refusal) => {
+                        let answer = Refusal::Connect(refusal.status);
+                        if let Some(skipped) = shard.throttles.connect_refused.admit() {
+                            let (status, why) = (refusal.status, &refusal.why);
+                            match answer.fault() {
+                                Fault::Server => {
+                                    tracing::warn!(%peer, core = shard.id, system = %system_id,
+                                status, why = %why, also = skipped, "WebSocket connect refused")
+                                }
+                                Fault::Caller => {
+                                    tracing::info!(%peer, core = shard.id, system = %system_id,
+                                status, why = %why, also = skipped, "WebSocket connect refused")
+                                }
+                            }
+                        }
+                        let why = refusal.why;
+                        return refuse(&mut stream, &mut Vec::new(), answer, &why).await;
                     }
-                    let extra = match refusal.status {
-                        401 => "WWW-Authenticate: Bearer realm=\"wspush\"\r\n",
-                        _ => "Retry-After: 5\r\n",
-                    };
-                    let body = format!("{}\n", refusal.why);
-                    let mut out = Vec::new();
-                    http::write_response(
-                        &mut out,
-                        refusal.status,
-                        http::TEXT,
-                        extra,
-                        body.as_bytes(),
-                        true,
-                    );
-                    let _ = stream.write_all(&out).await;
-                    return;
-                }
-            };
+                };
             let conn = shard.add_conn(stream, &system_id, peer);
             if let Some(user_id) = user_id {
                 // The token's userId binds the connection from its first frame on, as a
