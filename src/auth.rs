@@ -14,16 +14,14 @@
 //!
 //! Every comparison of a secret value is constant-time: the ApiKey through SHA-256 digests and
 //! `subtle` (so neither the content nor the length leaks through timing), signatures through
-//! `Mac::verify_slice`. The pure checks come first; [`authorize_connect`] is the glue the `/ws`
-//! upgrade calls. `docs/auth.md` is the caller's side of this file.
+//! `Mac::verify_slice`. Pure functions only: the `/ws` upgrade's use of them, which reads the core's
+//! systems, is `net::connect`. `docs/auth.md` is the caller's side of this file.
 
-use crate::shard::Shard;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::rc::Rc;
 use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -371,57 +369,6 @@ pub fn token_param(query: &str) -> Option<String> {
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
         .filter(|v| !v.is_empty())
-}
-
-// ---- the /ws glue ------------------------------------------------------------------------------
-
-/// Why a connect is refused: the status and the plain-text reason sent as the body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: u16,
-    pub why: String,
-}
-
-/// Decides whether a `/ws` connect to `system` may proceed. `Ok(Some(userId))`: a verified token
-/// bound the connection to that user. A system without a secret (or not registered: the original
-/// lets those connect) needs no token, and one sent anyway is ignored, since nothing can verify
-/// it. In cluster mode a token for a system this core has not heard of yet is checked against
-/// etcd, so a connect that races the watch after a register is not wrongly refused. One without
-/// a token is looked up only until the core has had etcd's list of systems once (a node that
-/// just started knows none, and must not let tokenless clients into a system with a secret);
-/// after that an unknown system is taken as unregistered, so connects to made-up names cost
-/// etcd nothing, and a system registered with a secret within the watch's lag closes such
-/// connections when this core learns it (see `Shard::learn_system`).
-pub async fn authorize_connect(
-    shard: &Rc<Shard>,
-    system: &str,
-    query: &str,
-) -> Result<Option<String>, Refusal> {
-    let token = token_param(query);
-    let info = match shard.system_info(system) {
-        Some(info) => Some(info),
-        None if shard.cluster().is_some() && (token.is_some() || !shard.systems_synced.get()) => {
-            shard
-                .lookup_system_for_connect(system)
-                .await
-                .map_err(|why| Refusal {
-                    status: 503,
-                    why: format!("cannot check the token now: {why}"),
-                })?
-        }
-        None => None,
-    };
-    let Some(secret) = info.as_ref().and_then(|info| info.secret.as_deref()) else {
-        return Ok(None);
-    };
-    let token = token.ok_or(JwtError::Missing);
-    match token.and_then(|t| verify_jwt(secret, &t, system, unix_now())) {
-        Ok(claims) => Ok(claims.user_id),
-        Err(e) => Err(Refusal {
-            status: 401,
-            why: e.to_string(),
-        }),
-    }
 }
 
 #[cfg(test)]

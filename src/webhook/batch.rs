@@ -15,7 +15,7 @@
 
 use super::client::Url;
 use super::{count_drop, Charge, DropReason, Event};
-use crate::shard::SystemInfo;
+use crate::types::SystemInfo;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -492,7 +492,7 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::SystemInfo;
+    use crate::types::SystemInfo;
     use crate::webhook::Kind;
     use serde_json::Value;
 

@@ -6,7 +6,7 @@
 //!  core N ─┘    full: drop + count + warn   (one thread)└─ ...  (WebhookWorkers threads)
 //! ```
 //!
-//! - **Cores** call [`emit`] (or [`conn_event`]) from the core that owns the connection, so every
+//! - **Cores** call [`emit`] (through `Shard::webhook_event`) from the core that owns the connection, so every
 //!   event is sent by the node that owns it. Nothing happens, not even an allocation, when the
 //!   system has no webhook URL. Otherwise the event is packed into one allocation and offered to a
 //!   bounded lock-free queue with a non-blocking push; a full queue drops the event, counts it and
@@ -34,8 +34,7 @@ pub mod batch;
 pub mod client;
 
 use crate::config::Config;
-use crate::shard::conn::Conn;
-use crate::shard::{Shard, SystemInfo};
+use crate::types::SystemInfo;
 use crossbeam_queue::ArrayQueue;
 use std::net::SocketAddrV4;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -390,34 +389,6 @@ pub fn emit(
             batcher.unpark();
         }
     }
-}
-
-/// [`emit`] for a connection of this core: looks up its system's options and takes userId and
-/// extend from the connection. `group` is `""` for online/offline. Must run on the core that
-/// owns `conn`.
-pub fn conn_event(shard: &Shard, kind: Kind, conn: &Conn, group: &str) {
-    let Some(info) = shard.system_info(&conn.system) else {
-        return;
-    };
-    if info.webhook_url.is_none() {
-        return;
-    }
-    // A caller holding the info mutably (inside a bind) would make borrow() panic: never panic
-    // here, send empty fields instead.
-    let guard = conn.info.try_borrow().ok();
-    let (user_id, extend) = guard
-        .as_ref()
-        .and_then(|g| g.as_ref())
-        .map_or(("", ""), |i| (i.user_id.as_str(), i.extend.as_str()));
-    emit(
-        &info,
-        kind,
-        &conn.system,
-        &conn.client_id,
-        user_id,
-        group,
-        extend,
-    );
 }
 
 // ---- the threads ----------------------------------------------------------------------------
