@@ -123,7 +123,7 @@ impl Shard {
 
     /// Writes every dirty connection's queue: what was queued since the last flush goes out in
     /// one `sendmsg` per socket.
-    fn flush_dirty(self: &Rc<Self>) {
+    pub fn flush_dirty(self: &Rc<Self>) {
         self.flush_scheduled.set(false);
         let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
         for conn in dirty {
