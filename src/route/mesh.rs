@@ -1,5 +1,5 @@
 //! The cross-core half of routing: an [`Op`] sent to the core that owns the state, run there on
-//! its [`Shard`], and its [`Reply`] carried back. The pending table matches answers to calls;
+//! its [`crate::shard::Shard`], and its [`Reply`] carried back. The pending table matches answers to calls;
 //! [`serve_cores`] is the receiver loop every core runs on its end of the channel mesh.
 
 use super::{MemberEvent, Router};

@@ -1,5 +1,5 @@
 //! The node port's side of routing: a request a peer sent over its link ([`serve_remote`]) is
-//! turned into the [`Op`] this node's cores run ([`local_op`]), and its answer back into a
+//! turned into the [`Op`] this node's cores run (`local_op`), and its answer back into a
 //! [`RemoteReply`]. Ops are node-local here: the sender addressed every node it meant itself.
 
 use super::{merge_replies, Router, NODE_ONLY};

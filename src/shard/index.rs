@@ -1,5 +1,5 @@
 //! The index of this core's connections by system, group and user: what the group, system
-//! and user operations of [`super::local`] read to find their recipients. Data only: queuing
+//! and user operations of the shard's `*_local` operations read to find their recipients. Data only: queuing
 //! frames and finding clients by slot are the shard's.
 
 use super::conn::Conn;

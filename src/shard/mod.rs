@@ -66,7 +66,7 @@ pub struct Shard {
     /// then a system it does not know may well be registered (with a secret).
     pub systems_synced: Cell<bool>,
     /// Systems a `/ws` connect found unregistered in etcd, and when: see
-    /// [`Shard::lookup_system_for_connect`].
+    /// [`Shard::connect_lookup`].
     unknown_systems: RefCell<HashMap<Box<str>, Instant>>,
     /// The current one-second window of etcd lookups for `/ws` connects of unknown systems:
     /// its start and the lookups in it.

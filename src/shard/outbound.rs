@@ -69,7 +69,7 @@ impl Shard {
 
     /// How long the next flush waits. A socket write costs the same few microseconds of kernel
     /// time whether it carries one frame or twenty, and while this core is broadcasting (one
-    /// push reached at least [`BROADCAST_SOCKETS`] of its sockets within the last 10 windows) the
+    /// push reached at least `BROADCAST_SOCKETS` of its sockets within the last 10 windows) the
     /// pushes of the next `FlushWindowUs` go out together, one write per socket for all of
     /// them: on the fan-out benchmark that is 6x the deliveries per second at a lower push
     /// delay (perf/RESULTS.md). Unicast traffic, however heavy, never waits: its frames go to

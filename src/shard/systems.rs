@@ -128,9 +128,9 @@ impl Shard {
 
     /// What a `/ws` connect of `system` may do about a system this core does not know (cluster
     /// mode). Any client can connect with made-up systemIds, and each would cost an etcd read,
-    /// so: a system etcd said is not registered is remembered as such for [`UNKNOWN_TTL`]
+    /// so: a system etcd said is not registered is remembered as such for `UNKNOWN_TTL`
     /// (learning the system forgets it at once), and once etcd's list of systems is here, this
-    /// core asks about at most [`UNKNOWN_LOOKUPS_PER_SEC`] unknown systems a second; past that
+    /// core asks about at most `UNKNOWN_LOOKUPS_PER_SEC` unknown systems a second; past that
     /// the connect is refused without asking. Before that list arrives every lookup is needed
     /// (a system this core has not heard of may be registered), so none is refused.
     ///
