@@ -1,6 +1,7 @@
-//! The plain data every layer passes around: a registered system's options, a client on a
-//! node, a group member, a share of get_system_stats. A leaf: it names nothing of the crate, so
-//! `shard`, `cluster`, `route`, `api` and `webhook` share these without importing each other.
+//! The plain data every layer passes around: a registered system's options, why a connection
+//! ended, a client on a node, a group member, a share of get_system_stats. A leaf: it names
+//! nothing of the crate, so `shard`, `cluster`, `route`, `api`, `ops` and `webhook` share these
+//! without importing each other.
 //! The rkyv derives are there because [`Target`], [`Member`] and [`StatsPart`] also cross
 //! between nodes (see `cluster::proto`).
 //!
@@ -31,6 +32,28 @@ pub struct SystemInfo {
     pub secret: Option<String>,
     /// When set, this node POSTs the system's connection events there.
     pub webhook_url: Option<String>,
+}
+
+/// Why a connection ended: logged, counted per reason in `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client sent a close frame.
+    ClientClose,
+    /// EOF or a socket error without a close frame.
+    Reset,
+    /// No pong (or any frame) within PongTimeout.
+    PongTimeout,
+    /// Its outbound queue overflowed.
+    SlowConsumer,
+    /// close_client from the API.
+    Kicked,
+    /// A protocol violation or an oversized message.
+    ProtocolError,
+    /// The server is shutting down.
+    Shutdown,
+    /// This node lost its cluster membership and its peers dropped it (see
+    /// `runtime::isolation_loop`): its clients go to a node the others can reach.
+    CutOff,
 }
 
 /// A client on the receiving node.

@@ -17,7 +17,7 @@
 //! is writing a few dozen lines of text, so [`render`] does that itself (escaping label values
 //! as the format requires); `tests/metrics.rs` checks the output with a real parser.
 
-use crate::shard::conn::EndReason;
+use crate::types::EndReason;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;

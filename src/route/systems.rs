@@ -77,9 +77,10 @@ impl Router {
             ConnectLookup::NotRegistered => Ok(None),
             ConnectLookup::Limited => Err(LookupError::Limited),
             ConnectLookup::Ask => {
+                let asked_at = std::time::Instant::now();
                 let info = self.lookup_system(system).await?;
                 if info.is_none() {
-                    self.shard.note_unregistered(system);
+                    self.shard.note_unregistered(system, asked_at);
                 }
                 Ok(info)
             }

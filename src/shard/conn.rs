@@ -15,27 +15,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
-/// Why a connection ended; logged and (later) counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// The client sent a close frame.
-    ClientClose,
-    /// EOF or a socket error without a close frame.
-    Reset,
-    /// No pong (or any frame) within PongTimeout.
-    PongTimeout,
-    /// Its outbound queue overflowed.
-    SlowConsumer,
-    /// close_client from the API.
-    Kicked,
-    /// A protocol violation or an oversized message.
-    ProtocolError,
-    /// The server is shutting down.
-    Shutdown,
-    /// This node lost its cluster membership and its peers dropped it (see
-    /// `runtime::isolation_loop`): its clients go to a node the others can reach.
-    CutOff,
-}
+pub use crate::types::EndReason;
 
 /// User data set by bind_to_group.
 #[derive(Debug, Default)]

@@ -164,9 +164,9 @@ impl Shard {
         ConnectLookup::Ask
     }
 
-    /// Remembers that etcd said `system` is not registered (see [`Self::connect_lookup`]).
-    pub fn note_unregistered(&self, system: &str) {
-        let now = Instant::now();
+    /// Remembers that etcd, asked at `now`, said `system` is not registered (see
+    /// [`Self::connect_lookup`]).
+    pub fn note_unregistered(&self, system: &str, now: Instant) {
         let mut unknown = self.unknown_systems.borrow_mut();
         if unknown.len() >= UNKNOWN_MAX {
             unknown.retain(|_, at| now.duration_since(*at) < UNKNOWN_TTL);
