@@ -28,8 +28,9 @@
 //! Leaves, used from above and naming nothing above them: [`types`] (the shared data:
 //! `SystemInfo`, `Target`, `Member`, `StatsPart`), [`auth`] (pure checks: `ApiKey`, API
 //! signatures, JWT connect tokens), [`ids`] (clientId <-> (node, core, slot, generation),
-//! sealed with CryptoKey), [`config`] (`conf/app.ini` and CLI flags, with defaults), and
-//! [`sys`] (the few raw syscalls; all `unsafe` lives there).
+//! sealed with CryptoKey), [`config`] (`conf/app.ini` and CLI flags, with defaults),
+//! [`throttle`] (per-core log budgets) and [`sys`] (the few raw syscalls; all `unsafe` lives
+//! there).
 //!
 //! ## The data paths
 //! 1. **Connect**: accept on core C -> read head -> `/ws` handshake -> authorise (token) -> slot
@@ -56,6 +57,7 @@ pub mod route;
 pub mod runtime;
 pub mod shard;
 pub mod sys;
+pub mod throttle;
 pub mod types;
 pub mod webhook;
 pub mod ws;

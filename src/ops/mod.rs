@@ -18,7 +18,6 @@
 
 pub mod metrics;
 pub mod status;
-pub mod throttle;
 
 use crate::net::http::{self, Head, Method};
 use crate::route::Router;

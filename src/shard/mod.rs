@@ -72,7 +72,7 @@ pub struct Shard {
     /// its start and the lookups in it.
     unknown_lookups: Cell<(Instant, u32)>,
     /// One log line a second at most for each kind of event a client can repeat at will.
-    pub throttles: crate::ops::throttle::CoreThrottles,
+    pub throttles: crate::throttle::CoreThrottles,
     /// HTTP connections this core serves that are not (yet) WebSockets and have sent a
     /// request: what MaxHttpConnsPerCore caps (counted by the listener).
     pub http_conns: Cell<usize>,
