@@ -1,7 +1,7 @@
 //! The counters every core bumps on its data path, the side threads' atomics, and the plain
 //! snapshots they give when asked.
 //!
-//! A leaf: it names only std and is named by everything that counts (the shard, the node links,
+//! A leaf: it names only std (and the `types` leaf, for EndReason) and is named by everything that counts (the shard, the node links,
 //! the etcd thread) and by what reads the counts (`ops::metrics`, the status page).
 //!
 //! **Where the counters live.** Each core owns a [`CoreMetrics`] (inside its `Shard`): plain
@@ -10,6 +10,7 @@
 //! also write. A scrape asks every core for a [`CoreSnapshot`] (owned data, `Send`) and sums
 //! them; see `ops::metrics`.
 
+pub use crate::types::EndReason;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddrV4;
@@ -37,29 +38,6 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.get()
     }
-}
-
-/// Why a connection ended: logged, and counted by the `reason` label of
-/// `wspush_disconnects_total` ([`REASONS`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// The client sent a close frame.
-    ClientClose,
-    /// EOF or a socket error without a close frame.
-    Reset,
-    /// No pong (or any frame) within PongTimeout.
-    PongTimeout,
-    /// Its outbound queue overflowed.
-    SlowConsumer,
-    /// close_client from the API.
-    Kicked,
-    /// A protocol violation or an oversized message.
-    ProtocolError,
-    /// The server is shutting down.
-    Shutdown,
-    /// This node lost its cluster membership and its peers dropped it (see
-    /// `runtime::isolation_loop`): its clients go to a node the others can reach.
-    CutOff,
 }
 
 /// The `reason` label of `wspush_disconnects_total`, in [`EndReason`] order.

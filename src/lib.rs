@@ -4,35 +4,45 @@
 //! thread-per-core on glommio.
 //!
 //! ## Layout, in the order a message travels
-//! - [`config`]: `conf/app.ini` (the original's keys plus ours) and CLI flags, with defaults.
+//! Dependencies point one way, down this list: a module names only those below it.
 //! - [`runtime`]: starts one pinned glommio executor per core, the channel mesh between them,
-//!   and the ordered shutdown.
-//! - [`net`]: per-core accept ([`net::listener`]), HTTP heads ([`net::http`]), and the
-//!   WebSocket handshake ([`net::handshake`]).
+//!   and the ordered shutdown; each core gets its [`shard::Shard`] and its [`route::Router`].
+//! - [`net`]: per-core accept ([`net::listener`]), HTTP heads ([`net::http`]), the WebSocket
+//!   handshake ([`net::handshake`]) and the connect's authorisation ([`net::connect`]).
 //! - [`ws`]: frames ([`ws::frame`]), the pushed JSON ([`ws::message`]), and one connection's
 //!   read loop ([`ws::session`]).
-//! - [`ids`]: clientId <-> (node, core, slot, generation), sealed with CryptoKey.
-//! - [`api`]: the URL table, request decoding, handlers, and [`api::dispatch`], which routes a
-//!   clientId to this core or another one.
-//! - [`auth`]: the opt-in checks of issue 7: `ApiKey`, per-system HMAC signatures on the API,
-//!   JWT connect tokens on `/ws`.
-//! - [`shard`]: the core's own state (registry, groups, systems), its outbound flusher, and the
-//!   cross-core messages ([`shard::inbox`]).
-//! - [`sys`]: the few raw syscalls; all `unsafe` lives there.
-//! - [`ops`]: `/metrics` (Prometheus) and the status page (`/status`, `/status.json`), gathered
-//!   from every core's own counters only when asked.
-//! - [`webhook`]: connection events (online, offline, bind, unbind) queued by the owning core
-//!   and POSTed in batches to a system's `webhookUrl` by side threads, never on a core.
+//! - [`api`]: the URL table, request decoding and the handlers; each hands its operation to
+//!   the router.
+//! - [`route`]: where an operation runs, and nothing else: this core, the other cores
+//!   ([`route::mesh`], the `Op`/`Reply` calls), the peer nodes ([`route::Router::broadcast`]
+//!   for groups, systems, users; [`route::clients`] for one clientId), and the requests peers
+//!   send ([`route::remote`]).
+//! - [`shard`]: one core's state: connections, the group and user index and its `*_local`
+//!   operations, outbound queues and flusher, known systems. Names neither route nor cluster.
+//! - [`cluster`]: the node links ([`cluster::link`], [`cluster::proto`]) and etcd membership.
+//! - [`ops`]: `/metrics` (Prometheus) and the status page, gathered from every core through
+//!   the router only when asked.
+//! - [`webhook`]: connection events queued by the owning core and POSTed in batches to a
+//!   system's `webhookUrl` by side threads, never on a core.
+//!
+//! Leaves, used from above and naming nothing above them: [`types`] (the shared data:
+//! `SystemInfo`, `Target`, `Member`, `StatsPart`), [`auth`] (pure checks: `ApiKey`, API
+//! signatures, JWT connect tokens), [`ids`] (clientId <-> (node, core, slot, generation),
+//! sealed with CryptoKey), [`config`] (`conf/app.ini` and CLI flags, with defaults),
+//! [`throttle`] (per-core log budgets) and [`sys`] (the few raw syscalls; all `unsafe` lives
+//! there).
 //!
 //! ## The data paths
-//! 1. **Connect**: accept on core C -> read head -> `/ws` handshake -> slot in C's registry ->
-//!    welcome frame with the sealed clientId -> read loop (pings, pongs, close; data ignored) ->
-//!    on exit: leave groups, 1002 to each group on every core.
-//! 2. **API**: accept -> head + body -> guard (method, SystemId, registered) -> decode -> resolve
-//!    the clientId: this core (direct), another core (an `Op` on the mesh, answered by a `Reply`).
+//! 1. **Connect**: accept on core C -> read head -> `/ws` handshake -> authorise (token) -> slot
+//!    in C's registry -> welcome frame with the sealed clientId -> read loop (pings, pongs,
+//!    close; data ignored) -> on exit: the router tells each of its groups (1002), everywhere.
+//! 2. **API**: accept -> head + body -> guard (method, SystemId, registered) -> decode -> the
+//!    router: this core (direct), another core (an `Op` on the mesh, answered by a `Reply`),
+//!    another node (a `RemoteOp` on its link, answered by a `RemoteReply`).
 //! 3. **Push**: the JSON text frame is built once; every recipient's queue gets an `Arc` of the
 //!    same bytes; a per-core flusher writes each socket's queue with one `sendmsg`.
-//! 4. **Group push**: origin core -> one `GroupPush` per other core -> each core -> its members.
+//! 4. **Group push**: origin core -> its own members, then one `GroupPush` per other core and
+//!    one per peer node -> each core -> its members.
 
 pub mod api;
 pub mod auth;
@@ -45,8 +55,11 @@ pub mod ids;
 pub mod net;
 pub mod ops;
 pub mod readiness;
+pub mod route;
 pub mod runtime;
 pub mod shard;
 pub mod sys;
+pub mod throttle;
+pub mod types;
 pub mod webhook;
 pub mod ws;

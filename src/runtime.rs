@@ -13,9 +13,11 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::net::listener;
 use crate::readiness;
-use crate::shard::inbox::{CoreMsg, Op};
-use crate::shard::{Shard, SystemInfo};
+use crate::route::Router;
+use crate::shard::inbox::CoreMsg;
+use crate::shard::Shard;
 use crate::sys;
+use crate::types::SystemInfo;
 use crossbeam_queue::SegQueue;
 use futures_lite::AsyncReadExt;
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -310,17 +312,17 @@ async fn run_core(
             .join()
             .await
             .map_err(|e| anyhow::anyhow!("joining the core channel mesh failed: {e}"))?;
-        let shard = Rc::new(Shard::new(config.clone(), senders, cores, node));
+        let shard = Rc::new(Shard::new(config.clone(), senders.peer_id(), cores, node));
         // Start-up only: each core takes its sockets once.
         let start = starts
             .lock()
             .map_err(|_| anyhow::anyhow!("bug: socket hand-off list poisoned"))?[shard.id]
             .take()
             .ok_or_else(|| anyhow::anyhow!("bug: core {} sockets taken twice", shard.id))?;
-        anyhow::Ok((shard, receivers, start))
+        anyhow::Ok((shard, senders, receivers, start))
     }
     .await;
-    let (shard, mut receivers, start) = match joined {
+    let (shard, senders, receivers, start) = match joined {
         Ok(parts) => parts,
         Err(e) => {
             // The other cores may be waiting for this one in the mesh and cannot be stopped
@@ -332,16 +334,6 @@ async fn run_core(
     let inbox = inboxes[shard.id].clone();
     drop(inboxes);
 
-    for (_, rx) in receivers.streams() {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while let Some(msg) = rx.recv().await {
-                shard.on_message(msg);
-            }
-        })
-        .detach();
-    }
-
     // Duplicates of the listening sockets, shut when the drain starts. Cancelling the accept
     // tasks alone leaves the sockets listening (io_uring's pending accept still holds them)
     // until exit, so new clients would complete a TCP handshake and then hang; after the
@@ -351,21 +343,29 @@ async fn run_core(
         .flatten()
         .filter_map(|l| l.try_clone().ok())
         .collect();
+    let (cluster, rpc) = match (membership, start.rpc) {
+        (Some(membership), Some(rpc)) => {
+            let cluster = Cluster::new(&config, node, shard.id, membership);
+            (Some(Rc::new(cluster)), Some(rpc))
+        }
+        _ => (None, None),
+    };
+    let router = Rc::new(Router::new(shard.clone(), senders, cluster));
+    crate::route::mesh::serve_cores(&router, receivers);
     let mut tasks = Vec::new();
-    if let (Some(membership), Some(rpc)) = (membership, start.rpc) {
-        shard.set_cluster(Rc::new(Cluster::new(&config, node, shard.id, membership)));
+    if let Some(rpc) = rpc {
         tasks.push(glommio::spawn_local(rpc_accept_loop(
-            shard.clone(),
+            router.clone(),
             sys::glommio_listener(rpc),
         )));
         if shard.id == 0 {
-            tasks.push(glommio::spawn_local(isolation_loop(shard.clone())));
+            tasks.push(glommio::spawn_local(isolation_loop(router.clone())));
         }
     }
 
     let http = sys::glommio_listener(start.http);
     tasks.push(glommio::spawn_local(listener::accept_loop(
-        shard.clone(),
+        router.clone(),
         http,
     )));
     if readiness::core_accepting() == cores {
@@ -393,7 +393,7 @@ async fn run_core(
         })
     });
 
-    control_loop(&shard, &inbox, start.door).await;
+    control_loop(&router, &inbox, start.door).await;
 
     readiness::core_stopped_accepting();
     shard.draining.set(true);
@@ -408,7 +408,7 @@ async fn run_core(
 }
 
 /// Applies control messages until Shutdown.
-async fn control_loop(shard: &Rc<Shard>, inbox: &ControlInbox, door: UnixStream) {
+async fn control_loop(router: &Rc<Router>, inbox: &ControlInbox, door: UnixStream) {
     let mut door = sys::glommio_unix_stream(door);
     let mut bytes = [0u8; 64];
     loop {
@@ -416,11 +416,11 @@ async fn control_loop(shard: &Rc<Shard>, inbox: &ControlInbox, door: UnixStream)
             match msg {
                 Control::Shutdown => return,
                 Control::Peers(peers) => {
-                    if let Some(cluster) = shard.cluster() {
+                    if let Some(cluster) = router.cluster() {
                         cluster.set_peers(&peers);
                     }
                 }
-                Control::Systems(systems) => shard.add_systems(&systems),
+                Control::Systems(systems) => router.shard.add_systems(&systems),
             }
         }
         match door.read(&mut bytes).await {
@@ -432,10 +432,11 @@ async fn control_loop(shard: &Rc<Shard>, inbox: &ControlInbox, door: UnixStream)
 
 /// Accepts peer nodes' links on RPCPort; each runs requests on this node once its handshake
 /// passed. Links beyond MaxNodeLinksPerCore / MaxNodeLinksPerPeer are closed at once.
-async fn rpc_accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
-    let Some(cluster) = shard.cluster().cloned() else {
+async fn rpc_accept_loop(router: Rc<Router>, listener: glommio::net::TcpListener) {
+    let Some(cluster) = router.cluster().cloned() else {
         return;
     };
+    let shard = router.shard.clone();
     listener::accept_each(&listener, shard.id, "RPC", |stream| {
         let core = shard.id;
         let Ok(peer) = stream.peer_addr() else {
@@ -458,13 +459,13 @@ async fn rpc_accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) 
         };
         let shard = shard.clone();
         let cluster = cluster.clone();
+        let router = router.clone();
         glommio::spawn_local(async move {
             let _slot = slot;
             let auth = &cluster.auth;
-            let runner = shard.clone();
             let served = link::serve_peer(stream, core, auth, move |from, op| {
-                let shard = runner.clone();
-                async move { shard.execute_remote(from, op).await }
+                let router = router.clone();
+                async move { crate::route::remote::serve_remote(&router, from, op).await }
             })
             .await;
             if let Err(refused) = served {
@@ -496,11 +497,12 @@ async fn rpc_accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener) 
 /// Core 0, cluster mode: once membership has been lost for LeaseTtl, asks the peers whether
 /// the node is cut off (see `cluster::isolation_verdict`); if so, closes the clients of every
 /// core with 1001 and refuses new ones with 503 until membership is back.
-async fn isolation_loop(shard: Rc<Shard>) {
+async fn isolation_loop(router: Rc<Router>) {
     use crate::cluster::{isolation_verdict, proto::RemoteOp, PeerView};
-    let Some(cluster) = shard.cluster().cloned() else {
+    let Some(cluster) = router.cluster().cloned() else {
         return;
     };
+    let shard = &router.shard;
     let lease_ttl = shard.config.lease_ttl;
     let mut lost_since: Option<Instant> = None;
     loop {
@@ -536,10 +538,7 @@ async fn isolation_loop(shard: Rc<Shard>) {
                 let first = !readiness::set_cut_off(true);
                 // Every tick while cut off, not only the first: a WebSocket whose upgrade
                 // passed the check just before the flag was set is closed within a second.
-                let mut closed = 0;
-                for core in 0..shard.nr_cores {
-                    closed += shard.call(core, Op::GiveUpClients).await.count();
-                }
+                let closed = router.give_up_clients().await;
                 if first {
                     tracing::warn!(
                         clients = closed,
@@ -566,10 +565,9 @@ async fn drain(shard: &Rc<Shard>) {
     tracing::debug!(core = shard.id, clients = conns.len(), "draining");
     readiness::drain_closed(conns.len());
     for conn in &conns {
-        conn.end_reason
-            .set(Some(crate::shard::conn::EndReason::Shutdown));
-        shard.enqueue_close(
+        shard.close_as(
             conn,
+            crate::shard::conn::EndReason::Shutdown,
             crate::ws::frame::close_code::GOING_AWAY,
             "server shutting down",
         );
@@ -593,7 +591,7 @@ async fn drain(shard: &Rc<Shard>) {
         conn.cut(crate::shard::conn::EndReason::Shutdown);
         // The core stops right after this, so these sessions never reach end_conn: their
         // webhook offline event is sent from here.
-        crate::webhook::conn_event(shard, crate::webhook::Kind::Offline, &conn, "");
+        shard.webhook_event(crate::webhook::Kind::Offline, &conn, "");
     }
 }
 

@@ -168,7 +168,7 @@ pub enum Data {
     /// `{"count":N,"list":[{"clientId","userId","extend"}...]}`
     Presence(Vec<crate::cluster::proto::Member>),
     /// `{"clients":N,"groups":N,"users":N}`
-    Stats(crate::shard::stats::SystemStats),
+    Stats(crate::types::SystemStats),
 }
 
 /// What a push route answers (issue 12: code 0 alone said nothing about what was delivered).
@@ -325,8 +325,8 @@ mod tests {
 
     #[test]
     fn envelopes_of_the_issue_7_routes() {
-        use crate::cluster::proto::Member;
-        use crate::shard::stats::SystemStats;
+        use crate::types::Member;
+        use crate::types::SystemStats;
         use serde_json::json;
         let data = |d: Data| -> serde_json::Value {
             let v: serde_json::Value = serde_json::from_slice(&envelope(&Ok(d))).unwrap();

@@ -2,17 +2,21 @@
 //!
 //! Flow of one request: [`route`] names it from the path; the connection reads the body; then
 //! [`handle`] checks the method, the `SystemId` guard and the fields, and runs the handler, which
-//! resolves clientIds with [`dispatch`] (this core, another core, or, in cluster mode, another node).
+//! hands each operation to [`crate::route`], which decides where it runs (this core, another
+//! core, or, in cluster mode, another node).
 
-pub mod dispatch;
 pub mod error;
 pub mod request;
 
 use crate::auth;
 use crate::config::Config;
 use crate::net::http::{Head, Method};
+use crate::route::clients::{self, BindError};
+use crate::route::systems::RegisterError;
+use crate::route::{Fanout, Router};
 use crate::shard::system::{check_system_id, check_webhook_target, check_webhook_url};
-use crate::shard::{RegisterError, Shard, SystemInfo};
+use crate::shard::Shard;
+use crate::types::SystemInfo;
 use crate::ws::message;
 use error::{ApiError, Data, Pushed};
 use request::{
@@ -87,11 +91,12 @@ pub fn unknown_route(shard: &Shard, head: &Head) -> Result<Data, ApiError> {
 
 /// Runs one API request; the result becomes the envelope in [`error::envelope`].
 pub async fn handle(
-    shard: &Rc<Shard>,
+    router: &Rc<Router>,
     route: Route,
     head: &Head,
     body: &[u8],
 ) -> Result<Data, ApiError> {
+    let shard = &router.shard;
     check_api_key(shard, Some(route), head)?;
     if head.method != Some(Method::Post) {
         return Err(ApiError::MethodNotAllowed);
@@ -109,11 +114,11 @@ pub async fn handle(
         // error instead, since its sender believes the system is protected.
         let webhook_url = req.webhook_url.as_deref().filter(|u| !u.is_empty());
         let info = register_options(&shard.config, req.secret.as_deref(), webhook_url)?;
-        return match shard.register(Arc::from(&*system), Arc::new(info)).await {
+        return match router.register(Arc::from(&*system), Arc::new(info)).await {
             Ok(true) => Ok(Data::EmptyList),
             Ok(false) => Err(ApiError::AlreadyRegistered(system.into_owned())),
             Err(RegisterError::Etcd(e)) => Err(ApiError::Etcd(e)),
-            Err(RegisterError::Full(why)) => Err(ApiError::Limit(why)),
+            Err(RegisterError::Full(why)) => Err(ApiError::Limit(why.to_string())),
         };
     }
     // The guard of every other route, in the original's order: header present, then registered.
@@ -129,10 +134,10 @@ pub async fn handle(
         }
     })?;
     let limits = &*shard.config;
-    let info = match shard.lookup_system(system).await {
+    let info = match router.lookup_system(system).await {
         Ok(Some(info)) => info,
         Ok(None) => return Err(ApiError::UnknownSystem(system.to_string())),
-        Err(e) => return Err(ApiError::Etcd(e)),
+        Err(e) => return Err(ApiError::Etcd(e.to_string())),
     };
     // A system with a secret signs its calls: route, system, time and the body as received,
     // checked before anything reads the body (the method check above let only POST through).
@@ -164,7 +169,7 @@ pub async fn handle(
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
             let once = std::iter::once(&*client_id);
-            let delivered = dispatch::deliver(shard, &system, once, frame, "send_to_client").await;
+            let delivered = clients::deliver(router, &system, once, frame, "send_to_client").await;
             Ok(Data::Pushed(Pushed {
                 message_id,
                 delivered,
@@ -197,7 +202,7 @@ pub async fn handle(
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
             let ids = ids.iter().map(|s| &**s);
-            let delivered = dispatch::deliver(shard, &system, ids, frame, "send_to_clients").await;
+            let delivered = clients::deliver(router, &system, ids, frame, "send_to_clients").await;
             Ok(Data::Pushed(Pushed {
                 message_id,
                 delivered,
@@ -213,7 +218,7 @@ pub async fn handle(
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
             let group = Arc::from(&*group);
-            let fanout = shard
+            let fanout = router
                 .push_group(system, group, frame, "send_to_group")
                 .await;
             Ok(pushed(message_id, fanout, false))
@@ -231,38 +236,42 @@ pub async fn handle(
                 limits.max_extend_bytes,
                 "MaxExtendBytes",
             )?;
-            dispatch::bind(
-                shard,
+            clients::bind(
+                router,
                 system,
                 &client_id,
                 Arc::from(&*group),
                 req.user_id.map(|s| s.into_owned()).unwrap_or_default(),
                 req.extend.map(|s| s.into_owned()).unwrap_or_default(),
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                BindError::Refused(why) => ApiError::Limit(why.to_string()),
+                unreachable @ BindError::Unreachable(_) => ApiError::Peer(unreachable.to_string()),
+            })?;
             Ok(Data::EmptyList)
         }
         Route::GetOnlineList => {
             let req: ByGroup = decode(body)?;
             let group = required("groupName", req.group_name)?;
             name("groupName", &group, limits)?;
-            let list = shard.online_list(system, Arc::from(&*group)).await;
+            let list = router.online_list(system, Arc::from(&*group)).await;
             Ok(Data::OnlineList(list))
         }
         Route::CloseClient => {
             let req: ByClient = decode(body)?;
             let client_id = required("clientId", req.client_id)?;
             name("clientId", &client_id, limits)?;
-            dispatch::close(shard, system, &client_id)
+            clients::close(router, system, &client_id)
                 .await
-                .map_err(ApiError::Limit)?;
+                .map_err(|why| ApiError::Limit(why.to_string()))?;
             Ok(Data::EmptyObject)
         }
         Route::IsOnline => {
             let req: ByClient = decode(body)?;
             let client_id = required("clientId", req.client_id)?;
             name("clientId", &client_id, limits)?;
-            let online = dispatch::is_online(shard, system, &client_id).await;
+            let online = clients::is_online(router, system, &client_id).await;
             Ok(Data::Online(online))
         }
         Route::SendToSystem => {
@@ -270,7 +279,7 @@ pub async fn handle(
             req.check(limits)?;
             let message_id = shard.message_id();
             let frame = req.frame(&message_id);
-            let fanout = shard.push_system(system, frame).await;
+            let fanout = router.push_system(system, frame).await;
             Ok(pushed(message_id, fanout, false))
         }
         Route::UnbindFromGroup => {
@@ -281,7 +290,7 @@ pub async fn handle(
             name("groupName", &group, limits)?;
             // Like bind_to_group, an unknown client (or one not in the group) is not an error:
             // afterwards it is not a member either way.
-            dispatch::unbind(shard, system, &client_id, Arc::from(&*group)).await;
+            clients::unbind(router, system, &client_id, Arc::from(&*group)).await;
             Ok(Data::EmptyList)
         }
         Route::SendToUser => {
@@ -291,19 +300,19 @@ pub async fn handle(
             req.fields.check(limits)?;
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
-            let fanout = shard.push_user(system, Arc::from(&*user_id), frame).await;
+            let fanout = router.push_user(system, Arc::from(&*user_id), frame).await;
             Ok(pushed(message_id, fanout, true))
         }
         Route::GetGroupPresence => {
             let req: ByGroup = decode(body)?;
             let group = required("groupName", req.group_name)?;
             name("groupName", &group, limits)?;
-            let list = shard.group_presence(system, Arc::from(&*group)).await;
+            let list = router.group_presence(system, Arc::from(&*group)).await;
             Ok(Data::Presence(list))
         }
         Route::GetSystemStats => {
             let _: NoFields = decode(body)?;
-            Ok(Data::Stats(shard.system_stats(system).await))
+            Ok(Data::Stats(router.system_stats(system).await))
         }
     }
 }
@@ -327,7 +336,7 @@ fn name(field: &str, value: &str, limits: &Config) -> Result<(), ApiError> {
 }
 
 /// A fan-out route's answer: what was delivered, and the nodes that did not answer.
-fn pushed(message_id: String, fanout: crate::shard::Fanout, with_count: bool) -> Data {
+fn pushed(message_id: String, fanout: Fanout, with_count: bool) -> Data {
     Data::Pushed(Pushed {
         message_id,
         delivered: fanout.delivered,

@@ -11,7 +11,7 @@ pub mod link;
 pub mod membership;
 pub mod proto;
 
-use crate::shard::SystemInfo;
+use crate::types::SystemInfo;
 use link::{Inbound, Link, LinkAuth, LinkError};
 use membership::{EtcdRequest, Membership};
 use proto::{RemoteOp, RemoteReply};

@@ -8,6 +8,9 @@
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
+/// The plain data the ops carry, defined with the rest of the shared types.
+pub use crate::types::{Member, StatsPart, Target};
+
 /// Bumped whenever [`Frame`] or the link handshake changes shape; a peer speaking another
 /// version is refused (in the handshake, and again on every frame). 4: the handshake
 /// (`cluster::handshake`) and the `Membership` op.
@@ -15,14 +18,6 @@ pub const PROTO_VERSION: u16 = 4;
 /// Largest frame accepted (a send_to_clients of many ids with a large `data` fits easily).
 pub const MAX_FRAME: usize = 16 << 20;
 const PREFIX: usize = 4 + 2;
-
-/// A client on the receiving node.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Target {
-    pub core: u8,
-    pub slot: u32,
-    pub generation: u32,
-}
 
 /// Work one node asks of another. Each op is node-local on the receiver: it never forwards to a
 /// third node (the sender already addressed every node it meant).
@@ -76,30 +71,6 @@ pub enum RemoteOp {
     /// that lost etcd, to tell "etcd is down for everybody" (keep the clients) from "this node
     /// alone is cut off and its peers dropped it" (give the clients up).
     Membership,
-}
-
-/// One group member as get_group_presence lists it.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub client_id: String,
-    pub user_id: String,
-    pub extend: String,
-}
-
-/// One core's or one node's share of get_system_stats; see `shard::stats` for why names travel
-/// as 64-bit hashes.
-#[derive(
-    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Default, PartialEq, Eq,
-)]
-pub struct StatsPart {
-    pub clients: u64,
-    /// Hashes of the names of the groups with members here (sorted, distinct once merged).
-    pub groups: Vec<u64>,
-    /// Hashes of the distinct non-empty userIds bound here.
-    pub users: Vec<u64>,
-    /// Groups and users past the size a node sends as hashes: counted, not deduplicated.
-    pub unlisted_groups: u64,
-    pub unlisted_users: u64,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use super::http::{self, Head, Method};
 use crate::api;
 use crate::api::error::{envelope, Fault, Refusal};
 use crate::ops;
+use crate::route::Router;
 use crate::shard::Shard;
 use crate::ws::session;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -19,9 +20,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Accepts HTTP connections until the task is cancelled (shutdown).
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    accept_each(&listener, shard.id, "HTTP", |stream| {
-        glommio::spawn_local(serve(shard.clone(), stream)).detach();
+pub async fn accept_loop(router: Rc<Router>, listener: TcpListener) {
+    accept_each(&listener, router.shard.id, "HTTP", |stream| {
+        glommio::spawn_local(serve(router.clone(), stream)).detach();
     })
     .await
 }
@@ -121,7 +122,8 @@ impl Drop for HttpSlot<'_> {
 }
 
 /// Serves one accepted connection until it closes or upgrades.
-async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+async fn serve(router: Rc<Router>, mut stream: TcpStream) {
+    let shard = router.shard.clone();
     let peer = match stream.peer_addr() {
         Ok(peer) => peer,
         Err(_) => return,
@@ -153,7 +155,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             // buffers for its whole life; only bytes the client already sent past the head go.
             let leftover = buf[head_len..].to_vec();
             drop(slot);
-            glommio::spawn_local(upgrade(shard, stream, peer, head, leftover)).detach();
+            glommio::spawn_local(upgrade(router, stream, peer, head, leftover)).detach();
             return;
         }
         let ops_route = ops::route(&head);
@@ -190,7 +192,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         // Metrics and the status page (src/ops/).
         if let Some(route) = ops_route {
             buf.drain(..head_len);
-            let r = ops::respond(&shard, route, &head).await;
+            let r = ops::respond(&router, route, &head).await;
             out.clear();
             http::write_response(
                 &mut out,
@@ -292,7 +294,7 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
 
         let started = Instant::now();
         let result = match route {
-            Some(route) => api::handle(&shard, route, &head, body).await,
+            Some(route) => api::handle(&router, route, &head, body).await,
             None => api::unknown_route(&shard, &head),
         };
         match &result {
@@ -601,12 +603,13 @@ async fn read_some(
 
 /// `GET /ws`: validate, answer 101, and hand the socket to a WebSocket session.
 async fn upgrade(
-    shard: Rc<Shard>,
+    router: Rc<Router>,
     mut stream: TcpStream,
     peer: SocketAddr,
     head: Head,
     leftover: Vec<u8>,
 ) {
+    let shard = &router.shard;
     let response = match handshake::response(&head) {
         Ok(r) => r,
         Err(e) => {
@@ -645,7 +648,7 @@ async fn upgrade(
             // Issue 7: a system with a secret needs a connect token. Nothing between this
             // check and add_conn awaits, so the core's view of the system cannot change between.
             let user_id =
-                match crate::auth::authorize_connect(&shard, &system_id, &head.query).await {
+                match super::connect::authorize_connect(&router, &system_id, &head.query).await {
                     Ok(user_id) => user_id,
                     Err(refusal) => {
                         let answer = Refusal::Connect(refusal.status);
@@ -654,11 +657,11 @@ async fn upgrade(
                             match answer.fault() {
                                 Fault::Server => {
                                     tracing::warn!(%peer, core = shard.id, system = %system_id,
-                                status, why = %why, also = skipped, "WebSocket connect refused")
+                                    status, why = %why, also = skipped, "WebSocket connect refused")
                                 }
                                 Fault::Caller => {
                                     tracing::info!(%peer, core = shard.id, system = %system_id,
-                                status, why = %why, also = skipped, "WebSocket connect refused")
+                                    status, why = %why, also = skipped, "WebSocket connect refused")
                                 }
                             }
                         }
@@ -673,15 +676,15 @@ async fn upgrade(
                 shard.set_user_id(&conn, &user_id);
             }
             // After the token's userId is set, so the online event carries it.
-            crate::webhook::conn_event(&shard, crate::webhook::Kind::Online, &conn, "");
+            shard.webhook_event(crate::webhook::Kind::Online, &conn, "");
             // The 101 goes through the connection's queue, so it leaves in the same write as
             // the welcome frame the session queues next: one send per handshake, not two.
             shard.enqueue(&conn, std::sync::Arc::from(response.into_bytes()));
-            glommio::spawn_local(session::run(shard, conn, leftover)).detach();
+            glommio::spawn_local(session::run(router.clone(), conn, leftover)).detach();
         }
         None => {
             if stream.write_all(response.as_bytes()).await.is_ok() {
-                session::refuse_without_system_id(&shard, stream, peer).await;
+                session::refuse_without_system_id(shard, stream, peer).await;
             }
         }
     }

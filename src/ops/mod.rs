@@ -18,13 +18,10 @@
 
 pub mod metrics;
 pub mod status;
-pub mod throttle;
 
 use crate::net::http::{self, Head, Method};
-use crate::shard::inbox::{Op, Reply};
-use crate::shard::Shard;
+use crate::route::Router;
 use base64::Engine;
-use futures_util::future::join_all;
 use metrics::NodeSnapshot;
 use std::rc::Rc;
 
@@ -59,7 +56,8 @@ pub struct Response {
 }
 
 /// Answers one operations request.
-pub async fn respond(shard: &Rc<Shard>, route: Route, head: &Head) -> Response {
+pub async fn respond(router: &Rc<Router>, route: Route, head: &Head) -> Response {
+    let shard = &router.shard;
     // OpsRequireKey = false: open, ApiKey or not (the start-up log warned about it).
     let key = (shard.config.ops_require_key).then_some(shard.config.api_key.as_str());
     if !authorized(key, head.authorization.as_deref(), &head.query) {
@@ -79,10 +77,10 @@ pub async fn respond(shard: &Rc<Shard>, route: Route, head: &Head) -> Response {
             status: 200,
             content_type: metrics::render::CONTENT_TYPE,
             headers: NO_STORE,
-            body: metrics::render::render(&gather(shard, false).await).into_bytes(),
+            body: metrics::render::render(&gather(router, false).await).into_bytes(),
         },
         Route::StatusJson => {
-            let snapshot = gather(shard, true).await;
+            let snapshot = gather(router, true).await;
             Response {
                 status: 200,
                 content_type: http::JSON,
@@ -101,31 +99,24 @@ pub async fn respond(shard: &Rc<Shard>, route: Route, head: &Head) -> Response {
 
 /// Every core's snapshot (`detail`: with systems and groups, for the status page), the
 /// side threads' counters, and `/proc/self`.
-pub async fn gather(shard: &Rc<Shard>, detail: bool) -> NodeSnapshot {
-    let calls = (0..shard.nr_cores).map(|core| shard.call(core, Op::Metrics { detail }));
-    // /proc/self/fd lists one entry per connection: read it off the cores.
+pub async fn gather(router: &Rc<Router>, detail: bool) -> NodeSnapshot {
+    let shard = &router.shard;
+    // /proc/self/fd lists one entry per connection: read it off the cores. A core that is
+    // shutting down does not answer; the scrape goes on without it.
     let process = glommio::executor().spawn_blocking(metrics::process::read_process);
-    let (replies, process) = futures_util::future::join(join_all(calls), process).await;
-    let cores = replies
-        .into_iter()
-        .filter_map(|reply| match reply {
-            Reply::Metrics(snapshot) => Some(*snapshot),
-            // A core that is shutting down does not answer; the scrape goes on without it.
-            _ => None,
-        })
-        .collect();
+    let (cores, process) = futures_util::future::join(router.gather_metrics(detail), process).await;
     let (start_time, started) = crate::counters::process_started();
     NodeSnapshot {
         node: shard.node.to_string(),
         version: env!("CARGO_PKG_VERSION"),
-        cluster: shard.cluster().is_some(),
+        cluster: router.cluster().is_some(),
         ready: crate::readiness::is_ready() && !shard.draining.get(),
         draining: shard.draining.get(),
         uptime: started.elapsed(),
         start_time,
         cores,
         process,
-        etcd: shard.cluster().map(|_| crate::counters::ETCD.snapshot()),
+        etcd: router.cluster().map(|_| crate::counters::ETCD.snapshot()),
         webhook: Some(crate::webhook::stats()),
     }
 }

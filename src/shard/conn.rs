@@ -5,7 +5,6 @@
 //! kernel's socket buffer is full does the connection get a task of its own that waits for
 //! writability. An idle connection holds no buffer: the queue's storage is released once drained.
 
-pub use crate::counters::EndReason;
 use crate::sys::{self, Shutdown};
 use crate::ws::frame::SharedFrame;
 use glommio::net::TcpStream;
@@ -15,6 +14,8 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Instant;
+
+pub use crate::types::EndReason;
 
 /// User data set by bind_to_group.
 #[derive(Debug, Default)]
@@ -52,21 +53,23 @@ pub struct Outbound {
     pub close_after: bool,
 }
 
+/// One WebSocket connection of this core. Its fields are the shard's; the rest of the crate
+/// reads them through the methods below.
 pub struct Conn {
-    pub slot: u32,
-    pub generation: u32,
-    pub client_id: Box<str>,
-    pub system: Rc<str>,
-    pub peer: SocketAddr,
-    pub fd: RawFd,
-    pub stream: RefCell<TcpStream>,
+    pub(super) slot: u32,
+    pub(super) generation: u32,
+    pub(super) client_id: Box<str>,
+    pub(super) system: Rc<str>,
+    pub(super) peer: SocketAddr,
+    pub(super) fd: RawFd,
+    pub(super) stream: RefCell<TcpStream>,
     /// Set by the first bind_to_group; most connections never need it, so it is boxed.
-    pub info: RefCell<Option<Box<ClientInfo>>>,
-    pub last_seen: Cell<Instant>,
-    pub out: RefCell<Outbound>,
-    pub write_state: Cell<WriteState>,
+    pub(super) info: RefCell<Option<Box<ClientInfo>>>,
+    pub(super) last_seen: Cell<Instant>,
+    pub(super) out: RefCell<Outbound>,
+    pub(super) write_state: Cell<WriteState>,
     /// Set when the core decided to end the connection (the reader reports it as the reason).
-    pub end_reason: Cell<Option<EndReason>>,
+    pub(super) end_reason: Cell<Option<EndReason>>,
 }
 
 /// Outcome of one attempt to write a connection's queue without blocking.
@@ -81,6 +84,41 @@ pub enum Flush {
 }
 
 impl Conn {
+    /// The sealed clientId the client was given.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The systemId it connected with.
+    pub fn system(&self) -> &str {
+        &self.system
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Why the core ended (or is ending) the connection, if it did.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.end_reason.get()
+    }
+
+    /// Notes that the client sent something (what the heartbeat's PongTimeout measures).
+    pub fn seen_now(&self) {
+        self.last_seen.set(Instant::now());
+    }
+
+    /// Reads what the socket has into `buf` (the session's read loop).
+    pub fn poll_read(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use futures_lite::AsyncRead;
+        let mut stream = self.stream.borrow_mut();
+        std::pin::Pin::new(&mut *stream).poll_read(cx, buf)
+    }
+
     /// The `data` of this client's 1001/1002 pushes.
     pub fn member_event_data(&self) -> String {
         let info = self.info.borrow();

@@ -1,8 +1,7 @@
 //! Messages between cores. Only owned, `Send` values cross: strings as `Arc<str>`, frames as the
 //! shared `Arc<[u8]>` built once by the core that received the API request.
 
-use crate::cluster::proto::{Member, StatsPart};
-use crate::shard::SystemInfo;
+use crate::types::{Member, StatsPart, SystemInfo};
 use crate::ws::frame::SharedFrame;
 use std::sync::Arc;
 
@@ -13,6 +12,7 @@ pub enum CoreMsg {
 }
 
 /// Work for the core that owns the state.
+#[derive(Clone)]
 pub enum Op {
     /// Queue `frame` to each client `(slot, generation)` of `targets` that belongs to `system`.
     Deliver {
@@ -90,6 +90,21 @@ pub enum Op {
     },
 }
 
+/// Why a core (or a peer node) refused an op whose target it found: a configured limit. The
+/// text is what the API caller reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// bind_to_group: the client is in `most` groups already.
+    #[error("client is in {most} groups already, the MaxGroupsPerClient limit")]
+    MaxGroupsPerClient { most: usize },
+    /// register: `known` systems are registered already.
+    #[error("{known} systems are registered, MaxSystems = {most}: no more can be registered")]
+    MaxSystems { known: usize, most: usize },
+    /// A peer node's refusal, its text as it came over the link.
+    #[error("{0}")]
+    Peer(String),
+}
+
 pub enum Reply {
     /// The op found its target (or, for group ops, simply ran).
     Done(bool),
@@ -100,8 +115,8 @@ pub enum Reply {
     Stats(StatsPart),
     /// Answer to `Op::Metrics` (boxed: it is much larger than the other answers).
     Metrics(Box<crate::counters::CoreSnapshot>),
-    /// The client was found but a limit refused the op; the text says which.
-    Refused(String),
+    /// The client was found but a limit refused the op.
+    Refused(Refusal),
     /// The core could not be reached (shutting down).
     Unreachable,
 }
@@ -116,6 +131,19 @@ impl Reply {
         match self {
             Reply::Count(n) => *n,
             _ => 0,
+        }
+    }
+
+    /// Folds another core's or node's answer to the same op into this one: counts add up,
+    /// lists and shares join. An answer of another kind (a core that could not be reached)
+    /// adds nothing.
+    pub fn absorb(&mut self, other: Reply) {
+        match (self, other) {
+            (Reply::Count(n), Reply::Count(more)) => *n += more,
+            (Reply::List(list), Reply::List(more)) => list.extend(more),
+            (Reply::Members(list), Reply::Members(more)) => list.extend(more),
+            (Reply::Stats(total), Reply::Stats(part)) => total.merge(part),
+            _ => {}
         }
     }
 }

@@ -4,17 +4,16 @@
 //! of one poll, so an idle connection holds no read buffer. Bytes of a frame that arrived only in
 //! part are kept in a small per-connection buffer until the rest comes.
 
+use crate::route::Router;
 use crate::shard::conn::{Conn, EndReason};
 use crate::shard::Shard;
 use crate::ws::frame::{self, close_code, ClientFrame, MessageState, Violation};
 use crate::ws::message;
-use futures_lite::{AsyncRead, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Instant;
 
 /// What the reader decided about the connection after a batch of bytes.
 enum Step {
@@ -38,9 +37,10 @@ pub async fn refuse_without_system_id(shard: &Shard, mut stream: TcpStream, peer
 /// This future is what an idle connection costs, so it holds only the connection, the frame
 /// assembly state and (only while a frame is incomplete) a partial buffer; the cleanup runs as
 /// a task of its own.
-pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
-    tracing::debug!(client = %conn.client_id, peer = %conn.peer, core = shard.id, system = %conn.system, "client connected");
-    shard.enqueue(&conn, message::welcome(&conn.client_id));
+pub async fn run(router: Rc<Router>, conn: Rc<Conn>, leftover: Vec<u8>) {
+    let shard = &router.shard;
+    tracing::debug!(client = %conn.client_id(), peer = %conn.peer(), core = shard.id, system = %conn.system(), "client connected");
+    shard.enqueue(&conn, message::welcome(conn.client_id()));
 
     let mut state = MessageState::default();
     let mut partial: Vec<u8> = Vec::new();
@@ -48,25 +48,22 @@ pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
         drop(leftover);
         Step::Continue
     } else {
-        on_bytes(&shard, &conn, &mut state, &mut partial, leftover)
+        on_bytes(shard, &conn, &mut state, &mut partial, leftover)
     };
     while let Step::Continue = step {
         step = futures_lite::future::poll_fn(|cx| {
             let mut scratch = shard.scratch.borrow_mut();
-            let polled = {
-                let mut stream = conn.stream.borrow_mut();
-                Pin::new(&mut *stream).poll_read(cx, &mut scratch[..])
-            };
+            let polled = conn.poll_read(cx, &mut scratch[..]);
             match polled {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(0)) => Poll::Ready(Step::End(EndReason::Reset)),
                 Poll::Ready(Ok(n)) => {
                     let step = if partial.is_empty() {
-                        on_scratch(&shard, &conn, &mut state, &mut partial, &mut scratch[..n])
+                        on_scratch(shard, &conn, &mut state, &mut partial, &mut scratch[..n])
                     } else {
                         let mut joined = std::mem::take(&mut partial);
                         joined.extend_from_slice(&scratch[..n]);
-                        on_bytes(&shard, &conn, &mut state, &mut partial, joined)
+                        on_bytes(shard, &conn, &mut state, &mut partial, joined)
                     };
                     Poll::Ready(step)
                 }
@@ -79,8 +76,8 @@ pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
         unreachable!("bug: loop ends only on Step::End")
     };
     // A reason set by the core (kick, pong timeout, slow consumer) wins over the EOF it caused.
-    let reason = conn.end_reason.get().unwrap_or(reason);
-    glommio::spawn_local(async move { shard.end_conn(&conn, reason).await }).detach();
+    let reason = conn.end_reason().unwrap_or(reason);
+    glommio::spawn_local(async move { router.end_conn(&conn, reason).await }).detach();
 }
 
 /// Processes bytes that live in an owned buffer (a partial frame completed by new bytes).
@@ -106,7 +103,7 @@ fn on_scratch(
     partial: &mut Vec<u8>,
     bytes: &mut [u8],
 ) -> Step {
-    conn.last_seen.set(Instant::now());
+    conn.seen_now();
     let mut at = 0;
     while at < bytes.len() {
         match frame::read_frame(&mut bytes[at..], state, shard.config.max_message_bytes) {
@@ -129,7 +126,7 @@ fn on_scratch(
                 }
             }
             Err(Violation { code, reason }) => {
-                tracing::debug!(client = %conn.client_id, peer = %conn.peer, core = shard.id, code, reason,
+                tracing::debug!(client = %conn.client_id(), peer = %conn.peer(), core = shard.id, code, reason,
                     "closing connection after a protocol violation");
                 shard.enqueue_close(conn, code, reason);
                 return Step::End(EndReason::ProtocolError);

@@ -2,7 +2,7 @@
 //! watch, an outage and a graceful leave, end to end.
 
 use super::*;
-use crate::shard::SystemInfo;
+use crate::types::SystemInfo;
 use etcd_client::{Client, PutOptions};
 use std::net::SocketAddrV4;
 use std::net::TcpListener;

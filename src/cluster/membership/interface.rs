@@ -2,7 +2,7 @@
 //! ([`ToCores`], through a [`CoreNotifier`]), the requests a core sends it ([`EtcdRequest`]),
 //! and the thread's configuration ([`MembershipConfig`], [`EtcdAccess`]).
 
-use crate::shard::SystemInfo;
+use crate::types::SystemInfo;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::Duration;

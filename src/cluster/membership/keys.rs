@@ -2,7 +2,7 @@
 //! `/wsServers/<host:port>`, and the registered systems `ws/account/<systemId>` with the JSON
 //! this server writes and the lenient reading of what others wrote. Pure functions.
 
-use crate::shard::SystemInfo;
+use crate::types::SystemInfo;
 use serde::Serialize;
 use std::net::SocketAddrV4;
 

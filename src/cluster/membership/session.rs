@@ -8,7 +8,7 @@ use super::interface::{CoreNotifier, EtcdAccess, MembershipConfig, ToCores};
 use super::keys::{parse_account, server_key, ACCOUNT_PREFIX, SERVERS_PREFIX};
 use super::peers::{log_peer_diff, PeerTable};
 use crate::counters::{EtcdCounters, ETCD};
-use crate::shard::SystemInfo;
+use crate::types::SystemInfo;
 use etcd_client::{
     Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, LeaseKeepAliveStream,
     LeaseKeeper, PutOptions, TlsOptions, WatchOptions, WatchResponse, WatchStream,

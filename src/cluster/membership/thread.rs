@@ -7,7 +7,7 @@ use super::keys::{account_json, account_key, parse_account, unix_now};
 use super::peers::{log_peer_diff, PeerTable};
 use super::session::{connect, establish, with_deadline, Shared};
 use crate::counters::{EtcdCounters, ETCD};
-use crate::shard::SystemInfo;
+use crate::types::SystemInfo;
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use std::cell::RefCell;
 use std::net::SocketAddrV4;

@@ -14,8 +14,8 @@
 //! - A destination with nothing buffered or in flight for [`FORGET_AFTER`] is forgotten.
 
 use super::client::Url;
-use super::{count_drop, Charge, DropReason, Event};
-use crate::shard::SystemInfo;
+use super::event::{count_drop, Charge, DropReason, Event};
+use crate::types::SystemInfo;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! the buffer limits, the shutdown flush and the signed body, without a receiver.
 
 use super::*;
-use crate::shard::SystemInfo;
+use crate::types::SystemInfo;
 use crate::webhook::Kind;
 use serde_json::Value;
 

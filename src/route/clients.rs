@@ -1,11 +1,11 @@
-//! Resolving clientIds: the one function that knows whether a client is on this core, another
-//! core of this node, or another node, and the calls that go there.
+//! Routing by clientId: [`resolve`] is the one function that knows whether a client is on this
+//! core, another core of this node, or another node, and the calls here go there.
 
-use super::error::ApiError;
-use crate::cluster::proto::{RemoteOp, RemoteReply, Target as RemoteTarget};
+use super::Router;
+use crate::cluster::proto::{RemoteOp, RemoteReply};
 use crate::ids::ClientAddr;
-use crate::shard::inbox::{Op, Reply};
-use crate::shard::Shard;
+use crate::shard::inbox::{Op, Refusal, Reply};
+use crate::types::Target as RemoteTarget;
 use crate::ws::frame::SharedFrame;
 use futures_util::future::join_all;
 use std::collections::HashMap;
@@ -31,7 +31,8 @@ pub enum Target {
     Nowhere,
 }
 
-pub fn resolve(shard: &Shard, client_id: &str) -> Target {
+pub fn resolve(route: &Router, client_id: &str) -> Target {
+    let shard = &route.shard;
     let Some(ClientAddr {
         node,
         core,
@@ -51,7 +52,7 @@ pub fn resolve(shard: &Shard, client_id: &str) -> Target {
         }
         return Target::Nowhere;
     }
-    match shard.cluster() {
+    match route.cluster() {
         Some(cluster) if cluster.is_peer(&node) => Target::Node {
             addr: node,
             target: RemoteTarget {
@@ -68,16 +69,16 @@ pub fn resolve(shard: &Shard, client_id: &str) -> Target {
 /// that owns some. Returns how many were reached; a node that does not answer reached none
 /// (counted and logged as `what`'s peer failure).
 pub async fn deliver<'a>(
-    shard: &Rc<Shard>,
+    route: &Rc<Router>,
     system: &Arc<str>,
     client_ids: impl Iterator<Item = &'a str>,
     frame: SharedFrame,
     what: &'static str,
 ) -> usize {
-    let mut per_core: Vec<Vec<(u32, u32)>> = vec![Vec::new(); shard.nr_cores];
+    let mut per_core: Vec<Vec<(u32, u32)>> = vec![Vec::new(); route.shard.nr_cores];
     let mut per_node: HashMap<SocketAddrV4, Vec<RemoteTarget>> = HashMap::new();
     for id in client_ids {
-        match resolve(shard, id) {
+        match resolve(route, id) {
             Target::Core {
                 core,
                 slot,
@@ -87,7 +88,7 @@ pub async fn deliver<'a>(
             Target::Nowhere => {}
         }
     }
-    let local = shard.deliver_on_cores(per_core, system, &frame);
+    let local = route.deliver_on_cores(per_core, system, &frame);
     let remote = per_node.into_iter().map(|(addr, targets)| {
         let op = RemoteOp::Deliver {
             system: system.to_string(),
@@ -95,16 +96,16 @@ pub async fn deliver<'a>(
             frame: frame.to_vec(),
         };
         async move {
-            match shard.cluster() {
+            match route.cluster() {
                 Some(cluster) => match cluster.call(addr, op).await {
                     Ok(RemoteReply::Count(n)) => n as usize,
                     Ok(RemoteReply::Failed(why)) => {
-                        shard.peer_failed(addr, what, &why);
+                        route.peer_failed(addr, what, &why);
                         0
                     }
                     Ok(_) => 0,
                     Err(e) => {
-                        shard.peer_failed(addr, what, &e);
+                        route.peer_failed(addr, what, &e);
                         0
                     }
                 },
@@ -120,8 +121,8 @@ pub async fn deliver<'a>(
 enum Found {
     /// It ran: whether the client was there (and, for bind, was bound).
     Ran(bool),
-    /// The client was found but a limit refused the op; the text says which.
-    Refused(String),
+    /// The client was found but a limit refused the op.
+    Refused(Refusal),
     /// The client's node is a peer that did not answer (or could not run the op): nothing is
     /// known about the client. The text says which node and why.
     Unreachable(String),
@@ -130,32 +131,32 @@ enum Found {
 /// Runs a per-client op where the client lives. A peer that does not answer is counted and
 /// logged as `what`'s peer failure.
 async fn on_client(
-    shard: &Rc<Shard>,
+    route: &Rc<Router>,
     client_id: &str,
     what: &'static str,
     local: impl FnOnce(u32, u32) -> Op,
     remote: impl FnOnce(RemoteTarget) -> RemoteOp,
 ) -> Found {
-    match resolve(shard, client_id) {
+    match resolve(route, client_id) {
         Target::Core {
             core,
             slot,
             generation,
-        } => match shard.call(core, local(slot, generation)).await {
+        } => match route.call(core, local(slot, generation)).await {
             Reply::Refused(why) => Found::Refused(why),
             reply => Found::Ran(reply.found()),
         },
         Target::Node { addr, target } => {
-            let Some(cluster) = shard.cluster() else {
+            let Some(cluster) = route.cluster() else {
                 return Found::Ran(false);
             };
             let unreachable = |why: &dyn std::fmt::Display| {
-                shard.peer_failed(addr, what, why);
+                route.peer_failed(addr, what, why);
                 Found::Unreachable(format!("node {addr} unreachable ({why})"))
             };
             match cluster.call(addr, remote(target)).await {
                 Ok(RemoteReply::Done(found)) => Found::Ran(found),
-                Ok(RemoteReply::Refused(why)) => Found::Refused(why),
+                Ok(RemoteReply::Refused(why)) => Found::Refused(Refusal::Peer(why)),
                 Ok(RemoteReply::Failed(why)) => unreachable(&why),
                 Ok(_) => Found::Ran(false),
                 Err(e) => unreachable(&e),
@@ -165,17 +166,28 @@ async fn on_client(
     }
 }
 
+/// Why a bind_to_group did not happen (or is not known to have happened).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    /// The client was found, but a limit refused the bind.
+    #[error("{0}")]
+    Refused(Refusal),
+    /// The client's node did not answer (the text says which node and why).
+    #[error("{0}: the bind was not confirmed; retry once the node is back or gone")]
+    Unreachable(String),
+}
+
 /// bind_to_group where the client lives. `Err` when a limit refused it, or when the client's
 /// node did not answer (issue 12: answering code 0 would tell the caller a bind happened that
 /// nobody confirmed; an unknown client stays code 0, as in the original).
 pub async fn bind(
-    shard: &Rc<Shard>,
+    route: &Rc<Router>,
     system: Arc<str>,
     client_id: &str,
     group: Arc<str>,
     user_id: String,
     extend: String,
-) -> Result<bool, ApiError> {
+) -> Result<bool, BindError> {
     let (s, g, u, e) = (
         system.to_string(),
         group.to_string(),
@@ -183,7 +195,7 @@ pub async fn bind(
         extend.clone(),
     );
     let found = on_client(
-        shard,
+        route,
         client_id,
         "bind_to_group",
         |slot, generation| Op::Bind {
@@ -205,20 +217,18 @@ pub async fn bind(
     .await;
     match found {
         Found::Ran(bound) => Ok(bound),
-        Found::Refused(why) => Err(ApiError::Limit(why)),
-        Found::Unreachable(why) => Err(ApiError::Peer(format!(
-            "{why}: the bind was not confirmed; retry once the node is back or gone"
-        ))),
+        Found::Refused(why) => Err(BindError::Refused(why)),
+        Found::Unreachable(why) => Err(BindError::Unreachable(why)),
     }
 }
 
 /// close_client where the client lives. `Err` when a limit refused it. A client whose node
 /// does not answer is treated as unknown (code 0, as the original answers for those); the
 /// failure is counted and logged.
-pub async fn close(shard: &Rc<Shard>, system: Arc<str>, client_id: &str) -> Result<bool, String> {
+pub async fn close(route: &Rc<Router>, system: Arc<str>, client_id: &str) -> Result<bool, Refusal> {
     let s = system.to_string();
     let found = on_client(
-        shard,
+        route,
         client_id,
         "close_client",
         |slot, generation| Op::Close {
@@ -238,10 +248,10 @@ pub async fn close(shard: &Rc<Shard>, system: Arc<str>, client_id: &str) -> Resu
 
 /// is_online: connected (and not being closed) on whichever node owns it. An id that does not
 /// open, belongs to another system, or whose node does not answer in time is offline.
-pub async fn is_online(shard: &Rc<Shard>, system: Arc<str>, client_id: &str) -> bool {
+pub async fn is_online(route: &Rc<Router>, system: Arc<str>, client_id: &str) -> bool {
     let s = system.to_string();
     let found = on_client(
-        shard,
+        route,
         client_id,
         "is_online",
         |slot, generation| Op::IsOnline {
@@ -255,12 +265,17 @@ pub async fn is_online(shard: &Rc<Shard>, system: Arc<str>, client_id: &str) -> 
     matches!(found, Found::Ran(true))
 }
 
-/// unbind_from_group on the client's own core ([`Shard::unbind_from_group`]). True when it was
+/// unbind_from_group on the client's own core ([`Router::unbind_from_group`]). True when it was
 /// a member and left.
-pub async fn unbind(shard: &Rc<Shard>, system: Arc<str>, client_id: &str, group: Arc<str>) -> bool {
+pub async fn unbind(
+    route: &Rc<Router>,
+    system: Arc<str>,
+    client_id: &str,
+    group: Arc<str>,
+) -> bool {
     let (s, g) = (system.to_string(), group.to_string());
     let found = on_client(
-        shard,
+        route,
         client_id,
         "unbind_from_group",
         |slot, generation| Op::Unbind {

@@ -1,4 +1,12 @@
-//! get_system_stats: counting a system's distinct groups and users across cores and nodes.
+//! The plain data every layer passes around: a registered system's options, why a connection
+//! ended, a client on a node, a group member, a share of get_system_stats. A leaf: it names
+//! nothing of the crate, so `shard`, `cluster`, `route`, `api`, `ops` and `webhook` share these
+//! without importing each other.
+//! The rkyv derives are there because [`Target`], [`Member`] and [`StatsPart`] also cross
+//! between nodes (see `cluster::proto`).
+//!
+//! ## get_system_stats
+//! Counting a system's distinct groups and users across cores and nodes.
 //!
 //! A group with members on two cores or two nodes must count once, and so must a userId bound on
 //! several connections. Summing per-node counts would count such a group on every node; shipping
@@ -16,7 +24,70 @@
 //! limit each); past that the rest are counted but not listed, and the answer becomes an upper
 //! bound rather than a frame too large for the link.
 
-pub use crate::cluster::proto::StatsPart;
+/// A registered system's options, immutable once registered: every core holds the same `Arc`.
+/// `Default` is the original's behaviour: no secret, no webhook.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SystemInfo {
+    /// When set, the system's API calls must carry `X-Signature` and its connects a JWT.
+    pub secret: Option<String>,
+    /// When set, this node POSTs the system's connection events there.
+    pub webhook_url: Option<String>,
+}
+
+/// Why a connection ended: logged, and counted by the `reason` label of
+/// `wspush_disconnects_total` ([`crate::counters::REASONS`], in this order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client sent a close frame.
+    ClientClose,
+    /// EOF or a socket error without a close frame.
+    Reset,
+    /// No pong (or any frame) within PongTimeout.
+    PongTimeout,
+    /// Its outbound queue overflowed.
+    SlowConsumer,
+    /// close_client from the API.
+    Kicked,
+    /// A protocol violation or an oversized message.
+    ProtocolError,
+    /// The server is shutting down.
+    Shutdown,
+    /// This node lost its cluster membership and its peers dropped it (see
+    /// `runtime::isolation_loop`): its clients go to a node the others can reach.
+    CutOff,
+}
+
+/// A client on the receiving node.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub core: u8,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// One group member as get_group_presence lists it.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub client_id: String,
+    pub user_id: String,
+    pub extend: String,
+}
+
+/// One core's or one node's share of get_system_stats; see the module doc for why names travel
+/// as 64-bit hashes.
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Default, PartialEq, Eq,
+)]
+pub struct StatsPart {
+    pub clients: u64,
+    /// Hashes of the names of the groups with members here (sorted, distinct once merged).
+    pub groups: Vec<u64>,
+    /// Hashes of the distinct non-empty userIds bound here.
+    pub users: Vec<u64>,
+    /// Groups and users past the size a node sends as hashes: counted, not deduplicated.
+    pub unlisted_groups: u64,
+    pub unlisted_users: u64,
+}
 
 /// Hashes of each kind (groups, users) one node sends at most.
 pub const MAX_HASHES: usize = 1 << 19;
@@ -36,7 +107,7 @@ pub fn name_hash(name: &str) -> u64 {
         h ^= b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    super::mix64(h)
+    mix64(h)
 }
 
 impl StatsPart {
@@ -79,6 +150,13 @@ impl StatsPart {
     }
 }
 
+/// A bijective 64-bit mixer (the splitmix64 finalizer): the stats hash, and the messageIds.
+pub fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    x ^ (x >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,7 +173,7 @@ mod tests {
     #[test]
     fn the_hash_is_pinned() {
         // Nodes of one cluster must agree: a change here must bump PROTO_VERSION.
-        assert_eq!(name_hash(""), super::super::mix64(0xcbf2_9ce4_8422_2325));
+        assert_eq!(name_hash(""), mix64(0xcbf2_9ce4_8422_2325));
         assert_eq!(name_hash("room"), name_hash("room"));
         assert_ne!(name_hash("room"), name_hash("roon"));
         assert_ne!(name_hash("ab"), name_hash("ba"));

@@ -1,0 +1,354 @@
+//! The `*_local` operations: what a core does with its own state when the router
+//! ([`crate::route`]) sends it a per-client, group, system or user operation. Each finds its
+//! connections in the registry or the [`super::index`], and queues frames through
+//! [`super::outbound`].
+
+use super::conn::Conn;
+use super::inbox::Refusal;
+use super::Shard;
+use crate::types::{Member, StatsPart};
+use crate::ws::frame::{self, SharedFrame};
+use std::rc::Rc;
+
+impl Shard {
+    /// Removes a connection from every index; returns the groups it was in.
+    pub fn remove_conn(&self, conn: &Rc<Conn>) -> Vec<Rc<str>> {
+        self.registry
+            .borrow_mut()
+            .remove(conn.slot, conn.generation);
+        // userId/extend stay: the 1002 pushes that follow carry them.
+        let groups = conn
+            .info
+            .borrow_mut()
+            .as_mut()
+            .map(|info| std::mem::take(&mut info.groups))
+            .unwrap_or_default();
+        let info = conn.info.borrow();
+        let user_id = info.as_ref().map(|info| info.user_id.as_str());
+        self.index.borrow_mut().remove(conn, user_id, &groups);
+        drop(info);
+        groups
+    }
+
+    /// The connection in `slot` if it still has `generation` and belongs to `system`.
+    /// Isolation: a client of another system is treated as absent.
+    pub fn find(&self, slot: u32, generation: u32, system: &str) -> Option<Rc<Conn>> {
+        let registry = self.registry.borrow();
+        let conn = registry.get(slot, generation)?;
+        (&*conn.system == system).then(|| conn.clone())
+    }
+
+    /// Queues `f` to each client `(slot, generation)` of `targets` that belongs to `system`;
+    /// returns how many took it.
+    pub fn deliver_local(
+        self: &Rc<Self>,
+        targets: &[(u32, u32)],
+        system: &str,
+        f: &SharedFrame,
+    ) -> usize {
+        let mut queued = 0;
+        for &(slot, generation) in targets {
+            if let Some(conn) = self.find(slot, generation, system) {
+                let took = self.enqueue(&conn, f.clone());
+                self.metrics.pushed(took as usize, f.len());
+                queued += took as usize;
+            }
+        }
+        self.note_fanout(queued);
+        queued
+    }
+
+    pub fn group_push_local(self: &Rc<Self>, system: &str, group: &str, f: &SharedFrame) -> usize {
+        let members = self.index.borrow().members(system, group);
+        if members.is_empty() {
+            return 0;
+        }
+        self.push_to(&members, f)
+    }
+
+    pub fn online_list_local(&self, system: &str, group: &str) -> Vec<String> {
+        self.index.borrow().online_list(system, group)
+    }
+
+    pub fn close_local(self: &Rc<Self>, slot: u32, generation: u32, system: &str) -> bool {
+        let Some(conn) = self.find(slot, generation, system) else {
+            return false;
+        };
+        if conn.end_reason.get().is_some() {
+            return true;
+        }
+        tracing::debug!(client = %conn.client_id, peer = %conn.peer, core = self.id, "closing client on API request");
+        // The client should answer the close frame and hang up; if it does not, it is cut.
+        self.close_then_cut(&conn, frame::close_code::NORMAL, "closed by server");
+        true
+    }
+
+    /// Sets the connection's userId and keeps send_to_user's index in step with it: besides a
+    /// disconnect, the one place that index changes. bind_to_group calls it (the latest bind's
+    /// userId wins, as in the original), and so may anything else that learns a connection's
+    /// user (a connect token). An empty userId takes the connection out of the index. Runs on
+    /// the connection's own core; a connection already removed only gets the field set.
+    pub fn set_user_id(&self, conn: &Rc<Conn>, user_id: &str) {
+        let old = {
+            let mut info = conn.info.borrow_mut();
+            if info.as_ref().map_or("", |i| i.user_id.as_str()) == user_id {
+                return;
+            }
+            let info = info.get_or_insert_with(Box::default);
+            std::mem::replace(&mut info.user_id, user_id.to_string())
+        };
+        self.index.borrow_mut().set_user(conn, &old, user_id);
+    }
+
+    /// Removes `conn` from `group` on this core; false if it was not a member.
+    pub fn leave_group_local(&self, conn: &Rc<Conn>, group: &str) -> bool {
+        {
+            let mut info = conn.info.borrow_mut();
+            let Some(info) = info.as_mut() else {
+                return false;
+            };
+            let Some(at) = info.groups.iter().position(|g| &**g == group) else {
+                return false;
+            };
+            info.groups.remove(at);
+        }
+        self.index.borrow_mut().leave(conn, group);
+        true
+    }
+
+    /// Connected and not on its way out (closing, cut, or dropped as a slow consumer).
+    pub fn is_online_local(&self, slot: u32, generation: u32, system: &str) -> bool {
+        self.find(slot, generation, system)
+            .is_some_and(|conn| conn.end_reason.get().is_none())
+    }
+
+    /// Queues `f` to each of `conns`; returns how many took it.
+    fn push_to(self: &Rc<Self>, conns: &[Rc<Conn>], f: &SharedFrame) -> usize {
+        let queued = conns
+            .iter()
+            .filter(|conn| self.enqueue(conn, f.clone()))
+            .count();
+        self.metrics.pushed(queued, f.len());
+        self.note_fanout(queued);
+        queued
+    }
+
+    pub fn system_push_local(self: &Rc<Self>, system: &str, f: &SharedFrame) -> usize {
+        let conns = self.index.borrow().clients(system);
+        self.push_to(&conns, f)
+    }
+
+    pub fn user_push_local(self: &Rc<Self>, system: &str, user_id: &str, f: &SharedFrame) -> usize {
+        let conns = self.index.borrow().user_conns(system, user_id);
+        self.push_to(&conns, f)
+    }
+
+    pub fn presence_local(&self, system: &str, group: &str) -> Vec<Member> {
+        self.index.borrow().presence(system, group)
+    }
+
+    pub fn stats_local(&self, system: &str) -> StatsPart {
+        self.index.borrow().stats(system)
+    }
+
+    /// Sets user data and joins the group. `Some(true)`: first bind (announce it), `Some(false)`:
+    /// already a member, `None`: no such client, `Err`: the client is in MaxGroupsPerClient
+    /// groups already (nothing changed).
+    pub fn bind_local(
+        &self,
+        slot: u32,
+        generation: u32,
+        system: &str,
+        group: &str,
+        user_id: String,
+        extend: String,
+    ) -> Result<Option<(Rc<Conn>, bool)>, Refusal> {
+        let Some(conn) = self.find(slot, generation, system) else {
+            return Ok(None);
+        };
+        let member = {
+            let mut info = conn.info.borrow_mut();
+            let info = info.get_or_insert_with(Box::default);
+            let member = info.groups.iter().any(|g| &**g == group);
+            let most = self.config.max_groups_per_client;
+            if !member && info.groups.len() >= most {
+                tracing::debug!(client = %conn.client_id, core = self.id, group, "bind_to_group refused: MaxGroupsPerClient reached");
+                return Err(Refusal::MaxGroupsPerClient { most });
+            }
+            info.extend = extend;
+            member
+        };
+        // As the original: the latest bind's userId/extend win, even for a group already joined.
+        self.set_user_id(&conn, &user_id);
+        if member {
+            return Ok(Some((conn, false)));
+        }
+        let group = self.index.borrow_mut().join(&conn, group);
+        let mut info = conn.info.borrow_mut();
+        info.get_or_insert_with(Box::default).groups.push(group);
+        Ok(Some((conn.clone(), true)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{conns, with_shard};
+    use crate::shard::inbox::Refusal;
+    use crate::ws::frame::SharedFrame;
+    use std::sync::Arc;
+
+    fn frame() -> SharedFrame {
+        Arc::from(&b"\x81\x02hi"[..])
+    }
+
+    fn bind(shard: &crate::shard::Shard, conn: &crate::shard::conn::Conn, group: &str, user: &str) {
+        let bound = shard.bind_local(
+            conn.slot,
+            conn.generation,
+            "sys",
+            group,
+            user.into(),
+            "x".into(),
+        );
+        assert!(
+            matches!(bound, Ok(Some(_))),
+            "bind of {} to {group}",
+            conn.client_id()
+        );
+    }
+
+    #[test]
+    fn a_bind_joins_once_and_an_unbind_leaves() {
+        with_shard(|shard| async move {
+            let c = conns(&shard, "sys", 2).await;
+            let first = shard.bind_local(
+                c[0].slot,
+                c[0].generation,
+                "sys",
+                "room",
+                "u".into(),
+                "".into(),
+            );
+            assert!(matches!(first, Ok(Some((_, true)))), "first bind announces");
+            let again = shard.bind_local(
+                c[0].slot,
+                c[0].generation,
+                "sys",
+                "room",
+                "u".into(),
+                "".into(),
+            );
+            assert!(
+                matches!(again, Ok(Some((_, false)))),
+                "a second bind does not"
+            );
+            bind(&shard, &c[1], "room", "v");
+            let mut list = shard.online_list_local("sys", "room");
+            list.sort();
+            let mut want = vec![c[0].client_id().to_string(), c[1].client_id().to_string()];
+            want.sort();
+            assert_eq!(list, want);
+            assert!(shard.leave_group_local(&c[0], "room"));
+            assert!(
+                !shard.leave_group_local(&c[0], "room"),
+                "not a member any more"
+            );
+            assert_eq!(
+                shard.online_list_local("sys", "room"),
+                vec![c[1].client_id().to_string()]
+            );
+            assert!(
+                shard.online_list_local("other", "room").is_empty(),
+                "systems are apart"
+            );
+        });
+    }
+
+    #[test]
+    fn presence_lists_user_data_and_a_disconnect_leaves_every_group() {
+        with_shard(|shard| async move {
+            let c = conns(&shard, "sys", 1).await;
+            bind(&shard, &c[0], "a", "alice");
+            bind(&shard, &c[0], "b", "alice");
+            let members = shard.presence_local("sys", "a");
+            assert_eq!(members.len(), 1);
+            assert_eq!(
+                (members[0].user_id.as_str(), members[0].extend.as_str()),
+                ("alice", "x")
+            );
+            assert_eq!(members[0].client_id, c[0].client_id());
+            let stats = shard.stats_local("sys").counts();
+            assert_eq!((stats.clients, stats.groups, stats.users), (1, 2, 1));
+            let mut left = shard.remove_conn(&c[0]);
+            left.sort();
+            assert_eq!(left.iter().map(|g| &**g).collect::<Vec<_>>(), ["a", "b"]);
+            assert!(shard.presence_local("sys", "a").is_empty());
+            assert_eq!(shard.stats_local("sys").counts().clients, 0);
+            assert!(shard.find(c[0].slot, c[0].generation, "sys").is_none());
+        });
+    }
+
+    #[test]
+    fn pushes_reach_the_group_the_system_and_the_user() {
+        with_shard(|shard| async move {
+            let c = conns(&shard, "sys", 3).await;
+            let _other = conns(&shard, "other", 1).await;
+            bind(&shard, &c[0], "room", "alice");
+            bind(&shard, &c[1], "room", "bob");
+            bind(&shard, &c[2], "hall", "alice");
+            assert_eq!(shard.group_push_local("sys", "room", &frame()), 2);
+            assert_eq!(shard.group_push_local("sys", "nobody", &frame()), 0);
+            assert_eq!(shard.system_push_local("sys", &frame()), 3);
+            assert_eq!(shard.user_push_local("sys", "alice", &frame()), 2);
+            assert_eq!(shard.user_push_local("other", "alice", &frame()), 0);
+            // A new userId moves the connection to the new user's entry.
+            shard.set_user_id(&c[2], "carol");
+            assert_eq!(shard.user_push_local("sys", "alice", &frame()), 1);
+            assert_eq!(shard.user_push_local("sys", "carol", &frame()), 1);
+            let targets = [
+                (c[0].slot, c[0].generation),
+                (c[1].slot, c[1].generation + 1),
+            ];
+            assert_eq!(
+                shard.deliver_local(&targets, "sys", &frame()),
+                1,
+                "a stale generation is nobody"
+            );
+            assert_eq!(
+                shard.deliver_local(&targets, "other", &frame()),
+                0,
+                "isolation"
+            );
+        });
+    }
+
+    #[test]
+    fn a_client_in_max_groups_is_refused_and_a_kick_takes_it_offline() {
+        with_shard(|shard| async move {
+            let most = shard.config.max_groups_per_client;
+            let c = conns(&shard, "sys", 1).await;
+            for g in 0..most {
+                bind(&shard, &c[0], &format!("g{g}"), "");
+            }
+            let refused = shard.bind_local(
+                c[0].slot,
+                c[0].generation,
+                "sys",
+                "one-more",
+                "".into(),
+                "".into(),
+            );
+            assert!(matches!(refused, Err(Refusal::MaxGroupsPerClient { most: m }) if m == most));
+            assert!(shard.is_online_local(c[0].slot, c[0].generation, "sys"));
+            assert!(shard.close_local(c[0].slot, c[0].generation, "sys"));
+            assert!(
+                !shard.is_online_local(c[0].slot, c[0].generation, "sys"),
+                "on its way out"
+            );
+            assert!(
+                !shard.close_local(c[0].slot, c[0].generation, "other"),
+                "isolation"
+            );
+        });
+    }
+}
