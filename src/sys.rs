@@ -177,10 +177,29 @@ pub fn raise_nofile_limit() -> u64 {
     lim.rlim_cur
 }
 
-/// Whether this process may use io_uring, which every core's executor runs on: sets up a ring of
-/// four entries and closes it. The error is one line that says what to change, since the
-/// executor's own failure ("Operation not permitted" from deep inside glommio) does not.
+/// The least locked memory glommio starts an executor with (it refuses below this).
+pub const MIN_MEMLOCK: u64 = 512 * 1024;
+
+/// Whether this process may run glommio's executors: a locked-memory limit of at least
+/// [`MIN_MEMLOCK`], and io_uring allowed (a ring of four entries is set up and closed). The error
+/// is one line that says what to change, since the executor's own failure (`MemLockLimit` or
+/// "Operation not permitted" from deep inside glommio) does not.
 pub fn check_io_uring() -> Result<(), String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
+    if got && limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < MIN_MEMLOCK {
+        return Err(format!(
+            "cannot start: the locked-memory limit is {} KiB and glommio needs at least {} KiB: \
+             raise it, e.g. docker run --ulimit memlock=8388608:8388608, or LimitMEMLOCK=8M in \
+             systemd",
+            limit.rlim_cur / 1024,
+            MIN_MEMLOCK / 1024
+        ));
+    }
     // struct io_uring_params: 120 bytes, zeroed = no flags.
     let mut params = [0u64; 15];
     // SAFETY: io_uring_setup reads and writes `params` (120 bytes, ours); the fd it returns is
