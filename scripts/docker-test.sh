@@ -83,18 +83,32 @@ log "image wspush:$TAG built in $(since "$t") s, $((size / 1000000)) MB"
 run_opts=(--ulimit memlock=8388608:8388608 --security-opt seccomp=unconfined)
 t=$(now)
 docker run -d --name "$ID-single" -p 127.0.0.1::7800 "${run_opts[@]}" "wspush:$TAG" >/dev/null
+port=$(docker port "$ID-single" 7800/tcp | head -1 | sed 's/.*://')
+ready_at() {
+    for _ in $(seq 300); do
+        python3 - "$@" <<'PY' && return 0
+import sys, urllib.request
+for port in sys.argv[1:]:
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
+PY
+        sleep 0.1
+    done
+    return 1
+}
+ready_at "$port" || { log "single node: /readyz never answered 200"; exit 1; }
+log "single node ready (/readyz 200) $(since "$t") s after docker run"
 for _ in $(seq 100); do
     [ "$(docker inspect -f '{{.State.Health.Status}}' "$ID-single")" = healthy ] && break
     sleep 0.2
 done
 [ "$(docker inspect -f '{{.State.Health.Status}}' "$ID-single")" = healthy ] \
     || { log "single node never became healthy"; exit 1; }
-log "single node healthy (HEALTHCHECK wspush probe) $(since "$t") s after docker run"
-port=$(docker port "$ID-single" 7800/tcp | head -1 | sed 's/.*://')
+log "single node healthy (HEALTHCHECK wspush probe, every 5 s) $(since "$t") s after docker run"
 python3 docker/check.py single --port "$port"
 [ "$(docker exec "$ID-single" id -u)" != 0 ] || { log "the server runs as root"; exit 1; }
 t=$(now)
 docker stop "$ID-single" >/dev/null
+docker logs -t "$ID-single" 2>&1 | tail -4 >"$work/stop.log"
 code=$(docker inspect -f '{{.State.ExitCode}}' "$ID-single")
 docker logs "$ID-single" 2>&1 | grep -q "wspush stopped" || { log "no clean stop in the log"; exit 1; }
 [ "$code" = 0 ] || { log "exit code $code after docker stop"; exit 1; }
@@ -111,7 +125,7 @@ if docker run --name "$ID-nouring" --security-opt seccomp="$work/no-uring.json" 
 fi
 grep -q "io_uring is not allowed here" "$work/nouring.log" \
     || { cat "$work/nouring.log" >&2; log "no clear io_uring error"; exit 1; }
-log "without io_uring: refused with: $(grep -o 'cannot start: io_uring is not allowed here ([^)]*)' "$work/nouring.log")"
+log "without io_uring: refused with: $(grep -o 'cannot start: io_uring is not allowed here.*' "$work/nouring.log" | cut -c1-90)..."
 
 # --- the cluster ------------------------------------------------------------------------------
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -120,17 +134,7 @@ export WSPUSH_TAG=$TAG WS1_PORT=$(free_port) WS2_PORT=$(free_port) WS3_PORT=$(fr
 t=$(now)
 "${compose[@]}" -p "$ID" up -d >/dev/null 2>&1
 ready=
-for _ in $(seq 150); do
-    ready=1
-    for p in "$WS1_PORT" "$WS2_PORT" "$WS3_PORT" "$NGINX_PORT"; do
-        python3 - "$p" <<'PY' || ready=
-import sys, urllib.request
-urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=2)
-PY
-    done
-    [ -n "$ready" ] && break
-    sleep 0.2
-done
+ready_at "$WS1_PORT" "$WS2_PORT" "$WS3_PORT" "$NGINX_PORT" && ready=1
 [ -n "$ready" ] || { log "cluster not ready within 30 s"; exit 1; }
 log "cluster (3 etcd, 3 wspush, nginx) ready $(since "$t") s after compose up"
 container() { "${compose[@]}" -p "$ID" ps -q "$1"; }
