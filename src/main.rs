@@ -1,6 +1,7 @@
 //! `wspush -c conf/app.ini [--cores N] [--log-format text|json]`: CLI -> config -> logging ->
 //! runtime. `wspush check-config -c FILE` reads the same file and flags, names every problem,
-//! and prints the values the server would run with.
+//! and prints the values the server would run with. `wspush probe` asks a running server's
+//! `/readyz`, for a container's HEALTHCHECK.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -16,7 +17,16 @@ const EXIT_BAD_CONFIG: u8 = 2;
 
 /// Distributed WebSocket push service, compatible with go-websocket.
 #[derive(Parser, Debug)]
-#[command(name = "wspush", version, about)]
+#[command(
+    name = "wspush",
+    version,
+    about,
+    after_help = "Every app.ini key can also be set by an environment variable \
+        WSPUSH_<SECTION>_<KEY> (any case), e.g. WSPUSH_COMMON_HTTPPORT=7801, \
+        WSPUSH_ETCD_ENDPOINTS=etcd1:2379,etcd2:2379, WSPUSH_WSPUSH_ADVERTISEHOST=ws1. \
+        Precedence: flags, then the environment, then the file, then the defaults. \
+        `wspush check-config` shows where each value came from."
+)]
 struct Cli {
     #[command(flatten)]
     opts: Opts,
@@ -52,12 +62,28 @@ enum Command {
     /// Prints the effective value of every key (from the file, a default or a flag) and exits 0,
     /// or names every problem on stderr and exits 2, as the server's start would.
     CheckConfig,
+    /// Ask the server on this machine whether it is ready (the container HEALTHCHECK).
+    ///
+    /// GETs http://HOST:PORT/readyz (the port from the config file and environment unless
+    /// --port is given), prints the answer and exits 0 when it is 200, 1 otherwise.
+    Probe {
+        /// Host to ask.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port to ask; default: the config's HttpPort.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Path to ask (`/healthz` for liveness only).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig) => check_config(&cli.opts),
+        Some(Command::Probe { host, port, path }) => probe(&cli.opts, &host, port, &path),
         None => serve(&cli.opts),
     }
 }
@@ -70,15 +96,32 @@ fn serve(opts: &Opts) -> ExitCode {
     if let Some(format) = opts.log_format {
         init_logging(format);
     }
-    let mut config = match Config::load(&opts.config) {
+    let mut config = match Config::read(&opts.config).and_then(|text| Config::parse(&text)) {
         Ok(c) => c,
         Err(e) => return refuse(opts, &e),
     };
+    let (overrides, env_notes) = Config::env_overrides(std::env::vars());
+    if let Some(e) = config.apply_env(&overrides).first() {
+        return refuse(opts, e);
+    }
     if let Some(e) = apply_flags(&mut config, opts).first() {
         return refuse(opts, e);
     }
+    if let Err(e) = config.validate() {
+        return refuse(opts, &e);
+    }
     if opts.log_format.is_none() {
         init_logging(config.log_format);
+    }
+    for o in &overrides {
+        tracing::info!(variable = %o.var, key = o.key, "config key set from the environment");
+    }
+    for note in &env_notes {
+        tracing::warn!("{note}");
+    }
+    if let Err(e) = wspush::sys::check_io_uring() {
+        tracing::error!("{e}");
+        return ExitCode::from(1);
     }
     match wspush::runtime::run(config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -149,10 +192,18 @@ fn check_config(opts: &Opts) -> ExitCode {
         }
     };
     let (mut config, mut problems) = Config::parse_all(&text);
+    let (overrides, env_notes) = Config::env_overrides(std::env::vars());
+    problems.extend(config.apply_env(&overrides));
     problems.extend(apply_flags(&mut config, opts));
     // A key whose value did not parse kept its default: range checks on that default would
     // only restate the problem.
-    let unparsed: Vec<String> = problems.iter().map(|e| e.key.clone()).collect();
+    let mut unparsed: Vec<String> = problems.iter().map(|e| e.key.clone()).collect();
+    unparsed.extend(
+        overrides
+            .iter()
+            .filter(|o| problems.iter().any(|e| e.key.starts_with(&o.var)))
+            .map(|o| o.key.to_string()),
+    );
     problems.extend(
         config
             .validate_all()
@@ -178,6 +229,7 @@ fn check_config(opts: &Opts) -> ExitCode {
             }
         }
     }
+    notes.extend(env_notes);
     // What the server would warn about at every start.
     notes.extend(config.start_warnings());
 
@@ -201,10 +253,21 @@ fn check_config(opts: &Opts) -> ExitCode {
         .map(|(k, v)| k.len() + v.len() + 3)
         .max()
         .unwrap_or(0);
+    let env_sources: Vec<(&str, String)> = overrides
+        .iter()
+        .map(|o| (o.key, format!("environment {}", o.var)))
+        .collect();
+    let from_env = |key: &str| {
+        env_sources
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, s)| s.as_str())
+    };
     for (key, value) in &values {
         let source = match *key {
             "wspush.Cores" if opts.cores.is_some() => "flag --cores",
             "wspush.LogFormat" if opts.log_format.is_some() => "flag --log-format",
+            _ if from_env(key).is_some() => from_env(key).unwrap_or_default(),
             _ if in_file.contains(&key.to_ascii_lowercase()) => "file",
             _ => "default",
         };
@@ -242,5 +305,55 @@ fn derived(key: &str, config: &Config) -> String {
             " (empty = a key derived from CryptoKey)".into()
         }
         _ => String::new(),
+    }
+}
+
+/// `wspush probe`: one GET with a short timeout; exit 0 on 200. No curl in the image needed.
+fn probe(opts: &Opts, host: &str, port: Option<u16>, path: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    use std::time::Duration;
+    let port = port.unwrap_or_else(|| {
+        // Whatever the server would listen on; a config it would refuse still names a port.
+        let text = Config::read(&opts.config).unwrap_or_default();
+        let (mut config, _) = Config::parse_all(&text);
+        let (overrides, _) = Config::env_overrides(std::env::vars());
+        config.apply_env(&overrides);
+        config.http_port
+    });
+    let timeout = Duration::from_secs(3);
+    let answer = (host, port)
+        .to_socket_addrs()
+        .and_then(|mut addrs| {
+            addrs
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))
+        })
+        .and_then(|addr| std::net::TcpStream::connect_timeout(&addr, timeout))
+        .and_then(|mut stream| {
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer)?;
+            Ok(answer)
+        });
+    let answer = match answer {
+        Ok(answer) => String::from_utf8_lossy(&answer).into_owned(),
+        Err(e) => {
+            eprintln!("wspush: probe: {host}:{port}{path}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let status = answer.split(' ').nth(1).unwrap_or("");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    println!("{status} {}", body.trim());
+    if status == "200" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

@@ -176,3 +176,55 @@ pub fn raise_nofile_limit() -> u64 {
     }
     lim.rlim_cur
 }
+
+/// The least locked memory glommio starts an executor with (it refuses below this).
+pub const MIN_MEMLOCK: u64 = 512 * 1024;
+
+/// Whether this process may run glommio's executors: a locked-memory limit of at least
+/// [`MIN_MEMLOCK`], and io_uring allowed (a ring of four entries is set up and closed). The error
+/// is one line that says what to change, since the executor's own failure (`MemLockLimit` or
+/// "Operation not permitted" from deep inside glommio) does not.
+pub fn check_io_uring() -> Result<(), String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
+    if got && limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < MIN_MEMLOCK {
+        return Err(format!(
+            "cannot start: the locked-memory limit is {} KiB and glommio needs at least {} KiB: \
+             raise it, e.g. docker run --ulimit memlock=8388608:8388608, or LimitMEMLOCK=8M in \
+             systemd",
+            limit.rlim_cur / 1024,
+            MIN_MEMLOCK / 1024
+        ));
+    }
+    // struct io_uring_params: 120 bytes, zeroed = no flags.
+    let mut params = [0u64; 15];
+    // SAFETY: io_uring_setup reads and writes `params` (120 bytes, ours); the fd it returns is
+    // closed at once.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd >= 0 {
+        // SAFETY: closing the ring fd just created, owned by nobody else.
+        unsafe {
+            libc::close(fd as RawFd);
+        }
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    Err(match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::ENOSYS) => format!(
+            "cannot start: io_uring is not allowed here ({e}). In a container, the seccomp \
+             profile blocks it (Docker 25 and later do by default): run with \
+             --security-opt seccomp=unconfined, or a profile that allows io_uring_setup, \
+             io_uring_enter and io_uring_register; on the host, check sysctl \
+             kernel.io_uring_disabled (must be 0)"
+        ),
+        Some(libc::ENOMEM) => format!(
+            "cannot start: io_uring has no locked memory ({e}): raise the memlock limit, \
+             e.g. docker run --ulimit memlock=8388608:8388608, or LimitMEMLOCK=8M in systemd"
+        ),
+        _ => format!("cannot start: io_uring_setup failed: {e}"),
+    })
+}

@@ -134,6 +134,17 @@ impl Server {
         nofile: Option<u64>,
         edit: &dyn Fn(String) -> String,
     ) -> Server {
+        Server::start_env(extra, cores, nofile, edit, &[])
+    }
+
+    /// [`Server::start_edited`] with environment variables `env` set for the server.
+    pub fn start_env(
+        extra: &[&str],
+        cores: usize,
+        nofile: Option<u64>,
+        edit: &dyn Fn(String) -> String,
+        env: &[(&str, &str)],
+    ) -> Server {
         let cores = cores.to_string();
         let mut last_log = String::new();
         // A port picked free can be taken again before the server binds it: retry on that only.
@@ -156,6 +167,7 @@ impl Server {
                 .arg(&config)
                 .arg("--cores")
                 .arg(&cores)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -324,10 +336,16 @@ pub fn wait_child(
 /// Runs the binary with `args` until it exits (at most 15 s; a server that keeps running is
 /// killed and the test fails). Returns the exit status and stderr.
 pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
+    run_to_exit_env(args, &[])
+}
+
+/// [`run_to_exit`] with environment variables `env` set for the command.
+pub fn run_to_exit_env(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
     let dir = temp_dir("run");
     let err_path = dir.join("stderr.log");
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(File::create(&err_path).unwrap())
