@@ -9,8 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 mod check;
-mod parse;
-pub use parse::{EnvOverride, ENV_PREFIX};
+pub mod parse;
 #[cfg(test)]
 mod tests;
 
