@@ -26,9 +26,12 @@
 //!   system's `webhookUrl` by side threads, never on a core.
 //!
 //! Leaves, used from above and naming nothing above them: [`types`] (the shared data:
-//! `SystemInfo`, `Target`, `Member`, `StatsPart`), [`auth`] (pure checks: `ApiKey`, API
+//! `SystemInfo`, `Target`, `Member`, `StatsPart`, `EndReason`), [`counters`] (each core's
+//! counters and the side threads' atomics, and their snapshots), [`readiness`] (the ready,
+//! draining and cut-off flags behind `/readyz`), [`auth`] (pure checks: `ApiKey`, API
 //! signatures, JWT connect tokens), [`ids`] (clientId <-> (node, core, slot, generation),
-//! sealed with CryptoKey), [`config`] (`conf/app.ini` and CLI flags, with defaults),
+//! sealed with CryptoKey), [`config`] (`conf/app.ini`, `WSPUSH_*` environment variables and
+//! CLI flags, with defaults),
 //! [`throttle`] (per-core log budgets) and [`sys`] (the few raw syscalls; all `unsafe` lives
 //! there).
 //!
