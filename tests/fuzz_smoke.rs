@@ -530,6 +530,7 @@ fn node_frame_seeds() -> Seeds {
                     group: "g".into(),
                     user_id: "u".into(),
                     extend: "e".into(),
+                    resume: None,
                 },
             },
         ),

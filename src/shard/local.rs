@@ -59,11 +59,12 @@ impl Shard {
     }
 
     pub fn group_push_local(self: &Rc<Self>, system: &str, group: &str, f: &SharedFrame) -> usize {
-        let members = self.index.borrow().members(system, group);
+        let mut members = self.index.borrow().members(system, group);
         if members.is_empty() {
             return 0;
         }
-        self.push_to(&members, f)
+        let held = self.hold_for_recovery(&mut members, group, f);
+        held + self.push_to(&members, f)
     }
 
     pub fn online_list_local(&self, system: &str, group: &str) -> Vec<String> {

@@ -1,0 +1,336 @@
+//! Group history: the streams this core owns (docs/history.md). Memory only.
+//!
+//! A stream is one (system, group) of a system registered with a `history`. It lives on one
+//! core of one node, its owner ([`crate::types::stream_owner`], then
+//! [`crate::types::stream_key`] modulo the cores), which `crate::route::history` sends every
+//! send_to_group of the group to. Here the owner gives each push the next offset, keeps its
+//! frame in a ring bounded by size, age and bytes (the oldest go first), and answers reads
+//! from a position (`since`). The epoch is a random string chosen when the stream is created:
+//! a stream that is dropped (its owner changed, its node restarted) comes back with another
+//! epoch, so a client's old position is seen to be stale rather than silently continued.
+
+use super::conn::Conn;
+use crate::ws::frame::SharedFrame;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The bounds of one stream: the system's, clamped to this node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub size: usize,
+    pub ttl: Duration,
+    pub max_bytes: usize,
+}
+
+pub use crate::types::StreamPos as Since;
+
+/// What a read of a stream found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    pub epoch: Arc<str>,
+    /// The offset of the stream's latest push (0 before the first).
+    pub offset: u64,
+    /// With a `since`: whether every push after it is still here (same epoch, not evicted).
+    /// Without one: true.
+    pub recovered: bool,
+    /// The kept pushes, oldest first: those after `since` when recovered, else from the oldest
+    /// kept; at most the limit asked.
+    pub frames: Vec<(u64, SharedFrame)>,
+}
+
+struct Entry {
+    offset: u64,
+    at: Instant,
+    frame: SharedFrame,
+}
+
+struct Stream {
+    epoch: Arc<str>,
+    offset: u64,
+    ring: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl Stream {
+    fn new() -> Stream {
+        Stream {
+            epoch: Arc::from(format!("{:016x}", rand::random::<u64>())),
+            offset: 0,
+            ring: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Evicts the oldest pushes until the stream is within `bounds` at `now`.
+    fn trim(&mut self, bounds: &Bounds, now: Instant) {
+        while let Some(oldest) = self.ring.front() {
+            let expired = now.saturating_duration_since(oldest.at) > bounds.ttl;
+            if !expired && self.ring.len() <= bounds.size && self.bytes <= bounds.max_bytes {
+                break;
+            }
+            self.bytes -= oldest.frame.len();
+            self.ring.pop_front();
+        }
+    }
+}
+
+/// The streams of one core, by (system, group).
+#[derive(Default)]
+pub struct Streams {
+    map: HashMap<(Arc<str>, Arc<str>), Stream>,
+}
+
+impl Streams {
+    /// Gives the next push of the stream its offset, builds its frame with `build(offset,
+    /// epoch)` and keeps it within `bounds`. Returns the frame.
+    pub fn append(
+        &mut self,
+        system: &Arc<str>,
+        group: &Arc<str>,
+        bounds: &Bounds,
+        now: Instant,
+        build: impl FnOnce(u64, &str) -> SharedFrame,
+    ) -> SharedFrame {
+        let stream = self.stream(system, group);
+        stream.offset += 1;
+        let frame = build(stream.offset, &stream.epoch);
+        stream.bytes += frame.len();
+        stream.ring.push_back(Entry {
+            offset: stream.offset,
+            at: now,
+            frame: frame.clone(),
+        });
+        stream.trim(bounds, now);
+        frame
+    }
+
+    /// The stream's position and its kept pushes after `since` (see [`Read`]), at most
+    /// `limit`. A stream read before its first push is created, so that the epoch a reader
+    /// learns is the one later pushes carry.
+    pub fn read(
+        &mut self,
+        system: &Arc<str>,
+        group: &Arc<str>,
+        since: Option<&Since>,
+        limit: usize,
+        bounds: &Bounds,
+        now: Instant,
+    ) -> Read {
+        let stream = self.stream(system, group);
+        stream.trim(bounds, now);
+        let next = stream.ring.front().map_or(stream.offset + 1, |e| e.offset);
+        let (recovered, after) = match since {
+            None => (true, 0),
+            Some(since) => {
+                let ok = *since.epoch == *stream.epoch
+                    && since.offset <= stream.offset
+                    && since.offset + 1 >= next;
+                (ok, if ok { since.offset } else { 0 })
+            }
+        };
+        let frames = (stream.ring.iter())
+            .filter(|e| e.offset > after)
+            .take(limit)
+            .map(|e| (e.offset, e.frame.clone()))
+            .collect();
+        Read {
+            epoch: stream.epoch.clone(),
+            offset: stream.offset,
+            recovered,
+            frames,
+        }
+    }
+
+    /// Drops every stream `keep` refuses: those whose owner is now another node.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
+        self.map.retain(|(system, group), _| keep(system, group));
+    }
+
+    /// Streams on this core and the pushes they keep, for the status page and tests.
+    pub fn sizes(&self) -> (usize, usize) {
+        (
+            self.map.len(),
+            self.map.values().map(|s| s.ring.len()).sum(),
+        )
+    }
+
+    fn stream(&mut self, system: &Arc<str>, group: &Arc<str>) -> &mut Stream {
+        self.map
+            .entry((system.clone(), group.clone()))
+            .or_insert_with(Stream::new)
+    }
+}
+
+/// Connections of this core recovering a group (bind_to_group with `since`), by (slot,
+/// generation, group): the live pushes of that group that reached them while their history was
+/// being fetched. See [`super::Shard::begin_recovery`].
+#[derive(Default)]
+pub struct Recovering {
+    held: HashMap<(u32, u32, Arc<str>), Vec<SharedFrame>>,
+}
+
+impl super::Shard {
+    /// The bounds of a stream of a system with `history` on this node, which clamps them.
+    pub fn history_bounds(&self, history: &crate::types::HistoryOpts) -> Bounds {
+        let config = &self.config;
+        Bounds {
+            size: (history.size as usize).min(config.history_size),
+            ttl: Duration::from_secs(history.ttl_seconds as u64).min(config.history_ttl),
+            max_bytes: config.history_max_bytes,
+        }
+    }
+
+    /// From now until [`Self::end_recovery`], pushes of `group` to `conn` are held back
+    /// rather than queued: the client must get its missed pushes first. Called in the same
+    /// step as the bind, so no push can slip between the two.
+    pub fn begin_recovery(&self, conn: &Conn, group: &Arc<str>) {
+        let key = (conn.slot, conn.generation, group.clone());
+        self.recovering.borrow_mut().held.entry(key).or_default();
+    }
+
+    /// Queues the missed pushes `replay` (oldest first, none when the position could not be
+    /// recovered), then the held-back live pushes that are not among them: those with an
+    /// offset past `after` (the last one the client has, replay included) and those without
+    /// one (member events). No duplicate, no gap.
+    pub fn end_recovery(
+        self: &Rc<Self>,
+        conn: &Rc<Conn>,
+        group: &Arc<str>,
+        replay: Vec<(u64, SharedFrame)>,
+        mut after: u64,
+    ) {
+        let key = (conn.slot, conn.generation, group.clone());
+        let held = self.recovering.borrow_mut().held.remove(&key);
+        for (offset, frame) in replay {
+            after = after.max(offset);
+            self.enqueue(conn, frame);
+        }
+        for frame in held.unwrap_or_default() {
+            match crate::ws::message::frame_offset(&frame) {
+                Some(offset) if offset <= after => {}
+                _ => {
+                    self.enqueue(conn, frame);
+                }
+            }
+        }
+    }
+
+    /// Takes the members of `group` that are recovering it out of `members`, holding `f` for
+    /// each; returns how many. Nothing to do (one check) when no connection here recovers.
+    pub(super) fn hold_for_recovery(
+        &self,
+        members: &mut Vec<Rc<Conn>>,
+        group: &str,
+        f: &SharedFrame,
+    ) -> usize {
+        let mut recovering = self.recovering.borrow_mut();
+        if recovering.held.is_empty() {
+            return 0;
+        }
+        let (before, group): (_, Arc<str>) = (members.len(), Arc::from(group));
+        members.retain(|conn| {
+            let key = (conn.slot, conn.generation, group.clone());
+            match recovering.held.get_mut(&key) {
+                Some(held) => {
+                    held.push(f.clone());
+                    false
+                }
+                None => true,
+            }
+        });
+        before - members.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(offset: u64, epoch: &str) -> SharedFrame {
+        Arc::from(format!("{offset}@{epoch}").into_bytes())
+    }
+
+    fn offsets(read: &Read) -> Vec<u64> {
+        read.frames.iter().map(|(o, _)| *o).collect()
+    }
+
+    const BOUNDS: Bounds = Bounds {
+        size: 3,
+        ttl: Duration::from_secs(10),
+        max_bytes: 1 << 20,
+    };
+
+    #[test]
+    fn offsets_grow_and_the_ring_keeps_the_newest() {
+        let (s, g, now) = (Arc::from("s"), Arc::from("g"), Instant::now());
+        let mut streams = Streams::default();
+        let first = streams.read(&s, &g, None, usize::MAX, &BOUNDS, now);
+        assert_eq!(
+            (first.offset, first.recovered, first.frames.len()),
+            (0, true, 0)
+        );
+        for _ in 0..5 {
+            streams.append(&s, &g, &BOUNDS, now, frame);
+        }
+        let all = streams.read(&s, &g, None, usize::MAX, &BOUNDS, now);
+        assert_eq!((all.epoch.clone(), all.offset), (first.epoch.clone(), 5));
+        assert_eq!(offsets(&all), [3, 4, 5]);
+        let since = |offset| Since {
+            offset,
+            epoch: first.epoch.to_string(),
+        };
+        let r = streams.read(&s, &g, Some(&since(3)), usize::MAX, &BOUNDS, now);
+        assert!(r.recovered);
+        assert_eq!(offsets(&r), [4, 5]);
+        let r = streams.read(&s, &g, Some(&since(2)), 1, &BOUNDS, now);
+        assert!(r.recovered);
+        assert_eq!(offsets(&r), [3]);
+        let r = streams.read(&s, &g, Some(&since(5)), usize::MAX, &BOUNDS, now);
+        assert!(r.recovered && r.frames.is_empty());
+        // Evicted, from the future, or another epoch: not recovered.
+        for bad in [
+            since(1),
+            since(6),
+            Since {
+                offset: 4,
+                epoch: "x".into(),
+            },
+        ] {
+            let r = streams.read(&s, &g, Some(&bad), usize::MAX, &BOUNDS, now);
+            assert!(!r.recovered, "{bad:?}");
+            assert_eq!(offsets(&r), [3, 4, 5]);
+        }
+    }
+
+    #[test]
+    fn age_and_bytes_evict_oldest_first_and_a_dropped_stream_changes_epoch() {
+        let (s, g, t0) = (Arc::from("s"), Arc::from("g"), Instant::now());
+        let mut streams = Streams::default();
+        streams.append(&s, &g, &BOUNDS, t0, frame);
+        streams.append(&s, &g, &BOUNDS, t0 + Duration::from_secs(6), frame);
+        let later = t0 + Duration::from_secs(12);
+        let r = streams.read(&s, &g, None, usize::MAX, &BOUNDS, later);
+        assert_eq!(offsets(&r), [2]);
+        let tight = Bounds {
+            max_bytes: 2 * frame(10, &r.epoch).len(),
+            ..BOUNDS
+        };
+        for _ in 0..3 {
+            streams.append(&s, &g, &tight, later, frame);
+        }
+        let r2 = streams.read(&s, &g, None, usize::MAX, &tight, later);
+        assert_eq!(offsets(&r2), [4, 5]);
+        let never = t0 + Duration::from_secs(60);
+        assert!(streams
+            .read(&s, &g, None, 9, &BOUNDS, never)
+            .frames
+            .is_empty());
+        streams.retain(|_, _| false);
+        assert_eq!(streams.sizes(), (0, 0));
+        let fresh = streams.read(&s, &g, None, 9, &BOUNDS, never);
+        assert_ne!(fresh.epoch, r.epoch);
+        assert_eq!(fresh.offset, 0);
+    }
+}
