@@ -48,23 +48,6 @@ pub fn read_to_remote(read: Read) -> RemoteReply {
     }
 }
 
-/// The way back of [`read_to_remote`].
-pub fn read_from_remote(
-    epoch: String,
-    offset: u64,
-    recovered: bool,
-    frames: Vec<HistoryFrame>,
-) -> Read {
-    Read {
-        epoch: Arc::from(epoch),
-        offset,
-        recovered,
-        frames: (frames.into_iter())
-            .map(|f| (f.offset, Arc::from(f.frame)))
-            .collect(),
-    }
-}
-
 /// The core of this node a stream lives on (when this node is its owner).
 pub fn stream_core(system: &str, group: &str, nr_cores: usize) -> usize {
     (stream_key(system, group) % nr_cores.max(1) as u64) as usize
@@ -205,14 +188,10 @@ impl Router {
                     since,
                     limit: limit.min(u32::MAX as usize) as u32,
                 };
-                match self.call_owner(addr, op, "get_group_history").await? {
-                    RemoteReply::History {
-                        epoch,
-                        offset,
-                        recovered,
-                        frames,
-                    } => Ok(read_from_remote(epoch, offset, recovered, frames)),
-                    other => Err(OwnerUnreachable(addr, format!("answered {other:?}"))),
+                // The way back of [`read_to_remote`].
+                match super::from_remote(self.call_owner(addr, op, "get_group_history").await?) {
+                    Reply::History(read) => Ok(read),
+                    _ => Err(OwnerUnreachable(addr, "an answer of another kind".into())),
                 }
             }
         }

@@ -113,7 +113,14 @@ fn from_remote(reply: RemoteReply) -> Reply {
             offset,
             recovered,
             frames,
-        } => Reply::History(history::read_from_remote(epoch, offset, recovered, frames)),
+        } => Reply::History(crate::shard::history::Read {
+            epoch: Arc::from(epoch),
+            offset,
+            recovered,
+            frames: (frames.into_iter())
+                .map(|f| (f.offset, Arc::from(f.frame)))
+                .collect(),
+        }),
         RemoteReply::Recovered(recovered) => Reply::Recovered(recovered),
         RemoteReply::Failed(_) | RemoteReply::Membership { .. } => Reply::Done(false),
     }

@@ -165,74 +165,35 @@ impl Streams {
 
 /// Connections of this core recovering a group (bind_to_group with `since`), by (slot,
 /// generation, group): the live pushes of that group that reached them while their history was
-/// being fetched. See [`super::Shard::begin_recovery`].
+/// being fetched. See `Shard::begin_recovery`.
 #[derive(Default)]
 pub struct Recovering {
     held: HashMap<(u32, u32, Arc<str>), Vec<SharedFrame>>,
 }
 
-impl super::Shard {
-    /// The bounds of a stream of a system with `history` on this node, which clamps them.
-    pub fn history_bounds(&self, history: &crate::types::HistoryOpts) -> Bounds {
-        let config = &self.config;
-        Bounds {
-            size: (history.size as usize).min(config.history_size),
-            ttl: Duration::from_secs(history.ttl_seconds as u64).min(config.history_ttl),
-            max_bytes: config.history_max_bytes,
-        }
+impl Recovering {
+    /// Starts holding `group`'s pushes back for `conn`.
+    pub fn begin(&mut self, conn: &Conn, group: &Arc<str>) {
+        let key = (conn.slot, conn.generation, group.clone());
+        self.held.entry(key).or_default();
     }
 
-    /// From now until [`Self::end_recovery`], pushes of `group` to `conn` are held back
-    /// rather than queued: the client must get its missed pushes first. Called in the same
-    /// step as the bind, so no push can slip between the two.
-    pub fn begin_recovery(&self, conn: &Conn, group: &Arc<str>) {
+    /// Stops, and hands back what was held, oldest first.
+    pub fn end(&mut self, conn: &Conn, group: &Arc<str>) -> Vec<SharedFrame> {
         let key = (conn.slot, conn.generation, group.clone());
-        self.recovering.borrow_mut().held.entry(key).or_default();
-    }
-
-    /// Queues the missed pushes `replay` (oldest first, none when the position could not be
-    /// recovered), then the held-back live pushes that are not among them: those with an
-    /// offset past `after` (the last one the client has, replay included) and those without
-    /// one (member events). No duplicate, no gap.
-    pub fn end_recovery(
-        self: &Rc<Self>,
-        conn: &Rc<Conn>,
-        group: &Arc<str>,
-        replay: Vec<(u64, SharedFrame)>,
-        mut after: u64,
-    ) {
-        let key = (conn.slot, conn.generation, group.clone());
-        let held = self.recovering.borrow_mut().held.remove(&key);
-        for (offset, frame) in replay {
-            after = after.max(offset);
-            self.enqueue(conn, frame);
-        }
-        for frame in held.unwrap_or_default() {
-            match crate::ws::message::frame_offset(&frame) {
-                Some(offset) if offset <= after => {}
-                _ => {
-                    self.enqueue(conn, frame);
-                }
-            }
-        }
+        self.held.remove(&key).unwrap_or_default()
     }
 
     /// Takes the members of `group` that are recovering it out of `members`, holding `f` for
-    /// each; returns how many. Nothing to do (one check) when no connection here recovers.
-    pub(super) fn hold_for_recovery(
-        &self,
-        members: &mut Vec<Rc<Conn>>,
-        group: &str,
-        f: &SharedFrame,
-    ) -> usize {
-        let mut recovering = self.recovering.borrow_mut();
-        if recovering.held.is_empty() {
+    /// each; returns how many. One check when no connection of this core recovers.
+    pub fn hold(&mut self, members: &mut Vec<Rc<Conn>>, group: &str, f: &SharedFrame) -> usize {
+        if self.held.is_empty() {
             return 0;
         }
         let (before, group): (_, Arc<str>) = (members.len(), Arc::from(group));
         members.retain(|conn| {
             let key = (conn.slot, conn.generation, group.clone());
-            match recovering.held.get_mut(&key) {
+            match self.held.get_mut(&key) {
                 Some(held) => {
                     held.push(f.clone());
                     false

@@ -4,11 +4,14 @@
 //! [`super::outbound`].
 
 use super::conn::Conn;
+use super::history::Bounds;
 use super::inbox::Refusal;
 use super::Shard;
 use crate::types::{Member, StatsPart};
 use crate::ws::frame::{self, SharedFrame};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 impl Shard {
     /// Removes a connection from every index; returns the groups it was in.
@@ -63,7 +66,7 @@ impl Shard {
         if members.is_empty() {
             return 0;
         }
-        let held = self.hold_for_recovery(&mut members, group, f);
+        let held = self.recovering.borrow_mut().hold(&mut members, group, f);
         held + self.push_to(&members, f)
     }
 
@@ -188,6 +191,49 @@ impl Shard {
         let mut info = conn.info.borrow_mut();
         info.get_or_insert_with(Box::default).groups.push(group);
         Ok(Some((conn.clone(), true)))
+    }
+
+    /// The bounds of a stream of a system with `history` on this node, which clamps them.
+    pub fn history_bounds(&self, history: &crate::types::HistoryOpts) -> Bounds {
+        let config = &self.config;
+        Bounds {
+            size: (history.size as usize).min(config.history_size),
+            ttl: Duration::from_secs(history.ttl_seconds as u64).min(config.history_ttl),
+            max_bytes: config.history_max_bytes,
+        }
+    }
+
+    /// From now until [`Self::end_recovery`], pushes of `group` to `conn` are held back
+    /// rather than queued: the client must get its missed pushes first. Called in the same
+    /// step as the bind, so no push can slip between the two.
+    pub fn begin_recovery(&self, conn: &Conn, group: &Arc<str>) {
+        self.recovering.borrow_mut().begin(conn, group);
+    }
+
+    /// Queues the missed pushes `replay` (oldest first, none when the position could not be
+    /// recovered), then the held-back live pushes that are not among them: those with an
+    /// offset past `after` (the last one the client has, replay included) and those without
+    /// one (member events). No duplicate, no gap.
+    pub fn end_recovery(
+        self: &Rc<Self>,
+        conn: &Rc<Conn>,
+        group: &Arc<str>,
+        replay: Vec<(u64, SharedFrame)>,
+        mut after: u64,
+    ) {
+        let held = self.recovering.borrow_mut().end(conn, group);
+        for (offset, frame) in replay {
+            after = after.max(offset);
+            self.enqueue(conn, frame);
+        }
+        for frame in held {
+            match crate::ws::message::frame_offset(&frame) {
+                Some(offset) if offset <= after => {}
+                _ => {
+                    self.enqueue(conn, frame);
+                }
+            }
+        }
     }
 }
 

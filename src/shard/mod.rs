@@ -86,7 +86,7 @@ pub struct Shard {
     /// The group streams (history) this core owns.
     pub history: RefCell<history::Streams>,
     /// Group pushes held back for connections recovering that group: see [`history`].
-    recovering: RefCell<history::Recovering>,
+    pub(crate) recovering: RefCell<history::Recovering>,
 }
 
 impl Shard {
