@@ -225,9 +225,8 @@ pub async fn handle(
                 // The stream's owner builds the frame, once it knows the offset.
                 Some(history) => {
                     let push = req.fields.history_push(&message_id);
-                    router
-                        .push_group_history(system, group, history, push)
-                        .await
+                    let pushed = router.push_group_history(system, group, history, push);
+                    pushed.await.map_err(|e| ApiError::Peer(e.to_string()))?
                 }
                 None => {
                     let frame = req.fields.frame(&message_id);

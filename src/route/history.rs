@@ -68,15 +68,16 @@ impl Router {
     }
 
     /// send_to_group of a system with history: to the stream's owner, which numbers, keeps
-    /// and sends it. `failed` lists the owner when it did not answer (nothing was sent); the
-    /// peers the owner could not reach are not reported back.
+    /// and sends it. `Err` when the owner did not answer: then nothing was sent, and the
+    /// caller must know (a retry goes to the next owner once the dead one left the peer
+    /// table). The peers the owner could not reach are not reported back (`failed` is empty).
     pub async fn push_group_history(
         self: &Rc<Self>,
         system: Arc<str>,
         group: Arc<str>,
         history: HistoryOpts,
         push: HistoryPush,
-    ) -> Fanout {
+    ) -> Result<Fanout, OwnerUnreachable> {
         match self.stream_home(&system, &group) {
             Home::Core(core) => {
                 let op = Op::HistoryPush {
@@ -85,10 +86,10 @@ impl Router {
                     history,
                     push: Box::new(push),
                 };
-                Fanout {
+                Ok(Fanout {
                     delivered: self.call(core, op).await.count(),
                     failed: Vec::new(),
-                }
+                })
             }
             Home::Node(addr) => {
                 let op = RemoteOp::HistoryPush {
@@ -97,16 +98,11 @@ impl Router {
                     history,
                     push,
                 };
-                match self.call_owner(addr, op, "send_to_group").await {
-                    Ok(reply) => Fanout {
-                        delivered: reply.count(),
-                        failed: Vec::new(),
-                    },
-                    Err(_) => Fanout {
-                        delivered: 0,
-                        failed: vec![addr],
-                    },
-                }
+                let reply = self.call_owner(addr, op, "send_to_group").await?;
+                Ok(Fanout {
+                    delivered: reply.count(),
+                    failed: Vec::new(),
+                })
             }
         }
     }
