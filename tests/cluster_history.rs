@@ -3,7 +3,7 @@
 //! ([`wspush::types::stream_owner`]), so the tests can put it where they need it: a client
 //! that reconnects through another node recovers exactly what it missed, and the owner killed
 //! mid-stream gives `recovered: false` and a new epoch (never a silent gap), while streams
-//! owned by the survivors keep theirs.
+//! owned by the survivors keep theirs; a node that joins takes the streams it wins, anew.
 
 mod common;
 
@@ -17,14 +17,14 @@ const HISTORY: &[&str] = &["HistorySize = 100", "HistoryTtl = 300"];
 
 struct Cluster {
     nodes: Vec<Node>,
-    _etcd: Etcd,
+    etcd: Etcd,
 }
 
 fn cluster(n: usize) -> Cluster {
     let etcd = Etcd::start();
     let nodes = Node::start_many(&etcd, n, HISTORY);
     converge(&nodes);
-    Cluster { nodes, _etcd: etcd }
+    Cluster { nodes, etcd }
 }
 
 fn addr(node: &Node) -> SocketAddrV4 {
@@ -211,4 +211,37 @@ fn the_owner_killed_mid_stream_gives_a_new_epoch_never_a_silent_gap() {
     let kept_after = history(p0, &system, &kept);
     assert_eq!(kept_after["epoch"], kept_before["epoch"]);
     assert_eq!(kept_after["offset"], 3);
+}
+
+#[test]
+fn a_joining_node_takes_the_streams_it_wins_with_a_new_epoch() {
+    let mut c = cluster(2);
+    let system = register_history(c.nodes[0].port);
+    let p0 = c.nodes[0].port;
+    let groups: Vec<String> = (0..30).map(|i| format!("g{i}")).collect();
+    for g in &groups {
+        assert_eq!(send(p0, &system, g, json!(1))["code"], 0);
+    }
+    let before: Vec<Value> = groups.iter().map(|g| history(p0, &system, g)).collect();
+    c.nodes.push(Node::start(&c.etcd, HISTORY));
+    converge(&c.nodes);
+    let all: Vec<&Node> = c.nodes.iter().collect();
+    let new = addr(&c.nodes[2]);
+    let mut moved = 0;
+    for (g, old) in groups.iter().zip(&before) {
+        let owner = wspush::types::stream_owner(&system, g, all.iter().map(|n| addr(n)));
+        let now = history(c.nodes[1].port, &system, g);
+        if owner == Some(new) {
+            moved += 1;
+            assert_ne!(now["epoch"], old["epoch"], "{g} moved: a new epoch");
+            assert_eq!(now["offset"], 0, "{g}");
+        } else {
+            assert_eq!(
+                (now["epoch"].clone(), now["offset"].clone()),
+                (old["epoch"].clone(), json!(1)),
+                "{g}"
+            );
+        }
+    }
+    assert!(moved > 0, "no group of 30 moved to the new node");
 }
