@@ -366,3 +366,43 @@ fn recovery_while_pushes_keep_coming_has_no_gap_and_no_duplicate() {
         ws.expect_nothing(200);
     }
 }
+
+#[test]
+fn get_group_history_wants_the_api_key_like_every_route() {
+    let key = "history-test-key-0123456789";
+    let line = format!("ApiKey = {key}");
+    let server = Server::start_with(&["HistorySize = 5", &line]);
+    let body = json!({"groupName": "g"}).to_string();
+    let json = ("Content-Type", "application/json");
+    let without = http(
+        server.port,
+        "POST",
+        "/api/get_group_history",
+        &[json, ("SystemId", "s")],
+        body.as_bytes(),
+    );
+    assert_eq!(without.status, 403, "{}", without.text());
+    let auth = format!("apikey {key}");
+    let with = |route: &str, body: &Value| {
+        let headers = [json, ("SystemId", "s"), ("Authorization", auth.as_str())];
+        http(
+            server.port,
+            "POST",
+            route,
+            &headers,
+            body.to_string().as_bytes(),
+        )
+        .json()
+    };
+    let v = with(
+        "/api/register",
+        &json!({"systemId": "s", "history": {"size": 9}}),
+    );
+    assert_eq!(v["code"], 0, "{v}");
+    let v = with("/api/get_group_history", &json!({"groupName": "g"}));
+    assert_eq!(
+        (v["code"].clone(), v["data"]["offset"].clone()),
+        (json!(0), json!(0)),
+        "{v}"
+    );
+}

@@ -20,7 +20,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The `route` labels of `wspush_peer_call_failures_total`, listed at 0 before any failure so
 /// that the series exist from the start: every API route that calls peers, and `group_event`.
-pub const PEER_CALL_ROUTES: [&str; 13] = [
+pub const PEER_CALL_ROUTES: [&str; 14] = [
     "send_to_client",
     "send_to_clients",
     "send_to_group",
@@ -33,6 +33,7 @@ pub const PEER_CALL_ROUTES: [&str; 13] = [
     "get_online_list",
     "get_group_presence",
     "get_system_stats",
+    "get_group_history",
     "group_event",
 ];
 
