@@ -51,15 +51,24 @@ struct Stream {
     offset: u64,
     ring: VecDeque<Entry>,
     bytes: usize,
+    /// The last push or read, and the TTL it had: past both, everything kept has expired, and
+    /// [`Streams::sweep`] drops the stream.
+    touched: Instant,
+    ttl: Duration,
 }
 
+/// How often a core looks for streams idle past their TTL.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
 impl Stream {
-    fn new() -> Stream {
+    fn new(now: Instant) -> Stream {
         Stream {
             epoch: Arc::from(format!("{:016x}", rand::random::<u64>())),
             offset: 0,
             ring: VecDeque::new(),
             bytes: 0,
+            touched: now,
+            ttl: Duration::ZERO,
         }
     }
 
@@ -80,6 +89,7 @@ impl Stream {
 #[derive(Default)]
 pub struct Streams {
     map: HashMap<(Arc<str>, Arc<str>), Stream>,
+    swept: Option<Instant>,
 }
 
 impl Streams {
@@ -93,7 +103,7 @@ impl Streams {
         now: Instant,
         build: impl FnOnce(u64, &str) -> SharedFrame,
     ) -> SharedFrame {
-        let stream = self.stream(system, group);
+        let stream = self.stream(system, group, bounds, now);
         stream.offset += 1;
         let frame = build(stream.offset, &stream.epoch);
         stream.bytes += frame.len();
@@ -118,7 +128,7 @@ impl Streams {
         bounds: &Bounds,
         now: Instant,
     ) -> Read {
-        let stream = self.stream(system, group);
+        let stream = self.stream(system, group, bounds, now);
         stream.trim(bounds, now);
         let next = stream.ring.front().map_or(stream.offset + 1, |e| e.offset);
         let (recovered, after) = match since {
@@ -156,10 +166,36 @@ impl Streams {
         )
     }
 
-    fn stream(&mut self, system: &Arc<str>, group: &Arc<str>) -> &mut Stream {
-        self.map
+    /// The stream, created when absent, touched now; first, at most every [`SWEEP_EVERY`],
+    /// the streams of this core idle past their TTL are dropped.
+    fn stream(
+        &mut self,
+        system: &Arc<str>,
+        group: &Arc<str>,
+        bounds: &Bounds,
+        now: Instant,
+    ) -> &mut Stream {
+        self.sweep(now);
+        let stream = (self.map)
             .entry((system.clone(), group.clone()))
-            .or_insert_with(Stream::new)
+            .or_insert_with(|| Stream::new(now));
+        stream.touched = now;
+        stream.ttl = bounds.ttl;
+        stream
+    }
+
+    /// Drops the streams neither pushed to nor read for longer than their TTL: all they kept
+    /// has expired, and a reader of one learns of it by its new epoch. Bounds what reads of
+    /// many group names can leave behind.
+    fn sweep(&mut self, now: Instant) {
+        if self
+            .swept
+            .is_some_and(|t| now.saturating_duration_since(t) < SWEEP_EVERY)
+        {
+            return;
+        }
+        self.swept = Some(now);
+        (self.map).retain(|_, s| now.saturating_duration_since(s.touched) <= s.ttl);
     }
 }
 
@@ -288,6 +324,11 @@ mod tests {
             .read(&s, &g, None, 9, &BOUNDS, never)
             .frames
             .is_empty());
+        // Idle past its TTL, a stream is swept when another one is used.
+        let (h, much_later) = (Arc::from("h"), never + SWEEP_EVERY);
+        streams.read(&h, &g, None, 9, &BOUNDS, much_later);
+        assert_eq!(streams.sizes(), (1, 0));
+        streams.read(&s, &g, None, 9, &BOUNDS, much_later);
         streams.retain(|_, _| false);
         assert_eq!(streams.sizes(), (0, 0));
         let fresh = streams.read(&s, &g, None, 9, &BOUNDS, never);
