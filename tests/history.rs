@@ -406,3 +406,30 @@ fn get_group_history_wants_the_api_key_like_every_route() {
         "{v}"
     );
 }
+
+/// The value of an unlabelled sample `name` in a `/metrics` text.
+fn metric(port: u16, name: &str) -> f64 {
+    let text = http(port, "GET", "/metrics", &[], b"").text();
+    let line = text
+        .lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn metrics_count_the_streams_and_what_they_keep() {
+    let server = Server::start_with(NODE);
+    let port = server.port;
+    assert_eq!(metric(port, "wspush_history_streams"), 0.0);
+    assert_eq!(register(port, "s", json!({"size": 4}))["code"], 0);
+    for g in ["a", "b"] {
+        for i in 0..6 {
+            send(port, "s", g, json!(i));
+        }
+    }
+    assert_eq!(metric(port, "wspush_history_streams"), 2.0);
+    assert_eq!(metric(port, "wspush_history_messages"), 8.0);
+    let bytes = metric(port, "wspush_history_bytes");
+    assert!((8.0 * 100.0..8.0 * 200.0).contains(&bytes), "{bytes}");
+}

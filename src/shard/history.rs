@@ -158,12 +158,11 @@ impl Streams {
         self.map.retain(|(system, group), _| keep(system, group));
     }
 
-    /// Streams on this core and the pushes they keep, for the status page and tests.
-    pub fn sizes(&self) -> (usize, usize) {
-        (
-            self.map.len(),
-            self.map.values().map(|s| s.ring.len()).sum(),
-        )
+    /// The streams of this core, the pushes they keep and those frames' bytes (`/metrics`).
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let (messages, bytes) =
+            (self.map.values()).fold((0, 0), |(m, b), s| (m + s.ring.len(), b + s.bytes));
+        (self.map.len(), messages, bytes)
     }
 
     /// The stream, created when absent, touched now; first, at most every [`SWEEP_EVERY`],
@@ -327,10 +326,10 @@ mod tests {
         // Idle past its TTL, a stream is swept when another one is used.
         let (h, much_later) = (Arc::from("h"), never + SWEEP_EVERY);
         streams.read(&h, &g, None, 9, &BOUNDS, much_later);
-        assert_eq!(streams.sizes(), (1, 0));
+        assert_eq!(streams.sizes(), (1, 0, 0));
         streams.read(&s, &g, None, 9, &BOUNDS, much_later);
         streams.retain(|_, _| false);
-        assert_eq!(streams.sizes(), (0, 0));
+        assert_eq!(streams.sizes(), (0, 0, 0));
         let fresh = streams.read(&s, &g, None, 9, &BOUNDS, never);
         assert_ne!(fresh.epoch, r.epoch);
         assert_eq!(fresh.offset, 0);

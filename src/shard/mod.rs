@@ -249,6 +249,9 @@ impl Shard {
         s.http_connections = self.http_conns.get() as u64;
         s.http_buffer_bytes = self.http_buffer_bytes.get() as u64;
         s.registered_systems = self.registered.borrow().len() as u64;
+        let (streams, messages, bytes) = self.history.borrow().sizes();
+        (s.history_streams, s.history_messages) = (streams as u64, messages as u64);
+        s.history_bytes = bytes as u64;
         if detail {
             s.systems = (self.index.borrow().systems())
                 .map(|(name, state)| SystemSnapshot {

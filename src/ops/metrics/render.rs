@@ -176,6 +176,25 @@ pub fn render(s: &NodeSnapshot) -> String {
             c.http_connections,
         );
     }
+    for (name, help, value) in [
+        (
+            "wspush_history_streams",
+            "Group history streams this node owns (memory only; docs/history.md).",
+            s.sum(|c| c.history_streams),
+        ),
+        (
+            "wspush_history_messages",
+            "Pushes kept by this node's group history streams.",
+            s.sum(|c| c.history_messages),
+        ),
+        (
+            "wspush_history_bytes",
+            "Frame bytes of the pushes kept by this node's group history streams.",
+            s.sum(|c| c.history_bytes),
+        ),
+    ] {
+        t.single(name, "gauge", help, value);
+    }
     t.single(
         "wspush_http_buffer_bytes",
         "gauge",
