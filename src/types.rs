@@ -1,5 +1,7 @@
 //! The plain data every layer passes around: a registered system's options, why a connection
-//! ended, a client on a node, a group member, a share of get_system_stats. A leaf: it names
+//! ended, a client on a node, a group member, a share of get_system_stats, and for group
+//! history (issue 15) a stream position, a push its owner numbers, and which node owns a
+//! stream ([`stream_owner`], which every node must compute alike). A leaf: it names
 //! nothing of the crate, so `shard`, `cluster`, `route`, `api`, `ops` and `webhook` share these
 //! without importing each other.
 //! The rkyv derives are there because [`Target`], [`Member`] and [`StatsPart`] also cross

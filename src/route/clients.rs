@@ -192,7 +192,7 @@ pub struct Bound {
 /// bind_to_group where the client lives. `Err` when a limit refused it, or when the client's
 /// node did not answer (issue 12: answering code 0 would tell the caller a bind happened that
 /// nobody confirmed; an unknown client stays code 0, as in the original). With `resume`, the
-/// client first gets the pushes it missed ([`Router::recover`]).
+/// client first gets the pushes it missed (`Router::recover`).
 pub async fn bind(
     route: &Rc<Router>,
     system: Arc<str>,

@@ -66,6 +66,7 @@ fn frame_with(
     head.extend_from_slice(b",\"msg\":");
     write_json_str(&mut head, msg);
     head.extend_from_slice(b",\"data\":");
+    // Empty (no allocation) for the pushes without history.
     let mut tail = Vec::new();
     if let Some((offset, epoch)) = position {
         tail.extend_from_slice(b",\"offset\":");
@@ -73,13 +74,13 @@ fn frame_with(
         tail.extend_from_slice(b",\"epoch\":");
         write_json_str(&mut tail, epoch);
     }
-    tail.push(b'}');
-    let json_len = head.len() + data.len() + tail.len();
+    let json_len = head.len() + data.len() + tail.len() + 1;
     let mut out = Vec::with_capacity(frame::text_header_len(json_len) + json_len);
     frame::text_header(json_len, &mut out);
     out.extend_from_slice(&head);
     out.extend_from_slice(data.as_bytes());
     out.extend_from_slice(&tail);
+    out.push(b'}');
     out.into()
 }
 
