@@ -245,3 +245,42 @@ fn a_joining_node_takes_the_streams_it_wins_with_a_new_epoch() {
     }
     assert!(moved > 0, "no group of 30 moved to the new node");
 }
+
+#[test]
+fn recovery_across_nodes_while_pushes_keep_coming_has_no_gap_and_no_duplicate() {
+    let c = cluster(3);
+    let (n0, n1, n2) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    let system = register_history(n0.port);
+    // Client on node 0, stream on node 2, pushes through node 1, the bind through node 2:
+    // the fetch's answer and the live pushes reach node 0 by different links.
+    for round in 0..4 {
+        let addrs = [n0, n1, n2].map(addr);
+        let group = (0..)
+            .map(|i| format!("busy{round}-{i}"))
+            .find(|g| wspush::types::stream_owner(&system, g, addrs) == Some(addr(n2)))
+            .unwrap();
+        assert_eq!(send(n1.port, &system, &group, json!(0))["code"], 0);
+        let epoch = history(n1.port, &system, &group)["epoch"].clone();
+        let (port, sys, g) = (n1.port, system.clone(), group.clone());
+        let pusher = std::thread::spawn(move || {
+            for i in 1..=20 {
+                assert_eq!(send(port, &sys, &g, json!(i))["code"], 0);
+            }
+        });
+        let mut ws = n0.ws(&system);
+        let v = bind_since(
+            n2.port,
+            &system,
+            &ws,
+            &group,
+            json!({"offset": 1, "epoch": epoch}),
+        );
+        assert_eq!(v["data"], json!({"recovered": true}), "{v}");
+        pusher.join().unwrap();
+        let got: Vec<u64> = (2..=21)
+            .map(|_| next_push(&mut ws)["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got, (2..=21).collect::<Vec<_>>(), "round {round}");
+        ws.expect_nothing(300);
+    }
+}

@@ -211,11 +211,11 @@ impl Router {
             .await;
         match read {
             Ok(read) if read.recovered => {
-                self.shard.end_recovery(conn, &group, read.frames, after);
+                self.shard.end_recovery(conn, &group, Some(read), after);
                 true
             }
             _ => {
-                self.shard.end_recovery(conn, &group, Vec::new(), 0);
+                self.shard.end_recovery(conn, &group, None, 0);
                 false
             }
         }

@@ -201,10 +201,26 @@ impl Streams {
 /// Connections of this core recovering a group (bind_to_group with `since`), by (slot,
 /// generation, group): the live pushes of that group that reached them while their history was
 /// being fetched. See `Shard::begin_recovery`.
+///
+/// Then, for [`FLOOR_TTL`], the last offset a recovery replayed: a live push the owner sent
+/// before it answered the fetch may still be on its way (from another node it comes over
+/// another link than the answer), and must not arrive twice.
 #[derive(Default)]
 pub struct Recovering {
     held: HashMap<(u32, u32, Arc<str>), Vec<SharedFrame>>,
+    floors: HashMap<(u32, u32, Arc<str>), Floor>,
 }
+
+/// The last offset of `epoch` a recovered connection has, since `at`.
+struct Floor {
+    offset: u64,
+    epoch: Arc<str>,
+    at: Instant,
+}
+
+/// How long a recovered connection drops late live pushes it already got by the replay: far
+/// longer than a push takes between two nodes (RpcTimeoutMs bounds that anyway).
+pub const FLOOR_TTL: Duration = Duration::from_secs(10);
 
 impl Recovering {
     /// Starts holding `group`'s pushes back for `conn`.
@@ -213,28 +229,50 @@ impl Recovering {
         self.held.entry(key).or_default();
     }
 
-    /// Stops, and hands back what was held, oldest first.
-    pub fn end(&mut self, conn: &Conn, group: &Arc<str>) -> Vec<SharedFrame> {
+    /// Stops, and hands back what was held, oldest first. With `floor` (the last offset of
+    /// the epoch the client has after the replay), later pushes of that epoch up to it are
+    /// dropped for a while.
+    pub fn end(
+        &mut self,
+        conn: &Conn,
+        group: &Arc<str>,
+        floor: Option<(u64, Arc<str>)>,
+    ) -> Vec<SharedFrame> {
         let key = (conn.slot, conn.generation, group.clone());
-        self.held.remove(&key).unwrap_or_default()
+        let now = Instant::now();
+        (self.floors).retain(|_, f| now.saturating_duration_since(f.at) < FLOOR_TTL);
+        let held = self.held.remove(&key).unwrap_or_default();
+        if let Some((offset, epoch)) = floor {
+            let at = now;
+            self.floors.insert(key, Floor { offset, epoch, at });
+        }
+        held
     }
 
     /// Takes the members of `group` that are recovering it out of `members`, holding `f` for
-    /// each; returns how many. One check when no connection of this core recovers.
+    /// each, and those that have it already from a replay, dropping it; returns how many. One
+    /// check when no connection of this core recovers.
     pub fn hold(&mut self, members: &mut Vec<Rc<Conn>>, group: &str, f: &SharedFrame) -> usize {
-        if self.held.is_empty() {
+        if self.held.is_empty() && self.floors.is_empty() {
             return 0;
         }
         let (before, group): (_, Arc<str>) = (members.len(), Arc::from(group));
+        let position = crate::ws::message::frame_position(f);
         members.retain(|conn| {
             let key = (conn.slot, conn.generation, group.clone());
-            match self.held.get_mut(&key) {
-                Some(held) => {
-                    held.push(f.clone());
-                    false
-                }
-                None => true,
+            if let Some(held) = self.held.get_mut(&key) {
+                held.push(f.clone());
+                return false;
             }
+            let (Some((offset, epoch)), Some(floor)) = (position, self.floors.get(&key)) else {
+                return true;
+            };
+            if offset <= floor.offset && epoch == floor.epoch.as_bytes() {
+                return false;
+            }
+            // Pushes come in the owner's order: past the floor, no older one follows.
+            self.floors.remove(&key);
+            true
         });
         before - members.len()
     }

@@ -210,28 +210,32 @@ impl Shard {
         self.recovering.borrow_mut().begin(conn, group);
     }
 
-    /// Queues the missed pushes `replay` (oldest first, none when the position could not be
-    /// recovered), then the held-back live pushes that are not among them: those with an
-    /// offset past `after` (the last one the client has, replay included) and those without
-    /// one (member events). No duplicate, no gap.
+    /// Queues the missed pushes of `replay`, a read of the stream (oldest first; `None` when
+    /// the position could not be recovered), then the held-back live pushes that are not among
+    /// them: those past `after` (the last offset the client has, replay included) or of
+    /// another epoch, and those without one (member events). No duplicate, no gap; and for a
+    /// while (`history::FLOOR_TTL`) late live pushes up to `after` are dropped too.
     pub fn end_recovery(
         self: &Rc<Self>,
         conn: &Rc<Conn>,
         group: &Arc<str>,
-        replay: Vec<(u64, SharedFrame)>,
+        replay: Option<super::history::Read>,
         mut after: u64,
     ) {
-        let held = self.recovering.borrow_mut().end(conn, group);
-        for (offset, frame) in replay {
+        let epoch = replay.as_ref().map(|read| read.epoch.clone());
+        for (offset, frame) in replay.into_iter().flat_map(|read| read.frames) {
             after = after.max(offset);
             self.enqueue(conn, frame);
         }
+        let floor = epoch.clone().map(|epoch| (after, epoch));
+        let held = self.recovering.borrow_mut().end(conn, group, floor);
         for frame in held {
-            match crate::ws::message::frame_offset(&frame) {
-                Some(offset) if offset <= after => {}
-                _ => {
-                    self.enqueue(conn, frame);
-                }
+            let dup = match (crate::ws::message::frame_position(&frame), &epoch) {
+                (Some((offset, e)), Some(epoch)) => offset <= after && e == epoch.as_bytes(),
+                _ => false,
+            };
+            if !dup {
+                self.enqueue(conn, frame);
             }
         }
     }

@@ -84,30 +84,32 @@ fn frame_with(
     out.into()
 }
 
-/// The offset of a frame built by [`push_frame_at`]; `None` for any other frame. It reads the
-/// last two fields only, so whatever `data` holds cannot fool it: inside `data` a quote is
-/// either structure before these fields or escaped.
-pub fn frame_offset(frame: &[u8]) -> Option<u64> {
+/// The offset and epoch of a frame built by [`push_frame_at`]; `None` for any other frame. It
+/// reads the last two fields only, so whatever `data` holds cannot fool it: inside `data` a
+/// quote is either structure before these fields or escaped.
+pub fn frame_position(frame: &[u8]) -> Option<(u64, &[u8])> {
     const EPOCH: &[u8] = b",\"epoch\":\"";
     const OFFSET: &[u8] = b",\"offset\":";
     let body = frame.strip_suffix(b"\"}")?;
     let at = body.windows(EPOCH.len()).rposition(|w| w == EPOCH)?;
-    if !body[at + EPOCH.len()..]
-        .iter()
-        .all(u8::is_ascii_alphanumeric)
-    {
+    let epoch = &body[at + EPOCH.len()..];
+    if !epoch.iter().all(u8::is_ascii_alphanumeric) {
         return None;
     }
-    let digits = body[..at]
-        .iter()
-        .rev()
+    let digits = (body[..at].iter().rev())
         .take_while(|b| b.is_ascii_digit())
         .count();
     let start = at - digits;
     if digits == 0 || !body[..start].ends_with(OFFSET) {
         return None;
     }
-    std::str::from_utf8(&body[start..at]).ok()?.parse().ok()
+    let offset = std::str::from_utf8(&body[start..at]).ok()?.parse().ok()?;
+    Some((offset, epoch))
+}
+
+/// The offset of a frame built by [`push_frame_at`] ([`frame_position`]).
+pub fn frame_offset(frame: &[u8]) -> Option<u64> {
+    frame_position(frame).map(|(offset, _)| offset)
 }
 
 /// The JSON text of a text frame built here (its payload; server frames are unmasked).
@@ -186,6 +188,7 @@ mod tests {
         );
         assert_eq!(v["data"]["a"], 1);
         assert_eq!(frame_offset(&f), Some(42));
+        assert_eq!(frame_position(&f), Some((42, &b"0123abcd"[..])));
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(frame_json(&f)).unwrap(),
             v
