@@ -402,4 +402,44 @@ mod tests {
             );
         });
     }
+
+    #[test]
+    fn a_recovery_holds_live_pushes_and_drops_those_the_replay_gave() {
+        use crate::shard::history::Read;
+        use crate::ws::message::push_frame_at;
+        let at = |offset, epoch| push_frame_at("m", "", 0, "", "1", offset, epoch);
+        with_shard(|shard| async move {
+            let c = conns(&shard, "sys", 2).await;
+            bind(&shard, &c[0], "room", "u");
+            bind(&shard, &c[1], "room", "v");
+            let group: Arc<str> = Arc::from("room");
+            shard.begin_recovery(&c[0], &group);
+            for f in [at(3, "e"), at(5, "e"), frame()] {
+                assert_eq!(shard.group_push_local("sys", "room", &f), 2);
+            }
+            let queued = |i: usize| c[i].out.borrow().len();
+            assert_eq!(
+                (queued(0), queued(1)),
+                (0, 3),
+                "held for the recovering one only"
+            );
+            let read = Read {
+                epoch: Arc::from("e"),
+                offset: 5,
+                recovered: true,
+                frames: vec![(3, at(3, "e")), (4, at(4, "e")), (5, at(5, "e"))],
+            };
+            shard.end_recovery(&c[0], &group, Some(read), 2);
+            assert_eq!(
+                queued(0),
+                4,
+                "3, 4, 5 replayed, the held 3 and 5 dropped, the event kept"
+            );
+            // A late live push it has is dropped; another epoch's, or a newer one, is not.
+            for (f, want) in [(at(4, "e"), 4), (at(4, "other"), 5), (at(6, "e"), 6)] {
+                shard.group_push_local("sys", "room", &f);
+                assert_eq!(queued(0), want);
+            }
+        });
+    }
 }
