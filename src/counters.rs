@@ -447,6 +447,11 @@ pub struct CoreSnapshot {
     /// This core's links to peer nodes (cluster mode).
     pub links: Vec<LinkSnapshot>,
     pub registered_systems: u64,
+    /// Group history (issue 15): the streams this core owns, the pushes they keep, and those
+    /// pushes' frame bytes.
+    pub history_streams: u64,
+    pub history_messages: u64,
+    pub history_bytes: u64,
     /// Detail for `/status.json` only (empty for `/metrics`): the systems with clients or
     /// groups on this core, and (core 0 only) the names of the registered systems.
     pub systems: Vec<SystemSnapshot>,

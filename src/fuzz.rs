@@ -476,6 +476,16 @@ fn build_frame(input: &mut Input) -> Frame {
             group: input.string(),
             user_id: input.string(),
             extend: input.string(),
+            resume: (input.byte() & 1 == 1).then(|| crate::types::Resume {
+                since: crate::types::StreamPos {
+                    offset: input.u64(),
+                    epoch: input.string(),
+                },
+                history: crate::types::HistoryOpts {
+                    size: input.u32(),
+                    ttl_seconds: input.u32(),
+                },
+            }),
         },
         2 => RemoteOp::GroupPush {
             system: input.string(),

@@ -26,9 +26,10 @@
 //!   system's `webhookUrl` by side threads, never on a core.
 //!
 //! Leaves, used from above and naming nothing above them: [`types`] (the shared data:
-//! `SystemInfo`, `Target`, `Member`, `StatsPart`, `EndReason`), [`counters`] (each core's
-//! counters and the side threads' atomics, and their snapshots), [`readiness`] (the ready,
-//! draining and cut-off flags behind `/readyz`), [`auth`] (pure checks: `ApiKey`, API
+//! `SystemInfo`, `Target`, `Member`, `StatsPart`, `EndReason`, the history options and a
+//! stream's owner), [`counters`] (each core's counters and the side threads' atomics, and their
+//! snapshots), [`readiness`] (the ready, draining and cut-off flags behind `/readyz`), [`auth`]
+//! (pure checks: `ApiKey`, API
 //! signatures, JWT connect tokens), [`ids`] (clientId <-> (node, core, slot, generation),
 //! sealed with CryptoKey), [`config`] (`conf/app.ini`, `WSPUSH_*` environment variables and
 //! CLI flags, with defaults),
@@ -46,6 +47,11 @@
 //!    same bytes; a per-core flusher writes each socket's queue with one `sendmsg`.
 //! 4. **Group push**: origin core -> its own members, then one `GroupPush` per other core and
 //!    one per peer node -> each core -> its members.
+//! 5. **Group push with history** (issue 15, `docs/history.md`): origin core -> the one core of
+//!    the one node that owns the group's stream ([`route::history`]: a `HistoryPush` op) ->
+//!    offset, kept in its ring ([`shard::history`]) -> path 4 from there. A bind with `since`
+//!    holds the group's live pushes for that client, fetches the missed ones from the owner,
+//!    queues them, then the held ones not already replayed.
 
 pub mod api;
 pub mod auth;

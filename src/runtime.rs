@@ -415,11 +415,7 @@ async fn control_loop(router: &Rc<Router>, inbox: &ControlInbox, door: UnixStrea
         while let Some(msg) = inbox.queue.pop() {
             match msg {
                 Control::Shutdown => return,
-                Control::Peers(peers) => {
-                    if let Some(cluster) = router.cluster() {
-                        cluster.set_peers(&peers);
-                    }
-                }
+                Control::Peers(peers) => router.peers_changed(&peers),
                 Control::Systems(systems) => router.shard.add_systems(&systems),
             }
         }

@@ -1,5 +1,7 @@
 //! The plain data every layer passes around: a registered system's options, why a connection
-//! ended, a client on a node, a group member, a share of get_system_stats. A leaf: it names
+//! ended, a client on a node, a group member, a share of get_system_stats, and for group
+//! history (issue 15) a stream position, a push its owner numbers, and which node owns a
+//! stream ([`stream_owner`], which every node must compute alike). A leaf: it names
 //! nothing of the crate, so `shard`, `cluster`, `route`, `api`, `ops` and `webhook` share these
 //! without importing each other.
 //! The rkyv derives are there because [`Target`], [`Member`] and [`StatsPart`] also cross
@@ -32,6 +34,18 @@ pub struct SystemInfo {
     pub secret: Option<String>,
     /// When set, this node POSTs the system's connection events there.
     pub webhook_url: Option<String>,
+    /// When set, every group of the system is a stream with history (docs/history.md).
+    pub history: Option<HistoryOpts>,
+}
+
+/// A system's group history, as registered (already clamped to the registering node's
+/// limits; the owner of a stream clamps again to its own).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryOpts {
+    /// Pushes a stream keeps at most.
+    pub size: u32,
+    /// Seconds a stream keeps a push at most.
+    pub ttl_seconds: u32,
 }
 
 /// Why a connection ended: logged, and counted by the `reason` label of
@@ -148,6 +162,53 @@ impl StatsPart {
             users: self.users.len() as u64 + self.unlisted_users,
         }
     }
+}
+
+/// A position in a group's stream, as a client last saw it (`since`).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StreamPos {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// bind_to_group's `since`, with the system's history options the stream's owner needs.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub since: StreamPos,
+    pub history: HistoryOpts,
+}
+
+/// A send_to_group of a system with history, as its stream's owner receives it: the fields
+/// of the frame it builds once it knows the offset.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPush {
+    pub message_id: String,
+    pub send_user_id: String,
+    pub code: i64,
+    pub msg: String,
+    /// Raw JSON, as the API received it.
+    pub data: String,
+}
+
+/// The node that owns the history stream of (`system`, `group`) among `nodes`: the highest
+/// rendezvous score, so a node joining or leaving moves only the streams it wins or held.
+/// The same on every node and build (it uses [`name_hash`]); `None` without nodes.
+pub fn stream_owner(
+    system: &str,
+    group: &str,
+    nodes: impl IntoIterator<Item = std::net::SocketAddrV4>,
+) -> Option<std::net::SocketAddrV4> {
+    let key = stream_key(system, group);
+    nodes.into_iter().max_by_key(|node| {
+        let (ip, port) = (u32::from(*node.ip()) as u64, node.port() as u64);
+        (mix64(key ^ mix64(ip << 16 | port)), ip, port)
+    })
+}
+
+/// The 64-bit key of a stream: the core of its owner node that holds it is this modulo the
+/// node's cores.
+pub fn stream_key(system: &str, group: &str) -> u64 {
+    name_hash(system) ^ mix64(name_hash(group).wrapping_add(1))
 }
 
 /// A bijective 64-bit mixer (the splitmix64 finalizer): the stats hash, and the messageIds.

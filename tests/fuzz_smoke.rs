@@ -530,6 +530,28 @@ fn node_frame_seeds() -> Seeds {
                     group: "g".into(),
                     user_id: "u".into(),
                     extend: "e".into(),
+                    resume: None,
+                },
+            },
+        ),
+        (
+            "history_push",
+            Frame::Request {
+                id: 20,
+                op: RemoteOp::HistoryPush {
+                    system: "app1".into(),
+                    group: "g".into(),
+                    history: wspush::types::HistoryOpts {
+                        size: 10,
+                        ttl_seconds: 60,
+                    },
+                    push: wspush::types::HistoryPush {
+                        message_id: "0123456789abcdef".into(),
+                        send_user_id: "u".into(),
+                        code: 7,
+                        msg: "m".into(),
+                        data: r#"{"a":1}"#.into(),
+                    },
                 },
             },
         ),

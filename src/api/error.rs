@@ -169,6 +169,8 @@ pub enum Data {
     Presence(Vec<crate::cluster::proto::Member>),
     /// `{"clients":N,"groups":N,"users":N}`
     Stats(crate::types::SystemStats),
+    /// JSON written by the route (get_group_history, a bind with `since`).
+    Raw(Vec<u8>),
 }
 
 /// What a push route answers (issue 12: code 0 alone said nothing about what was delivered).
@@ -258,6 +260,7 @@ pub fn envelope(result: &Result<Data, ApiError>) -> Vec<u8> {
                     }
                     out.extend_from_slice(b"]}");
                 }
+                Data::Raw(json) => out.extend_from_slice(json),
                 Data::Stats(s) => out.extend_from_slice(
                     format!(
                         "{{\"clients\":{},\"groups\":{},\"users\":{}}}",

@@ -6,6 +6,7 @@
 //! core, or, in cluster mode, another node).
 
 pub mod error;
+pub mod history;
 pub mod request;
 
 use crate::auth;
@@ -20,8 +21,8 @@ use crate::types::SystemInfo;
 use crate::ws::message;
 use error::{ApiError, Data, Pushed};
 use request::{
-    decode, required, Bind, ByClient, ByGroup, NoFields, Push, PushFields, PushToClients, Register,
-    SendToGroup, SendToUser, Unbind,
+    decode, required, Bind, ByClient, ByGroup, GetGroupHistory, NoFields, Push, PushFields,
+    PushToClients, Register, SendToGroup, SendToUser, Unbind,
 };
 use std::rc::Rc;
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub enum Route {
     SendToUser,
     GetGroupPresence,
     GetSystemStats,
+    GetGroupHistory,
 }
 
 /// The URL table.
@@ -60,6 +62,7 @@ pub fn route(path: &str) -> Option<Route> {
         "/api/send_to_user" => Route::SendToUser,
         "/api/get_group_presence" => Route::GetGroupPresence,
         "/api/get_system_stats" => Route::GetSystemStats,
+        "/api/get_group_history" => Route::GetGroupHistory,
         _ => return None,
     })
 }
@@ -113,7 +116,8 @@ pub async fn handle(
         // An empty webhookUrl is "none" (SDKs send "" for unset options); an empty secret is an
         // error instead, since its sender believes the system is protected.
         let webhook_url = req.webhook_url.as_deref().filter(|u| !u.is_empty());
-        let info = register_options(&shard.config, req.secret.as_deref(), webhook_url)?;
+        let mut info = register_options(&shard.config, req.secret.as_deref(), webhook_url)?;
+        info.history = history::register_history(&shard.config, req.history)?;
         return match router.register(Arc::from(&*system), Arc::new(info)).await {
             Ok(true) => Ok(Data::EmptyList),
             Ok(false) => Err(ApiError::AlreadyRegistered(system.into_owned())),
@@ -216,11 +220,21 @@ pub async fn handle(
             name("groupName", &group, limits)?;
             req.fields.check(limits)?;
             let message_id = shard.message_id();
-            let frame = req.fields.frame(&message_id);
             let group = Arc::from(&*group);
-            let fanout = router
-                .push_group(system, group, frame, "send_to_group")
-                .await;
+            let fanout = match info.history {
+                // The stream's owner builds the frame, once it knows the offset.
+                Some(history) => {
+                    let push = req.fields.history_push(&message_id);
+                    let pushed = router.push_group_history(system, group, history, push);
+                    pushed.await.map_err(|e| ApiError::Peer(e.to_string()))?
+                }
+                None => {
+                    let frame = req.fields.frame(&message_id);
+                    router
+                        .push_group(system, group, frame, "send_to_group")
+                        .await
+                }
+            };
             Ok(pushed(message_id, fanout, false))
         }
         Route::BindToGroup => {
@@ -236,20 +250,32 @@ pub async fn handle(
                 limits.max_extend_bytes,
                 "MaxExtendBytes",
             )?;
-            clients::bind(
-                router,
-                system,
-                &client_id,
-                Arc::from(&*group),
+            let resume = match history::since("since", req.since)? {
+                Some(since) => Some(crate::types::Resume {
+                    since,
+                    history: history::needs_history(&info, &system, "since")?,
+                }),
+                None => None,
+            };
+            let user = (
                 req.user_id.map(|s| s.into_owned()).unwrap_or_default(),
                 req.extend.map(|s| s.into_owned()).unwrap_or_default(),
-            )
-            .await
-            .map_err(|e| match e {
-                BindError::Refused(why) => ApiError::Limit(why.to_string()),
-                unreachable @ BindError::Unreachable(_) => ApiError::Peer(unreachable.to_string()),
-            })?;
-            Ok(Data::EmptyList)
+            );
+            let with_since = resume.is_some();
+            let bound = clients::bind(router, system, &client_id, Arc::from(&*group), user, resume)
+                .await
+                .map_err(|e| match e {
+                    BindError::Refused(why) => ApiError::Limit(why.to_string()),
+                    unreachable @ BindError::Unreachable(_) => {
+                        ApiError::Peer(unreachable.to_string())
+                    }
+                })?;
+            Ok(match bound.recovered {
+                Some(recovered) => history::recovered_json(recovered),
+                // An unknown client recovers nothing.
+                None if with_since => history::recovered_json(false),
+                None => Data::EmptyList,
+            })
         }
         Route::GetOnlineList => {
             let req: ByGroup = decode(body)?;
@@ -314,6 +340,13 @@ pub async fn handle(
             let _: NoFields = decode(body)?;
             Ok(Data::Stats(router.system_stats(system).await))
         }
+        Route::GetGroupHistory => {
+            let req: GetGroupHistory = decode(body)?;
+            if let Some(group) = &req.group_name {
+                name("groupName", group, limits)?;
+            }
+            history::get_group_history(router, system, &info, req).await
+        }
     }
 }
 
@@ -367,6 +400,7 @@ fn register_options(
     Ok(SystemInfo {
         secret: secret.map(str::to_string),
         webhook_url: webhook_url.map(str::to_string),
+        history: None,
     })
 }
 
@@ -399,6 +433,17 @@ impl request::PushFields<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The fields of a push the owner of a group's stream builds the frame of (history).
+    fn history_push(&self, message_id: &str) -> crate::types::HistoryPush {
+        crate::types::HistoryPush {
+            message_id: message_id.to_string(),
+            send_user_id: self.send_user_id.as_deref().unwrap_or("").to_string(),
+            code: self.code.unwrap_or(0),
+            msg: self.msg.as_deref().unwrap_or("").to_string(),
+            data: self.data.map_or("\"\"", |raw| raw.get()).to_string(),
+        }
     }
 
     /// The pushed frame, built once for every recipient.

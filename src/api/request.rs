@@ -81,6 +81,39 @@ pub struct Register<'a> {
     /// Issue 7: where this system's connection events are POSTed.
     #[serde(default, borrow)]
     pub webhook_url: Option<Cow<'a, str>>,
+    /// Issue 15: group history for the system (docs/history.md).
+    #[serde(default)]
+    pub history: Option<HistoryRequest>,
+}
+
+/// register's `history`: `{"size": N, "ttlSeconds": T}` (T defaults to HistoryTtl).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryRequest {
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A stream position a caller sends back: `{"offset": N, "epoch": "..."}`.
+#[derive(Deserialize)]
+pub struct Since {
+    #[serde(default)]
+    pub offset: Option<u64>,
+    #[serde(default)]
+    pub epoch: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetGroupHistory<'a> {
+    #[serde(default, borrow)]
+    pub group_name: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub since: Option<Since>,
+    #[serde(default)]
+    pub limit: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +127,9 @@ pub struct Bind<'a> {
     pub user_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub extend: Option<Cow<'a, str>>,
+    /// Issue 15: replay the pushes missed since this position first.
+    #[serde(default)]
+    pub since: Option<Since>,
 }
 
 #[derive(Deserialize)]

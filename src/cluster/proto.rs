@@ -9,12 +9,13 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 /// The plain data the ops carry, defined with the rest of the shared types.
-pub use crate::types::{Member, StatsPart, Target};
+pub use crate::types::{HistoryOpts, HistoryPush, Member, Resume, StatsPart, StreamPos, Target};
 
 /// Bumped whenever [`Frame`] or the link handshake changes shape; a peer speaking another
 /// version is refused (in the handshake, and again on every frame). 4: the handshake
-/// (`cluster::handshake`) and the `Membership` op.
-pub const PROTO_VERSION: u16 = 4;
+/// (`cluster::handshake`) and the `Membership` op. 5: group history (`HistoryPush`,
+/// `HistoryRead`, `Bind.resume`).
+pub const PROTO_VERSION: u16 = 5;
 /// Largest frame accepted (a send_to_clients of many ids with a large `data` fits easily).
 pub const MAX_FRAME: usize = 16 << 20;
 const PREFIX: usize = 4 + 2;
@@ -36,6 +37,24 @@ pub enum RemoteOp {
         group: String,
         user_id: String,
         extend: String,
+        /// bind_to_group's `since`: replay the missed pushes first.
+        resume: Option<Resume>,
+    },
+    /// send_to_group of a system with history, to the owner of the group's stream: it gives
+    /// the push its offset, keeps it and sends it to the group on every node.
+    HistoryPush {
+        system: String,
+        group: String,
+        history: HistoryOpts,
+        push: HistoryPush,
+    },
+    /// The position and kept pushes of a group's stream, asked of its owner.
+    HistoryRead {
+        system: String,
+        group: String,
+        history: HistoryOpts,
+        since: Option<StreamPos>,
+        limit: u32,
     },
     /// Queue `frame` to the receiver's members of the group.
     GroupPush {
@@ -89,6 +108,22 @@ pub enum RemoteReply {
         established: bool,
         lists_you: bool,
     },
+    /// Answer to `HistoryRead`.
+    History {
+        epoch: String,
+        offset: u64,
+        recovered: bool,
+        frames: Vec<HistoryFrame>,
+    },
+    /// Answer to a `Bind` with `resume`.
+    Recovered(bool),
+}
+
+/// One kept push of a stream: its offset and its complete WebSocket frame.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HistoryFrame {
+    pub offset: u64,
+    pub frame: Vec<u8>,
 }
 
 impl RemoteReply {
@@ -195,6 +230,41 @@ mod tests {
                     group: "g".into(),
                     user_id: "u".into(),
                     extend: "e".repeat(300),
+                    resume: Some(Resume {
+                        since: StreamPos {
+                            offset: 7,
+                            epoch: "0123456789abcdef".into(),
+                        },
+                        history: HistoryOpts {
+                            size: 10,
+                            ttl_seconds: 60,
+                        },
+                    }),
+                },
+            },
+            Frame::Request {
+                id: 20,
+                op: RemoteOp::HistoryRead {
+                    system: "s".into(),
+                    group: "g".into(),
+                    history: HistoryOpts {
+                        size: 10,
+                        ttl_seconds: 60,
+                    },
+                    since: None,
+                    limit: 5,
+                },
+            },
+            Frame::Response {
+                id: 21,
+                reply: RemoteReply::History {
+                    epoch: "e".into(),
+                    offset: 3,
+                    recovered: true,
+                    frames: vec![HistoryFrame {
+                        offset: 3,
+                        frame: b"\x81\x02hi".to_vec(),
+                    }],
                 },
             },
             Frame::Request {

@@ -102,6 +102,18 @@ impl Config {
                 problems.push(err(key, "must be greater than 0"));
             }
         }
+        if self.history_size > 0 && self.history_ttl.is_zero() {
+            problems.push(err(
+                "wspush.HistoryTtl",
+                "must be at least 1 second when HistorySize is set",
+            ));
+        }
+        if self.history_size > 0 && self.history_max_bytes == 0 {
+            problems.push(err(
+                "wspush.HistoryMaxBytes",
+                "must be greater than 0 when HistorySize is set",
+            ));
+        }
         if self.webhook_timeout.is_zero() {
             problems.push(err("wspush.WebhookTimeoutMs", "must be at least 1 ms"));
         }

@@ -130,6 +130,17 @@ pub struct Config {
     /// `[[1]]` 2); deeper answers code -1. `data` is relayed as received, and a client with a
     /// recursive JSON parser (most of them) overflows its stack on 100,000 levels.
     pub max_json_depth: usize,
+    /// `[wspush] HistorySize`, default 0 (history off on this node): the most pushes one group
+    /// stream keeps for recovery (docs/history.md). A system registered with a `history` asks
+    /// for its own size, clamped to this; 0 refuses such registers here, and a stream this
+    /// node owns keeps nothing.
+    pub history_size: usize,
+    /// `[wspush] HistoryTtl`, default 300 s: the longest a stream keeps a push; a system's
+    /// `ttlSeconds` is clamped to it.
+    pub history_ttl: Duration,
+    /// `[wspush] HistoryMaxBytes`, default 1 MiB: the most frame bytes one stream keeps; the
+    /// oldest pushes go first past it.
+    pub history_max_bytes: usize,
     /// `[wspush] WebhookQueue`, default 65536: webhook events the cores may have queued for the
     /// webhook thread (about 64 bytes a slot, allocated by the first event). One more is dropped,
     /// counted and logged (at most one line a second): a core never waits for webhooks.
@@ -273,6 +284,9 @@ impl Default for Config {
             max_extend_bytes: 4096,
             max_msg_bytes: 64 << 10,
             max_json_depth: 64,
+            history_size: 0,
+            history_ttl: Duration::from_secs(300),
+            history_max_bytes: 1 << 20,
             webhook_queue: 65_536,
             webhook_buffer: 10_000,
             webhook_workers: 4,
@@ -429,6 +443,9 @@ impl Config {
             ("wspush.MaxExtendBytes", self.max_extend_bytes.to_string()),
             ("wspush.MaxMsgBytes", self.max_msg_bytes.to_string()),
             ("wspush.MaxJsonDepth", self.max_json_depth.to_string()),
+            ("wspush.HistorySize", self.history_size.to_string()),
+            ("wspush.HistoryTtl", secs(self.history_ttl)),
+            ("wspush.HistoryMaxBytes", self.history_max_bytes.to_string()),
             ("wspush.WebhookQueue", self.webhook_queue.to_string()),
             ("wspush.WebhookBuffer", self.webhook_buffer.to_string()),
             ("wspush.WebhookWorkers", self.webhook_workers.to_string()),

@@ -300,3 +300,36 @@ fn advertise_host_and_rpc_bind_take_an_address_or_a_host_name() {
     let e = Config::parse("[wspush]\nAdvertiseHost = no-such-host.invalid\n").unwrap_err();
     assert!(e.problem.contains("cannot resolve"), "{e}");
 }
+
+#[test]
+fn issue_15_history_is_off_by_default_and_checked_when_on() {
+    let c = Config::default();
+    assert_eq!(
+        (c.history_size, c.history_ttl, c.history_max_bytes),
+        (0, Duration::from_secs(300), 1 << 20)
+    );
+    c.validate().unwrap();
+    let c = Config::parse("[wspush]\nHistorySize = 50\nHistoryTtl = 9\nHistoryMaxBytes = 4000\n")
+        .unwrap();
+    assert_eq!(
+        (c.history_size, c.history_ttl, c.history_max_bytes),
+        (50, Duration::from_secs(9), 4000)
+    );
+    c.validate().unwrap();
+    let shown: Vec<_> = c.values().into_iter().map(|(k, _)| k).collect();
+    for key in ["HistorySize", "HistoryTtl", "HistoryMaxBytes"] {
+        assert!(shown.contains(&&*format!("wspush.{key}")), "{key}");
+    }
+    // Off, the other two may be anything; on, neither may be 0.
+    Config::parse("[wspush]\nHistoryTtl = 0\nHistoryMaxBytes = 0\n")
+        .unwrap()
+        .validate()
+        .unwrap();
+    for key in ["HistoryTtl", "HistoryMaxBytes"] {
+        let e = Config::parse(&format!("[wspush]\nHistorySize = 5\n{key} = 0\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, format!("wspush.{key}"));
+    }
+}

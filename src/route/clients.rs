@@ -5,7 +5,7 @@ use super::Router;
 use crate::cluster::proto::{RemoteOp, RemoteReply};
 use crate::ids::ClientAddr;
 use crate::shard::inbox::{Op, Refusal, Reply};
-use crate::types::Target as RemoteTarget;
+use crate::types::{Resume, Target as RemoteTarget};
 use crate::ws::frame::SharedFrame;
 use futures_util::future::join_all;
 use std::collections::HashMap;
@@ -121,6 +121,8 @@ pub async fn deliver<'a>(
 enum Found {
     /// It ran: whether the client was there (and, for bind, was bound).
     Ran(bool),
+    /// A bind with `since` bound the client: whether its missed pushes were replayed.
+    Recovered(bool),
     /// The client was found but a limit refused the op.
     Refused(Refusal),
     /// The client's node is a peer that did not answer (or could not run the op): nothing is
@@ -144,6 +146,7 @@ async fn on_client(
             generation,
         } => match route.call(core, local(slot, generation)).await {
             Reply::Refused(why) => Found::Refused(why),
+            Reply::Recovered(recovered) => Found::Recovered(recovered),
             reply => Found::Ran(reply.found()),
         },
         Target::Node { addr, target } => {
@@ -157,6 +160,7 @@ async fn on_client(
             match cluster.call(addr, remote(target)).await {
                 Ok(RemoteReply::Done(found)) => Found::Ran(found),
                 Ok(RemoteReply::Refused(why)) => Found::Refused(Refusal::Peer(why)),
+                Ok(RemoteReply::Recovered(recovered)) => Found::Recovered(recovered),
                 Ok(RemoteReply::Failed(why)) => unreachable(&why),
                 Ok(_) => Found::Ran(false),
                 Err(e) => unreachable(&e),
@@ -177,22 +181,33 @@ pub enum BindError {
     Unreachable(String),
 }
 
+/// What a bind_to_group did: whether the client was found and bound, and with `since`
+/// whether its missed pushes were replayed (`None` without `since`, or for an unknown client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub bound: bool,
+    pub recovered: Option<bool>,
+}
+
 /// bind_to_group where the client lives. `Err` when a limit refused it, or when the client's
 /// node did not answer (issue 12: answering code 0 would tell the caller a bind happened that
-/// nobody confirmed; an unknown client stays code 0, as in the original).
+/// nobody confirmed; an unknown client stays code 0, as in the original). With `resume`, the
+/// client first gets the pushes it missed (`Router::recover`).
 pub async fn bind(
     route: &Rc<Router>,
     system: Arc<str>,
     client_id: &str,
     group: Arc<str>,
-    user_id: String,
-    extend: String,
-) -> Result<bool, BindError> {
-    let (s, g, u, e) = (
+    user: (String, String),
+    resume: Option<Resume>,
+) -> Result<Bound, BindError> {
+    let (user_id, extend) = user;
+    let (s, g, u, e, r) = (
         system.to_string(),
         group.to_string(),
         user_id.clone(),
         extend.clone(),
+        resume.clone(),
     );
     let found = on_client(
         route,
@@ -205,6 +220,7 @@ pub async fn bind(
             group,
             user_id,
             extend,
+            resume: resume.map(Box::new),
         },
         |target| RemoteOp::Bind {
             target,
@@ -212,11 +228,19 @@ pub async fn bind(
             group: g,
             user_id: u,
             extend: e,
+            resume: r,
         },
     )
     .await;
     match found {
-        Found::Ran(bound) => Ok(bound),
+        Found::Ran(bound) => Ok(Bound {
+            bound,
+            recovered: None,
+        }),
+        Found::Recovered(recovered) => Ok(Bound {
+            bound: true,
+            recovered: Some(recovered),
+        }),
         Found::Refused(why) => Err(BindError::Refused(why)),
         Found::Unreachable(why) => Err(BindError::Unreachable(why)),
     }
@@ -241,6 +265,7 @@ pub async fn close(route: &Rc<Router>, system: Arc<str>, client_id: &str) -> Res
     .await;
     match found {
         Found::Ran(closed) => Ok(closed),
+        Found::Recovered(_) => Ok(true),
         Found::Refused(why) => Err(why),
         Found::Unreachable(_) => Ok(false),
     }

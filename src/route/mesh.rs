@@ -86,7 +86,17 @@ impl Router {
             Op::Stats { system } => Reply::Stats(shard.stats_local(&system)),
             Op::Metrics { detail } => Reply::Metrics(Box::new(self.metrics_snapshot(detail))),
             Op::GiveUpClients => Reply::Count(shard.give_up_clients()),
-            op @ (Op::Bind { .. } | Op::Register { .. } | Op::Unbind { .. }) => return Err(op),
+            Op::HistoryRead {
+                system,
+                group,
+                history,
+                since,
+                limit,
+            } => Reply::History(self.read_here(&system, &group, &history, since.as_ref(), limit)),
+            op @ (Op::Bind { .. }
+            | Op::Register { .. }
+            | Op::Unbind { .. }
+            | Op::HistoryPush { .. }) => return Err(op),
         })
     }
 
@@ -102,6 +112,7 @@ impl Router {
                 group,
                 user_id,
                 extend,
+                resume,
             } => {
                 let (conn, first) =
                     match shard.bind_local(slot, generation, &system, &group, user_id, extend) {
@@ -109,14 +120,30 @@ impl Router {
                         Ok(None) => return Reply::Done(false),
                         Err(why) => return Reply::Refused(why),
                     };
+                // In the bind's own step: no push of the group can reach the client unseen.
+                if resume.is_some() {
+                    shard.begin_recovery(&conn, &group);
+                }
                 if first {
                     shard.webhook_event(crate::webhook::Kind::Bind, &conn, &group);
                     let data = conn.member_event_data();
-                    self.announce(&conn, group, MemberEvent::Online, &data)
+                    self.announce(&conn, group.clone(), MemberEvent::Online, &data)
                         .await;
                 }
-                Reply::Done(true)
+                match resume {
+                    Some(r) => {
+                        let recovered = self.recover(&conn, system, group, r.history, r.since);
+                        Reply::Recovered(recovered.await)
+                    }
+                    None => Reply::Done(true),
+                }
             }
+            Op::HistoryPush {
+                system,
+                group,
+                history,
+                push,
+            } => Reply::Count(self.append_here(system, group, history, push).await),
             Op::Unbind {
                 slot,
                 generation,

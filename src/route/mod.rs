@@ -11,10 +11,13 @@
 //! - An operation on one client runs where its clientId points ([`clients`]).
 //! - An operation a peer asked of this node is turned into the same [`Op`] and run on this
 //!   node's cores only ([`remote`]).
+//! - A send_to_group of a system with history, and reads of a group's history, go to the
+//!   one core of one node that owns the group's stream ([`history`]).
 //! - Registering and looking up systems, and telling a group about a member's comings and
 //!   goings, go through here too ([`systems`], [`Router::announce`]).
 
 pub mod clients;
+pub mod history;
 pub mod mesh;
 pub mod remote;
 pub mod systems;
@@ -105,6 +108,20 @@ fn from_remote(reply: RemoteReply) -> Reply {
         RemoteReply::Refused(why) => Reply::Refused(Refusal::Peer(why)),
         RemoteReply::Members(members) => Reply::Members(members),
         RemoteReply::Stats(part) => Reply::Stats(part),
+        RemoteReply::History {
+            epoch,
+            offset,
+            recovered,
+            frames,
+        } => Reply::History(crate::shard::history::Read {
+            epoch: Arc::from(epoch),
+            offset,
+            recovered,
+            frames: (frames.into_iter())
+                .map(|f| (f.offset, Arc::from(f.frame)))
+                .collect(),
+        }),
+        RemoteReply::Recovered(recovered) => Reply::Recovered(recovered),
         RemoteReply::Failed(_) | RemoteReply::Membership { .. } => Reply::Done(false),
     }
 }

@@ -82,6 +82,36 @@ fn local_op(op: RemoteOp, nr_cores: usize) -> Local {
             system: Arc::from(system),
         }),
         RemoteOp::Membership => Local::Membership,
+        RemoteOp::HistoryPush {
+            system,
+            group,
+            history,
+            push,
+        } => Local::Core(
+            super::history::stream_core(&system, &group, nr_cores),
+            Op::HistoryPush {
+                system: Arc::from(system),
+                group: Arc::from(group),
+                history,
+                push: Box::new(push),
+            },
+        ),
+        RemoteOp::HistoryRead {
+            system,
+            group,
+            history,
+            since,
+            limit,
+        } => Local::Core(
+            super::history::stream_core(&system, &group, nr_cores),
+            Op::HistoryRead {
+                system: Arc::from(system),
+                group: Arc::from(group),
+                history,
+                since,
+                limit: limit as usize,
+            },
+        ),
         RemoteOp::Bind { target, .. }
         | RemoteOp::Close { target, .. }
         | RemoteOp::IsOnline { target, .. }
@@ -96,6 +126,7 @@ fn local_op(op: RemoteOp, nr_cores: usize) -> Local {
             group,
             user_id,
             extend,
+            resume,
         } => Local::Core(
             target.core as usize,
             Op::Bind {
@@ -105,6 +136,7 @@ fn local_op(op: RemoteOp, nr_cores: usize) -> Local {
                 group: Arc::from(group),
                 user_id,
                 extend,
+                resume: resume.map(Box::new),
             },
         ),
         RemoteOp::Close { target, system } => Local::Core(
@@ -153,6 +185,8 @@ fn to_remote(reply: Reply) -> RemoteReply {
             RemoteReply::Stats(part)
         }
         Reply::Refused(why) => RemoteReply::Refused(why.to_string()),
+        Reply::History(read) => super::history::read_to_remote(read),
+        Reply::Recovered(recovered) => RemoteReply::Recovered(recovered),
         reply => RemoteReply::Done(reply.found()),
     }
 }

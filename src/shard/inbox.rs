@@ -1,7 +1,7 @@
 //! Messages between cores. Only owned, `Send` values cross: strings as `Arc<str>`, frames as the
 //! shared `Arc<[u8]>` built once by the core that received the API request.
 
-use crate::types::{Member, StatsPart, SystemInfo};
+use crate::types::{HistoryOpts, Member, Resume, StatsPart, StreamPos, SystemInfo};
 use crate::ws::frame::SharedFrame;
 use std::sync::Arc;
 
@@ -21,6 +21,7 @@ pub enum Op {
         frame: SharedFrame,
     },
     /// Set user data and add the client to a group; 1001 to the group on the first bind.
+    /// With `resume`, the client first gets the pushes it missed (answers `Recovered`).
     Bind {
         slot: u32,
         generation: u32,
@@ -28,6 +29,23 @@ pub enum Op {
         group: Arc<str>,
         user_id: String,
         extend: String,
+        resume: Option<Box<Resume>>,
+    },
+    /// To the core that owns the group's stream: give the push its offset, keep it, and send
+    /// it to the group everywhere (answers the `Count` reached).
+    HistoryPush {
+        system: Arc<str>,
+        group: Arc<str>,
+        history: HistoryOpts,
+        push: Box<HistoryPush>,
+    },
+    /// To the core that owns the group's stream: its position and kept pushes after `since`.
+    HistoryRead {
+        system: Arc<str>,
+        group: Arc<str>,
+        history: HistoryOpts,
+        since: Option<StreamPos>,
+        limit: usize,
     },
     /// Queue `frame` to this core's members of the group.
     GroupPush {
@@ -90,6 +108,9 @@ pub enum Op {
     },
 }
 
+/// The fields of a send_to_group whose frame the stream's owner builds, with the offset.
+pub use crate::types::HistoryPush;
+
 /// Why a core (or a peer node) refused an op whose target it found: a configured limit. The
 /// text is what the API caller reads.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,13 +138,17 @@ pub enum Reply {
     Metrics(Box<crate::counters::CoreSnapshot>),
     /// The client was found but a limit refused the op.
     Refused(Refusal),
+    /// A stream's position and kept pushes.
+    History(crate::shard::history::Read),
+    /// A bind with `since` bound the client; whether its missed pushes could be replayed.
+    Recovered(bool),
     /// The core could not be reached (shutting down).
     Unreachable,
 }
 
 impl Reply {
     pub fn found(&self) -> bool {
-        matches!(self, Reply::Done(true))
+        matches!(self, Reply::Done(true) | Reply::Recovered(_))
     }
 
     /// The `Count`, or 0 for any other answer.

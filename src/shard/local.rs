@@ -4,11 +4,14 @@
 //! [`super::outbound`].
 
 use super::conn::Conn;
+use super::history::Bounds;
 use super::inbox::Refusal;
 use super::Shard;
 use crate::types::{Member, StatsPart};
 use crate::ws::frame::{self, SharedFrame};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 impl Shard {
     /// Removes a connection from every index; returns the groups it was in.
@@ -59,11 +62,12 @@ impl Shard {
     }
 
     pub fn group_push_local(self: &Rc<Self>, system: &str, group: &str, f: &SharedFrame) -> usize {
-        let members = self.index.borrow().members(system, group);
+        let mut members = self.index.borrow().members(system, group);
         if members.is_empty() {
             return 0;
         }
-        self.push_to(&members, f)
+        let held = self.recovering.borrow_mut().hold(&mut members, group, f);
+        held + self.push_to(&members, f)
     }
 
     pub fn online_list_local(&self, system: &str, group: &str) -> Vec<String> {
@@ -187,6 +191,53 @@ impl Shard {
         let mut info = conn.info.borrow_mut();
         info.get_or_insert_with(Box::default).groups.push(group);
         Ok(Some((conn.clone(), true)))
+    }
+
+    /// The bounds of a stream of a system with `history` on this node, which clamps them.
+    pub fn history_bounds(&self, history: &crate::types::HistoryOpts) -> Bounds {
+        let config = &self.config;
+        Bounds {
+            size: (history.size as usize).min(config.history_size),
+            ttl: Duration::from_secs(history.ttl_seconds as u64).min(config.history_ttl),
+            max_bytes: config.history_max_bytes,
+        }
+    }
+
+    /// From now until [`Self::end_recovery`], pushes of `group` to `conn` are held back
+    /// rather than queued: the client must get its missed pushes first. Called in the same
+    /// step as the bind, so no push can slip between the two.
+    pub fn begin_recovery(&self, conn: &Conn, group: &Arc<str>) {
+        self.recovering.borrow_mut().begin(conn, group);
+    }
+
+    /// Queues the missed pushes of `replay`, a read of the stream (oldest first; `None` when
+    /// the position could not be recovered), then the held-back live pushes that are not among
+    /// them: those past `after` (the last offset the client has, replay included) or of
+    /// another epoch, and those without one (member events). No duplicate, no gap; and for a
+    /// while (`history::FLOOR_TTL`) late live pushes up to `after` are dropped too.
+    pub fn end_recovery(
+        self: &Rc<Self>,
+        conn: &Rc<Conn>,
+        group: &Arc<str>,
+        replay: Option<super::history::Read>,
+        mut after: u64,
+    ) {
+        let epoch = replay.as_ref().map(|read| read.epoch.clone());
+        for (offset, frame) in replay.into_iter().flat_map(|read| read.frames) {
+            after = after.max(offset);
+            self.enqueue(conn, frame);
+        }
+        let floor = epoch.clone().map(|epoch| (after, epoch));
+        let held = self.recovering.borrow_mut().end(conn, group, floor);
+        for frame in held {
+            let dup = match (crate::ws::message::frame_position(&frame), &epoch) {
+                (Some((offset, e)), Some(epoch)) => offset <= after && e == epoch.as_bytes(),
+                _ => false,
+            };
+            if !dup {
+                self.enqueue(conn, frame);
+            }
+        }
     }
 }
 
@@ -349,6 +400,46 @@ mod tests {
                 !shard.close_local(c[0].slot, c[0].generation, "other"),
                 "isolation"
             );
+        });
+    }
+
+    #[test]
+    fn a_recovery_holds_live_pushes_and_drops_those_the_replay_gave() {
+        use crate::shard::history::Read;
+        use crate::ws::message::push_frame_at;
+        let at = |offset, epoch| push_frame_at("m", "", 0, "", "1", offset, epoch);
+        with_shard(|shard| async move {
+            let c = conns(&shard, "sys", 2).await;
+            bind(&shard, &c[0], "room", "u");
+            bind(&shard, &c[1], "room", "v");
+            let group: Arc<str> = Arc::from("room");
+            shard.begin_recovery(&c[0], &group);
+            for f in [at(3, "e"), at(5, "e"), frame()] {
+                assert_eq!(shard.group_push_local("sys", "room", &f), 2);
+            }
+            let queued = |i: usize| c[i].out.borrow().len();
+            assert_eq!(
+                (queued(0), queued(1)),
+                (0, 3),
+                "held for the recovering one only"
+            );
+            let read = Read {
+                epoch: Arc::from("e"),
+                offset: 5,
+                recovered: true,
+                frames: vec![(3, at(3, "e")), (4, at(4, "e")), (5, at(5, "e"))],
+            };
+            shard.end_recovery(&c[0], &group, Some(read), 2);
+            assert_eq!(
+                queued(0),
+                4,
+                "3, 4, 5 replayed, the held 3 and 5 dropped, the event kept"
+            );
+            // A late live push it has is dropped; another epoch's, or a newer one, is not.
+            for (f, want) in [(at(4, "e"), 4), (at(4, "other"), 5), (at(6, "e"), 6)] {
+                shard.group_push_local("sys", "room", &f);
+                assert_eq!(queued(0), want);
+            }
         });
     }
 }

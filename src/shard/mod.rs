@@ -8,11 +8,13 @@
 //! - [`index`]: the systems, groups and users index, and the `*_local` operations on it;
 //! - [`outbound`]: the per-connection queues, the flush window, slow consumers, heartbeat;
 //! - [`systems`]: the registered systems and their secrets;
+//! - [`history`]: the group streams this core owns, and the recoveries under way here;
 //! - [`registry`]: the slots that clientIds point at; [`conn`]: one connection.
 //!
 //! Ownership contract: a `RefCell` borrow in this module never spans an `.await`.
 
 pub mod conn;
+pub mod history;
 pub mod inbox;
 pub mod index;
 mod local;
@@ -81,6 +83,10 @@ pub struct Shard {
     ping: SharedFrame,
     /// This core's counters, summed over the cores only when `/metrics` is scraped.
     pub metrics: crate::counters::CoreMetrics,
+    /// The group streams (history) this core owns.
+    pub history: RefCell<history::Streams>,
+    /// Group pushes held back for connections recovering that group: see [`history`].
+    pub(crate) recovering: RefCell<history::Recovering>,
 }
 
 impl Shard {
@@ -110,6 +116,8 @@ impl Shard {
             unknown_lookups: Cell::new((Instant::now(), 0)),
             ping: frame::ping(),
             metrics: Default::default(),
+            history: RefCell::default(),
+            recovering: RefCell::default(),
         }
     }
 
@@ -241,6 +249,9 @@ impl Shard {
         s.http_connections = self.http_conns.get() as u64;
         s.http_buffer_bytes = self.http_buffer_bytes.get() as u64;
         s.registered_systems = self.registered.borrow().len() as u64;
+        let (streams, messages, bytes) = self.history.borrow().sizes();
+        (s.history_streams, s.history_messages) = (streams as u64, messages as u64);
+        s.history_bytes = bytes as u64;
         if detail {
             s.systems = (self.index.borrow().systems())
                 .map(|(name, state)| SystemSnapshot {

@@ -21,15 +21,40 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
 
 /// One pushed message as a complete text frame, built once for all its recipients.
 /// `data` must be valid JSON (it comes from a parsed request or from [`member_event_data`]).
-///
-/// The fields before `data` are written to a small buffer first, so the frame's length is known
-/// and header, fields and `data` go into one allocation of the exact size.
 pub fn push_frame(
     message_id: &str,
     send_user_id: &str,
     code: i64,
     msg: &str,
     data: &str,
+) -> SharedFrame {
+    frame_with(message_id, send_user_id, code, msg, data, None)
+}
+
+/// A push of a group with history (docs/history.md): [`push_frame`]'s fields, then
+/// `"offset":N,"epoch":"..."` as the last two, which [`frame_offset`] reads back.
+pub fn push_frame_at(
+    message_id: &str,
+    send_user_id: &str,
+    code: i64,
+    msg: &str,
+    data: &str,
+    offset: u64,
+    epoch: &str,
+) -> SharedFrame {
+    let position = (offset, epoch);
+    frame_with(message_id, send_user_id, code, msg, data, Some(position))
+}
+
+/// The fields before `data` are written to a small buffer first, so the frame's length is known
+/// and header, fields and `data` go into one allocation of the exact size.
+fn frame_with(
+    message_id: &str,
+    send_user_id: &str,
+    code: i64,
+    msg: &str,
+    data: &str,
+    position: Option<(u64, &str)>,
 ) -> SharedFrame {
     let mut head = Vec::with_capacity(64 + message_id.len() + send_user_id.len() + msg.len());
     head.extend_from_slice(b"{\"messageId\":");
@@ -41,13 +66,61 @@ pub fn push_frame(
     head.extend_from_slice(b",\"msg\":");
     write_json_str(&mut head, msg);
     head.extend_from_slice(b",\"data\":");
-    let json_len = head.len() + data.len() + 1;
+    // Empty (no allocation) for the pushes without history.
+    let mut tail = Vec::new();
+    if let Some((offset, epoch)) = position {
+        tail.extend_from_slice(b",\"offset\":");
+        tail.extend_from_slice(itoa::Buffer::new().format(offset).as_bytes());
+        tail.extend_from_slice(b",\"epoch\":");
+        write_json_str(&mut tail, epoch);
+    }
+    let json_len = head.len() + data.len() + tail.len() + 1;
     let mut out = Vec::with_capacity(frame::text_header_len(json_len) + json_len);
     frame::text_header(json_len, &mut out);
     out.extend_from_slice(&head);
     out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(&tail);
     out.push(b'}');
     out.into()
+}
+
+/// The offset and epoch of a frame built by [`push_frame_at`]; `None` for any other frame. It
+/// reads the last two fields only, so whatever `data` holds cannot fool it: inside `data` a
+/// quote is either structure before these fields or escaped.
+pub fn frame_position(frame: &[u8]) -> Option<(u64, &[u8])> {
+    const EPOCH: &[u8] = b",\"epoch\":\"";
+    const OFFSET: &[u8] = b",\"offset\":";
+    let body = frame.strip_suffix(b"\"}")?;
+    let at = body.windows(EPOCH.len()).rposition(|w| w == EPOCH)?;
+    let epoch = &body[at + EPOCH.len()..];
+    if !epoch.iter().all(u8::is_ascii_alphanumeric) {
+        return None;
+    }
+    let digits = (body[..at].iter().rev())
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let start = at - digits;
+    if digits == 0 || !body[..start].ends_with(OFFSET) {
+        return None;
+    }
+    let offset = std::str::from_utf8(&body[start..at]).ok()?.parse().ok()?;
+    Some((offset, epoch))
+}
+
+/// The offset of a frame built by [`push_frame_at`] ([`frame_position`]).
+pub fn frame_offset(frame: &[u8]) -> Option<u64> {
+    frame_position(frame).map(|(offset, _)| offset)
+}
+
+/// The JSON text of a text frame built here (its payload; server frames are unmasked).
+pub fn frame_json(frame: &[u8]) -> &[u8] {
+    let start = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => return &[],
+    };
+    frame.get(start..).unwrap_or(&[])
 }
 
 /// The `data` of 1001/1002/1003 pushes: a JSON *string* holding
@@ -101,6 +174,39 @@ mod tests {
         assert_eq!(v["data"]["a"][1], 2);
         let f = push_frame("x", "", -1, "m", r#""text""#);
         assert_eq!(payload(&f)["data"], "text");
+    }
+
+    #[test]
+    fn positioned_frames_add_offset_and_epoch_last_and_read_back() {
+        let plain = push_frame("m", "u", 1, "hi", r#"{"offset":5,"epoch":"x"}"#);
+        assert_eq!(frame_offset(&plain), None);
+        let f = push_frame_at("m", "u", 1, "hi", r#"{"a":1}"#, 42, "0123abcd");
+        let v = payload(&f);
+        assert_eq!(
+            (v["offset"].as_u64(), v["epoch"].as_str()),
+            (Some(42), Some("0123abcd"))
+        );
+        assert_eq!(v["data"]["a"], 1);
+        assert_eq!(frame_offset(&f), Some(42));
+        assert_eq!(frame_position(&f), Some((42, &b"0123abcd"[..])));
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(frame_json(&f)).unwrap(),
+            v
+        );
+        // A string data that ends like a position is still data of a plain frame.
+        let tricky = push_frame("m", "", 0, "", r#"",\"offset\":7,\"epoch\":\"ab""#);
+        assert_eq!(frame_offset(&tricky), None);
+        let big = push_frame_at(
+            "m",
+            "",
+            0,
+            "",
+            &format!("\"{}\"", "x".repeat(10_000)),
+            9,
+            "e",
+        );
+        assert_eq!(frame_offset(&big), Some(9));
+        assert_eq!(payload(&big)["offset"], 9);
     }
 
     #[test]

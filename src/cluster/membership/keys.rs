@@ -2,7 +2,7 @@
 //! `/wsServers/<host:port>`, and the registered systems `ws/account/<systemId>` with the JSON
 //! this server writes and the lenient reading of what others wrote. Pure functions.
 
-use crate::types::SystemInfo;
+use crate::types::{HistoryOpts, SystemInfo};
 use serde::Serialize;
 use std::net::SocketAddrV4;
 
@@ -40,17 +40,30 @@ struct AccountInfo<'a> {
     secret: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     webhook_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<HistoryJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryJson {
+    size: u32,
+    ttl_seconds: u32,
 }
 
 /// The value stored under `ws/account/<systemId>`: the original's
-/// `{"systemId":"...","registerTime":<unix secs>}`, plus `"secret"` and `"webhookUrl"` only when
-/// set, so a system without them reads exactly as the original wrote it.
+/// `{"systemId":"...","registerTime":<unix secs>}`, plus `"secret"`, `"webhookUrl"` and
+/// `"history": {"size","ttlSeconds"}` only when set, so a system without them reads exactly as the original wrote it.
 pub fn account_json(system: &str, register_time: i64, info: &SystemInfo) -> String {
     match serde_json::to_string(&AccountInfo {
         system_id: system,
         register_time,
         secret: info.secret.as_deref(),
         webhook_url: info.webhook_url.as_deref(),
+        history: info.history.map(|h| HistoryJson {
+            size: h.size,
+            ttl_seconds: h.ttl_seconds,
+        }),
     }) {
         Ok(s) => s,
         // Not reachable for strings and an i64; kept panic-free anyway.
@@ -98,6 +111,24 @@ pub fn parse_account(system: &str, value: &[u8]) -> SystemInfo {
     SystemInfo {
         secret,
         webhook_url,
+        history: parse_history(system, map.get("history")),
+    }
+}
+
+/// A system's `history` from its account value: an object with positive integer `size` and
+/// `ttlSeconds`; anything else is no history (with a warning when something was there).
+fn parse_history(system: &str, value: Option<&serde_json::Value>) -> Option<HistoryOpts> {
+    let value = value.filter(|v| !v.is_null())?;
+    let number = |key: &str| {
+        let n = value.get(key)?.as_u64()?;
+        u32::try_from(n).ok().filter(|&n| n > 0)
+    };
+    match (number("size"), number("ttlSeconds")) {
+        (Some(size), Some(ttl_seconds)) => Some(HistoryOpts { size, ttl_seconds }),
+        _ => {
+            tracing::warn!(system, %value, "account history ignored: size and ttlSeconds must be integers above 0");
+            None
+        }
     }
 }
 
@@ -157,9 +188,34 @@ mod tests {
         let info = SystemInfo {
             secret: Some("s3cr3t-\"quoted\"-0123".into()),
             webhook_url: Some("http://127.0.0.1:9000/hook".into()),
+            history: Some(HistoryOpts {
+                size: 100,
+                ttl_seconds: 60,
+            }),
         };
         let json = account_json("sys1", 5, &info);
         assert_eq!(parse_account("sys1", json.as_bytes()), info);
+        assert!(
+            json.contains(r#""history":{"size":100,"ttlSeconds":60}"#),
+            "{json}"
+        );
+        // History alone, and history values that make no sense (no history, still a system).
+        let only = parse_account("s", br#"{"history":{"size":3,"ttlSeconds":9}}"#);
+        assert_eq!(
+            only.history,
+            Some(HistoryOpts {
+                size: 3,
+                ttl_seconds: 9
+            })
+        );
+        for odd in [
+            br#"{"history":{"size":0,"ttlSeconds":9}}"#.as_slice(),
+            br#"{"history":{"size":3}}"#,
+            br#"{"history":"yes"}"#,
+            br#"{"history":{"size":-1,"ttlSeconds":9}}"#,
+        ] {
+            assert_eq!(parse_account("s", odd), SystemInfo::default(), "{odd:?}");
+        }
         // The original's value, a non-JSON one, and odd shapes: no secret, still a system.
         for value in [
             br#"{"systemId":"sys1","registerTime":1700000000}"#.as_slice(),

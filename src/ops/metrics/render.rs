@@ -20,7 +20,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The `route` labels of `wspush_peer_call_failures_total`, listed at 0 before any failure so
 /// that the series exist from the start: every API route that calls peers, and `group_event`.
-pub const PEER_CALL_ROUTES: [&str; 13] = [
+pub const PEER_CALL_ROUTES: [&str; 14] = [
     "send_to_client",
     "send_to_clients",
     "send_to_group",
@@ -33,6 +33,7 @@ pub const PEER_CALL_ROUTES: [&str; 13] = [
     "get_online_list",
     "get_group_presence",
     "get_system_stats",
+    "get_group_history",
     "group_event",
 ];
 
@@ -174,6 +175,25 @@ pub fn render(s: &NodeSnapshot) -> String {
             &[("core", &c.core.to_string())],
             c.http_connections,
         );
+    }
+    for (name, help, value) in [
+        (
+            "wspush_history_streams",
+            "Group history streams this node owns (memory only; docs/history.md).",
+            s.sum(|c| c.history_streams),
+        ),
+        (
+            "wspush_history_messages",
+            "Pushes kept by this node's group history streams.",
+            s.sum(|c| c.history_messages),
+        ),
+        (
+            "wspush_history_bytes",
+            "Frame bytes of the pushes kept by this node's group history streams.",
+            s.sum(|c| c.history_bytes),
+        ),
+    ] {
+        t.single(name, "gauge", help, value);
     }
     t.single(
         "wspush_http_buffer_bytes",
