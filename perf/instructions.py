@@ -3,11 +3,13 @@
 noisy machine where the throughput figures of perf/run.sh swing by 2x between minutes.
 
   perf/instructions.py [--bin target/release/wspush] [--unicast N] [--group-pushes N] [--members M]
+                       [--history SIZE]
 
 Runs the server (--cores 1) under `valgrind --tool=callgrind` three times: idle (start, register,
 connect M clients, stop), with N keep-alive send_to_client requests more, and with N send_to_group
-pushes to a group of M members more. Subtracting the idle run's total leaves the instructions of
-the operations alone: per request, per push, per delivery. Needs valgrind (Debian's package).
+pushes to a group of M members more (with --history SIZE, to a system registered with group
+history of that size: the cost of numbering and keeping each push). Subtracting the idle run's
+total leaves the instructions of the operations alone: per request, per push, per delivery. Needs valgrind (Debian's package).
 """
 import argparse
 import base64
@@ -78,14 +80,15 @@ def ws_connect(port):
     return s, client_id
 
 
-def run(binary, members, unicast, pushes):
+def run(binary, members, unicast, pushes, history):
     port, rpc = free_port(), free_port()
     work = tempfile.mkdtemp(prefix="wspush-instr.")
     config = os.path.join(work, "app.ini")
     with open(config, "w") as f:
         f.write(f"[common]\nHttpPort = {port}\nRPCPort = {rpc}\nCluster = false\n"
                 "CryptoKey = Adba723b7fe06819\n[wspush]\nQueueFrames = 100000\n"
-                "QueueBytes = 1073741824\n")
+                "QueueBytes = 1073741824\n"
+                + (f"HistorySize = {history}\nHistoryMaxBytes = 1073741824\n" if history else ""))
     out = os.path.join(work, "callgrind.out")
     server = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary,
@@ -100,7 +103,10 @@ def run(binary, members, unicast, pushes):
             if time.time() > deadline:
                 sys.exit("server did not start under valgrind")
             time.sleep(0.5)
-    http.post("/api/register", {"systemId": SYSTEM})
+    register = {"systemId": SYSTEM}
+    if history:
+        register["history"] = {"size": history}
+    http.post("/api/register", register)
     clients = [ws_connect(port) for _ in range(members)]
     for n, (_, cid) in enumerate(clients):
         http.post("/api/bind_to_group", {"clientId": cid, "groupName": "g", "userId": f"u{n}",
@@ -129,13 +135,14 @@ def main():
     p.add_argument("--unicast", type=int, default=2000)
     p.add_argument("--group-pushes", type=int, default=200)
     p.add_argument("--members", type=int, default=200)
+    p.add_argument("--history", type=int, default=0)
     a = p.parse_args()
-    idle = run(a.bin, a.members, 0, 0)
-    uni = run(a.bin, a.members, a.unicast, 0)
-    group = run(a.bin, a.members, 0, a.group_pushes)
+    idle = run(a.bin, a.members, 0, 0, a.history)
+    uni = run(a.bin, a.members, a.unicast, 0, a.history)
+    group = run(a.bin, a.members, 0, a.group_pushes, a.history)
     per_req = (uni - idle) / a.unicast
     per_push = (group - idle) / a.group_pushes
-    print(json.dumps({"bin": a.bin, "idle_total": idle,
+    print(json.dumps({"bin": a.bin, "history": a.history, "idle_total": idle,
                       "unicast_instructions_per_request": round(per_req),
                       "group_instructions_per_push": round(per_push),
                       "group_instructions_per_delivery": round(per_push / a.members, 1)}))
