@@ -19,6 +19,7 @@
 pub mod clients;
 pub mod history;
 pub mod mesh;
+pub mod offline;
 pub mod remote;
 pub mod systems;
 
@@ -122,6 +123,7 @@ fn from_remote(reply: RemoteReply) -> Reply {
                 .collect(),
         }),
         RemoteReply::Recovered(recovered) => Reply::Recovered(recovered),
+        RemoteReply::Offline(list) => offline::from_remote(list),
         RemoteReply::Failed(_) | RemoteReply::Membership { .. } => Reply::Done(false),
     }
 }
