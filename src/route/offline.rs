@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Kept pushes as they cross a node link, and back.
+/// Kept pushes as they cross a node link (the way back is in `route::from_remote`).
 pub fn to_remote(list: Vec<Stored>) -> RemoteReply {
     RemoteReply::Offline(list.into_iter().map(frame_of).collect())
 }
@@ -28,17 +28,6 @@ fn frame_of(push: Stored) -> OfflineFrame {
         message_id: push.message_id,
         frame: push.frame.to_vec(),
     }
-}
-
-pub fn from_remote(list: Vec<OfflineFrame>) -> Reply {
-    Reply::Offline(
-        (list.into_iter())
-            .map(|f| Stored {
-                message_id: f.message_id,
-                frame: Arc::from(f.frame),
-            })
-            .collect(),
-    )
 }
 
 impl Router {

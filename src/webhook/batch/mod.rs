@@ -473,7 +473,7 @@ pub fn render<'a>(system: &str, node: &str, events: impl Iterator<Item = &'a Eve
         out.extend_from_slice(b",\"userId\":");
         json_str(&mut out, e.user_id());
         out.extend_from_slice(b",\"groupName\":");
-        if e.kind == super::Kind::DeliveredOffline {
+        if e.kind.as_str() == "delivered_offline" {
             // Its group field carries the messageIds, comma-joined (they hold no comma).
             out.extend_from_slice(b"\"\",\"messageIds\":[");
             for (i, id) in e.group().split(',').enumerate() {
