@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 const NODE: &[&str] = &["OfflineMax = 3", "OfflineTtl = 60"];
 
@@ -74,4 +75,40 @@ fn store_is_checked_and_off_by_default() {
     let off = Server::start();
     off.register("s");
     assert_fails_naming(&send(off.port, "s", "u", json!(true), 1), "store");
+}
+
+#[test]
+fn jwt_connect_takes_them_and_the_webhook_names_them() {
+    use common::auth::{signed, token, ws_with_token, SECRET};
+    use common::receiver::Receiver;
+    let receiver = Receiver::start();
+    let server = Server::start_with(&["OfflineMax = 3", "WebhookAllowPrivate = true"]);
+    let body = json!({"systemId": "j", "secret": SECRET, "webhookUrl": receiver.url("/")});
+    let v = api(server.port, None, "/api/register", &body);
+    assert_eq!(v["code"], 0, "{v}");
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let body =
+            json!({"userId": "carol", "code": 7, "msg": "m", "data": {"n": n}, "store": true});
+        let v = signed(server.port, "j", SECRET, "/api/send_to_user", &body);
+        assert_eq!(v["code"], 0, "{v}");
+        ids.push(v["data"]["messageId"].clone());
+    }
+    let mut ws = ws_with_token(server.port, "j", &token(SECRET, Some("carol")));
+    assert_eq!(pushes(&mut ws, 2), [1, 2]);
+    let id = ws.client_id.clone();
+    receiver.wait_until(Duration::from_secs(5), "delivered_offline", |hooks| {
+        (hooks.iter().flat_map(|h| h.events())).any(|e| e["event"] == "delivered_offline")
+    });
+    let events: Vec<Value> = (receiver.hooks().iter().flat_map(|h| h.events()))
+        .filter(|e| e["event"] == "delivered_offline")
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(
+        (&e["clientId"], &e["userId"]),
+        (&json!(id), &json!("carol")),
+        "{e}"
+    );
+    assert_eq!(e["messageIds"], json!(ids), "{e}");
 }
