@@ -112,3 +112,18 @@ fn jwt_connect_takes_them_and_the_webhook_names_them() {
     );
     assert_eq!(e["messageIds"], json!(ids), "{e}");
 }
+
+#[test]
+fn ttl_expires_what_is_kept() {
+    let server = Server::start_with(&["OfflineMax = 3", "OfflineTtl = 1"]);
+    server.register("s");
+    send(server.port, "s", "u", json!(true), 1);
+    assert_eq!(kept(server.port, "s"), 1);
+    std::thread::sleep(Duration::from_millis(2100));
+    send(server.port, "s", "u", json!(true), 2);
+    assert_eq!(kept(server.port, "s"), 1);
+    let mut a = server.ws("s");
+    bind(server.port, "s", &a, "room", "u", "");
+    assert_eq!(pushes(&mut a, 1), [2]);
+    assert_eq!(kept(server.port, "s"), 0);
+}
