@@ -552,6 +552,7 @@ fn build_frame(input: &mut Input) -> Frame {
                     users: (0..input.byte() % 16).map(|_| input.u64()).collect(),
                     unlisted_groups: input.u64(),
                     unlisted_users: input.u64(),
+                    offline: input.u64(),
                 }),
             };
             return Frame::Response { id, reply };

@@ -101,6 +101,8 @@ pub struct StatsPart {
     /// Groups and users past the size a node sends as hashes: counted, not deduplicated.
     pub unlisted_groups: u64,
     pub unlisted_users: u64,
+    /// Offline messages kept here for the system's users (issue 15).
+    pub offline: u64,
 }
 
 /// Hashes of each kind (groups, users) one node sends at most.
@@ -112,6 +114,8 @@ pub struct SystemStats {
     pub clients: u64,
     pub groups: u64,
     pub users: u64,
+    /// Offline messages kept for the system's users, on every node.
+    pub offline_messages: u64,
 }
 
 /// A name's 64-bit hash, the same on every node and every build.
@@ -132,6 +136,7 @@ impl StatsPart {
         self.users.extend(other.users);
         self.unlisted_groups += other.unlisted_groups;
         self.unlisted_users += other.unlisted_users;
+        self.offline += other.offline;
     }
 
     /// Sorts and deduplicates the hashes: what makes a spanning group count once.
@@ -160,6 +165,7 @@ impl StatsPart {
             clients: self.clients,
             groups: self.groups.len() as u64 + self.unlisted_groups,
             users: self.users.len() as u64 + self.unlisted_users,
+            offline_messages: self.offline,
         }
     }
 }
@@ -250,6 +256,7 @@ mod tests {
         assert_eq!(
             total.counts(),
             SystemStats {
+                offline_messages: 0,
                 clients: 6,
                 groups: 3,
                 users: 2
@@ -272,6 +279,7 @@ mod tests {
         assert_eq!(
             total.counts(),
             SystemStats {
+                offline_messages: 0,
                 clients: 11,
                 groups: 10,
                 users: 3

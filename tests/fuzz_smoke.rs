@@ -556,6 +556,30 @@ fn node_frame_seeds() -> Seeds {
             },
         ),
         (
+            "offline_store",
+            Frame::Request {
+                id: 21,
+                op: RemoteOp::OfflineStore {
+                    system: "app1".into(),
+                    user_id: "u".into(),
+                    push: wspush::cluster::proto::OfflineFrame {
+                        message_id: "0123456789abcdef".into(),
+                        frame: b"\x81\x02hi".to_vec(),
+                    },
+                },
+            },
+        ),
+        (
+            "offline_take",
+            Frame::Request {
+                id: 22,
+                op: RemoteOp::OfflineTake {
+                    system: "app1".into(),
+                    user_id: "u".into(),
+                },
+            },
+        ),
+        (
             "group_push",
             Frame::Request {
                 id: 3,
@@ -646,6 +670,7 @@ fn node_frame_seeds() -> Seeds {
                     users: vec![u64::MAX],
                     unlisted_groups: 0,
                     unlisted_users: 1,
+                    offline: 2,
                 }),
             },
         ),

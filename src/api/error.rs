@@ -263,8 +263,8 @@ pub fn envelope(result: &Result<Data, ApiError>) -> Vec<u8> {
                 Data::Raw(json) => out.extend_from_slice(json),
                 Data::Stats(s) => out.extend_from_slice(
                     format!(
-                        "{{\"clients\":{},\"groups\":{},\"users\":{}}}",
-                        s.clients, s.groups, s.users
+                        "{{\"clients\":{},\"groups\":{},\"users\":{},\"offlineMessages\":{}}}",
+                        s.clients, s.groups, s.users, s.offline_messages
                     )
                     .as_bytes(),
                 ),
@@ -380,9 +380,10 @@ mod tests {
             data(Data::Stats(SystemStats {
                 clients: 5,
                 groups: 2,
-                users: 1
+                users: 1,
+                offline_messages: 3
             })),
-            json!({"clients": 5, "groups": 2, "users": 1})
+            json!({"clients": 5, "groups": 2, "users": 1, "offlineMessages": 3})
         );
     }
 }

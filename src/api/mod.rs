@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod history;
+pub mod offline;
 pub mod request;
 
 use crate::auth;
@@ -324,9 +325,14 @@ pub async fn handle(
             let user_id = required("userId", req.user_id)?;
             name("userId", &user_id, limits)?;
             req.fields.check(limits)?;
+            let store = offline::store_mode(req.store, limits)?;
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
-            let fanout = router.push_user(system, Arc::from(&*user_id), frame).await;
+            let user_id: Arc<str> = Arc::from(&*user_id);
+            let fanout = (router.push_user(system.clone(), user_id.clone(), frame.clone())).await;
+            if let Some(mode) = store {
+                offline::keep(router, mode, &fanout, system, user_id, &message_id, frame).await?;
+            }
             Ok(pushed(message_id, fanout, true))
         }
         Route::GetGroupPresence => {

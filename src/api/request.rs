@@ -68,7 +68,10 @@ macro_rules! push_request {
 push_request!(Push { client_id: Option<Cow<'a, str>> => "clientId" });
 push_request!(PushToClients { client_ids: Option<Vec<Cow<'a, str>>> => "clientIds" });
 push_request!(SendToGroup { group_name: Option<Cow<'a, str>> => "groupName" });
-push_request!(SendToUser { user_id: Option<Cow<'a, str>> => "userId" });
+push_request!(SendToUser {
+    user_id: Option<Cow<'a, str>> => "userId",
+    store: Option<&'a RawValue> => "store"
+});
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]

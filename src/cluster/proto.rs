@@ -14,8 +14,9 @@ pub use crate::types::{HistoryOpts, HistoryPush, Member, Resume, StatsPart, Stre
 /// Bumped whenever [`Frame`] or the link handshake changes shape; a peer speaking another
 /// version is refused (in the handshake, and again on every frame). 4: the handshake
 /// (`cluster::handshake`) and the `Membership` op. 5: group history (`HistoryPush`,
-/// `HistoryRead`, `Bind.resume`).
-pub const PROTO_VERSION: u16 = 5;
+/// `HistoryRead`, `Bind.resume`). 6: offline messages (`OfflineStore`, `OfflineTake`,
+/// `StatsPart.offline`).
+pub const PROTO_VERSION: u16 = 6;
 /// Largest frame accepted (a send_to_clients of many ids with a large `data` fits easily).
 pub const MAX_FRAME: usize = 16 << 20;
 const PREFIX: usize = 4 + 2;
@@ -56,6 +57,14 @@ pub enum RemoteOp {
         since: Option<StreamPos>,
         limit: u32,
     },
+    /// send_to_user with `store`, to the owner of the (system, userId): keep the push.
+    OfflineStore {
+        system: String,
+        user_id: String,
+        push: OfflineFrame,
+    },
+    /// A connection got the userId: the owner removes and answers the user's kept pushes.
+    OfflineTake { system: String, user_id: String },
     /// Queue `frame` to the receiver's members of the group.
     GroupPush {
         system: String,
@@ -117,6 +126,15 @@ pub enum RemoteReply {
     },
     /// Answer to a `Bind` with `resume`.
     Recovered(bool),
+    /// Answer to `OfflineTake`, oldest first.
+    Offline(Vec<OfflineFrame>),
+}
+
+/// One kept push of a user: its messageId and its complete WebSocket frame.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct OfflineFrame {
+    pub message_id: String,
+    pub frame: Vec<u8>,
 }
 
 /// One kept push of a stream: its offset and its complete WebSocket frame.
@@ -241,6 +259,31 @@ mod tests {
                         },
                     }),
                 },
+            },
+            Frame::Request {
+                id: 22,
+                op: RemoteOp::OfflineStore {
+                    system: "s".into(),
+                    user_id: "u".into(),
+                    push: OfflineFrame {
+                        message_id: "00ff".into(),
+                        frame: b"\x81\x02hi".to_vec(),
+                    },
+                },
+            },
+            Frame::Request {
+                id: 23,
+                op: RemoteOp::OfflineTake {
+                    system: "s".into(),
+                    user_id: "u".into(),
+                },
+            },
+            Frame::Response {
+                id: 24,
+                reply: RemoteReply::Offline(vec![OfflineFrame {
+                    message_id: "00ff".into(),
+                    frame: b"\x81\x02hi".to_vec(),
+                }]),
             },
             Frame::Request {
                 id: 20,
@@ -382,6 +425,7 @@ mod tests {
                     users: (0..1000).collect(),
                     unlisted_groups: 0,
                     unlisted_users: 3,
+                    offline: 4,
                 }),
             },
             Frame::Response {

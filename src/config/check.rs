@@ -114,6 +114,18 @@ impl Config {
                 "must be greater than 0 when HistorySize is set",
             ));
         }
+        if self.offline_max > 0 && self.offline_ttl.is_zero() {
+            problems.push(err(
+                "wspush.OfflineTtl",
+                "must be at least 1 second when OfflineMax is set",
+            ));
+        }
+        if self.offline_max > 0 && self.offline_max_bytes == 0 {
+            problems.push(err(
+                "wspush.OfflineMaxBytes",
+                "must be greater than 0 when OfflineMax is set",
+            ));
+        }
         if self.webhook_timeout.is_zero() {
             problems.push(err("wspush.WebhookTimeoutMs", "must be at least 1 ms"));
         }

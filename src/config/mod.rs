@@ -141,6 +141,15 @@ pub struct Config {
     /// `[wspush] HistoryMaxBytes`, default 1 MiB: the most frame bytes one stream keeps; the
     /// oldest pushes go first past it.
     pub history_max_bytes: usize,
+    /// `[wspush] OfflineMax`, default 0 (off on this node): the most pushes kept for one
+    /// (system, userId) by send_to_user with `store` (docs/history.md, "Offline messages");
+    /// the oldest go first past it. 0: a `store` answers code -1.
+    pub offline_max: usize,
+    /// `[wspush] OfflineTtl`, default 86400 s: the longest a stored push is kept.
+    pub offline_ttl: Duration,
+    /// `[wspush] OfflineMaxBytes`, default 1 MiB: the most frame bytes kept for one user; the
+    /// oldest pushes go first past it.
+    pub offline_max_bytes: usize,
     /// `[wspush] WebhookQueue`, default 65536: webhook events the cores may have queued for the
     /// webhook thread (about 64 bytes a slot, allocated by the first event). One more is dropped,
     /// counted and logged (at most one line a second): a core never waits for webhooks.
@@ -287,6 +296,9 @@ impl Default for Config {
             history_size: 0,
             history_ttl: Duration::from_secs(300),
             history_max_bytes: 1 << 20,
+            offline_max: 0,
+            offline_ttl: Duration::from_secs(86400),
+            offline_max_bytes: 1 << 20,
             webhook_queue: 65_536,
             webhook_buffer: 10_000,
             webhook_workers: 4,
@@ -446,6 +458,9 @@ impl Config {
             ("wspush.HistorySize", self.history_size.to_string()),
             ("wspush.HistoryTtl", secs(self.history_ttl)),
             ("wspush.HistoryMaxBytes", self.history_max_bytes.to_string()),
+            ("wspush.OfflineMax", self.offline_max.to_string()),
+            ("wspush.OfflineTtl", secs(self.offline_ttl)),
+            ("wspush.OfflineMaxBytes", self.offline_max_bytes.to_string()),
             ("wspush.WebhookQueue", self.webhook_queue.to_string()),
             ("wspush.WebhookBuffer", self.webhook_buffer.to_string()),
             ("wspush.WebhookWorkers", self.webhook_workers.to_string()),

@@ -333,3 +333,35 @@ fn issue_15_history_is_off_by_default_and_checked_when_on() {
         assert_eq!(e.key, format!("wspush.{key}"));
     }
 }
+
+#[test]
+fn issue_15_offline_is_off_by_default_and_checked_when_on() {
+    let c = Config::default();
+    assert_eq!(
+        (c.offline_max, c.offline_ttl, c.offline_max_bytes),
+        (0, Duration::from_secs(86400), 1 << 20)
+    );
+    c.validate().unwrap();
+    let c = Config::parse("[wspush]\nOfflineMax = 7\nOfflineTtl = 9\nOfflineMaxBytes = 4000\n")
+        .unwrap();
+    assert_eq!(
+        (c.offline_max, c.offline_ttl, c.offline_max_bytes),
+        (7, Duration::from_secs(9), 4000)
+    );
+    c.validate().unwrap();
+    let shown: Vec<_> = c.values().into_iter().map(|(k, _)| k).collect();
+    for key in ["OfflineMax", "OfflineTtl", "OfflineMaxBytes"] {
+        assert!(shown.contains(&&*format!("wspush.{key}")), "{key}");
+    }
+    Config::parse("[wspush]\nOfflineTtl = 0\nOfflineMaxBytes = 0\n")
+        .unwrap()
+        .validate()
+        .unwrap();
+    for key in ["OfflineTtl", "OfflineMaxBytes"] {
+        let e = Config::parse(&format!("[wspush]\nOfflineMax = 5\n{key} = 0\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, format!("wspush.{key}"));
+    }
+}

@@ -670,17 +670,23 @@ async fn upgrade(
                     }
                 };
             let conn = shard.add_conn(stream, &system_id, peer);
-            if let Some(user_id) = user_id {
+            if let Some(user_id) = &user_id {
                 // The token's userId binds the connection from its first frame on, as a
                 // bind_to_group would (send_to_user finds it through the user index).
-                shard.set_user_id(&conn, &user_id);
+                shard.set_user_id(&conn, user_id);
             }
             // After the token's userId is set, so the online event carries it.
             shard.webhook_event(crate::webhook::Kind::Online, &conn, "");
             // The 101 goes through the connection's queue, so it leaves in the same write as
             // the welcome frame the session queues next: one send per handshake, not two.
             shard.enqueue(&conn, std::sync::Arc::from(response.into_bytes()));
-            glommio::spawn_local(session::run(router.clone(), conn, leftover)).detach();
+            glommio::spawn_local(session::run(router.clone(), conn.clone(), leftover)).detach();
+            // After the session, which queues the welcome frame first: then the token's
+            // userId takes its offline messages (docs/history.md, "Offline messages").
+            if let Some(user) = user_id.filter(|u| !u.is_empty()) {
+                let user = std::sync::Arc::from(&*user);
+                glommio::spawn_local(router.clone().deliver_offline(conn, user)).detach();
+            }
         }
         None => {
             if stream.write_all(response.as_bytes()).await.is_ok() {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Where a stream lives, seen from this core.
-enum Home {
+pub(super) enum Home {
     /// A core of this node.
     Core(usize),
     /// A peer node.
@@ -54,7 +54,7 @@ pub fn stream_core(system: &str, group: &str, nr_cores: usize) -> usize {
 }
 
 impl Router {
-    fn stream_home(&self, system: &str, group: &str) -> Home {
+    pub(super) fn stream_home(&self, system: &str, group: &str) -> Home {
         let core = Home::Core(stream_core(system, group, self.shard.nr_cores));
         let Some(cluster) = self.cluster() else {
             return core;
@@ -222,7 +222,7 @@ impl Router {
     }
 
     /// A call to the owner node of a stream; a failure is counted and logged as `what`'s.
-    async fn call_owner(
+    pub(super) async fn call_owner(
         &self,
         addr: SocketAddrV4,
         op: RemoteOp,
@@ -248,13 +248,18 @@ impl Router {
     /// that another node owns now. Should one come back here, it is new, with a new epoch: its
     /// clients learn their history is gone rather than miss what the other owner numbered.
     pub fn peers_changed(&self, peers: &[SocketAddrV4]) {
+        let owned = |nodes: &[SocketAddrV4], me, system: &str, key: &str| {
+            stream_owner(system, key, nodes.iter().copied()) == Some(me)
+        };
         let Some(cluster) = self.cluster() else {
             return;
         };
         cluster.set_peers(peers);
         let me = cluster.self_addr;
         let nodes: Vec<SocketAddrV4> = cluster.peers().into_iter().chain([me]).collect();
-        (self.shard.history.borrow_mut())
-            .retain(|system, group| stream_owner(system, group, nodes.iter().copied()) == Some(me));
+        (self.shard.history.borrow_mut()).retain(|system, group| owned(&nodes, me, system, group));
+        // Offline messages of users another node owns now are dropped too: the new owner is
+        // where stores and takes go from now on (docs/history.md, "Offline messages").
+        (self.shard.offline.borrow_mut()).retain(|system, user| owned(&nodes, me, system, user));
     }
 }

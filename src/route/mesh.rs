@@ -93,6 +93,17 @@ impl Router {
                 since,
                 limit,
             } => Reply::History(self.read_here(&system, &group, &history, since.as_ref(), limit)),
+            Op::OfflineStore {
+                system,
+                user_id,
+                push,
+            } => {
+                self.store_here(&system, &user_id, *push);
+                Reply::Done(true)
+            }
+            Op::OfflineTake { system, user_id } => {
+                Reply::Offline(self.take_here(&system, &user_id))
+            }
             op @ (Op::Bind { .. }
             | Op::Register { .. }
             | Op::Unbind { .. }
@@ -114,12 +125,17 @@ impl Router {
                 extend,
                 resume,
             } => {
+                let user: std::sync::Arc<str> = std::sync::Arc::from(&*user_id);
                 let (conn, first) =
                     match shard.bind_local(slot, generation, &system, &group, user_id, extend) {
                         Ok(Some(bound)) => bound,
                         Ok(None) => return Reply::Done(false),
                         Err(why) => return Reply::Refused(why),
                     };
+                // A bind with a userId takes that user's offline messages (docs/history.md).
+                if !user.is_empty() && shard.config.offline_max > 0 {
+                    glommio::spawn_local(self.clone().deliver_offline(conn.clone(), user)).detach();
+                }
                 // In the bind's own step: no push of the group can reach the client unseen.
                 if resume.is_some() {
                     shard.begin_recovery(&conn, &group);

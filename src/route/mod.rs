@@ -19,6 +19,7 @@
 pub mod clients;
 pub mod history;
 pub mod mesh;
+pub mod offline;
 pub mod remote;
 pub mod systems;
 
@@ -122,6 +123,14 @@ fn from_remote(reply: RemoteReply) -> Reply {
                 .collect(),
         }),
         RemoteReply::Recovered(recovered) => Reply::Recovered(recovered),
+        RemoteReply::Offline(list) => Reply::Offline(
+            (list.into_iter())
+                .map(|f| crate::shard::offline::Stored {
+                    message_id: f.message_id,
+                    frame: Arc::from(f.frame),
+                })
+                .collect(),
+        ),
         RemoteReply::Failed(_) | RemoteReply::Membership { .. } => Reply::Done(false),
     }
 }

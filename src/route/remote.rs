@@ -96,6 +96,28 @@ fn local_op(op: RemoteOp, nr_cores: usize) -> Local {
                 push: Box::new(push),
             },
         ),
+        RemoteOp::OfflineStore {
+            system,
+            user_id,
+            push,
+        } => Local::Core(
+            super::history::stream_core(&system, &user_id, nr_cores),
+            Op::OfflineStore {
+                system: Arc::from(system),
+                user_id: Arc::from(user_id),
+                push: Box::new(crate::shard::offline::Stored {
+                    message_id: push.message_id,
+                    frame: Arc::from(push.frame),
+                }),
+            },
+        ),
+        RemoteOp::OfflineTake { system, user_id } => Local::Core(
+            super::history::stream_core(&system, &user_id, nr_cores),
+            Op::OfflineTake {
+                system: Arc::from(system),
+                user_id: Arc::from(user_id),
+            },
+        ),
         RemoteOp::HistoryRead {
             system,
             group,
@@ -187,6 +209,7 @@ fn to_remote(reply: Reply) -> RemoteReply {
         Reply::Refused(why) => RemoteReply::Refused(why.to_string()),
         Reply::History(read) => super::history::read_to_remote(read),
         Reply::Recovered(recovered) => RemoteReply::Recovered(recovered),
+        Reply::Offline(list) => super::offline::to_remote(list),
         reply => RemoteReply::Done(reply.found()),
     }
 }

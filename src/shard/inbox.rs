@@ -48,6 +48,14 @@ pub enum Op {
         limit: usize,
     },
     /// Queue `frame` to this core's members of the group.
+    /// Keep a push for a user (on the core that owns the (system, userId)).
+    OfflineStore {
+        system: Arc<str>,
+        user_id: Arc<str>,
+        push: Box<crate::shard::offline::Stored>,
+    },
+    /// Remove and answer a user's kept pushes.
+    OfflineTake { system: Arc<str>, user_id: Arc<str> },
     GroupPush {
         system: Arc<str>,
         group: Arc<str>,
@@ -142,6 +150,8 @@ pub enum Reply {
     History(crate::shard::history::Read),
     /// A bind with `since` bound the client; whether its missed pushes could be replayed.
     Recovered(bool),
+    /// Answer to `Op::OfflineTake`, oldest first.
+    Offline(Vec<crate::shard::offline::Stored>),
     /// The core could not be reached (shutting down).
     Unreachable,
 }

@@ -152,7 +152,21 @@ impl Shard {
     }
 
     pub fn stats_local(&self, system: &str) -> StatsPart {
-        self.index.borrow().stats(system)
+        let mut part = self.index.borrow().stats(system);
+        let mut offline = self.offline.borrow_mut();
+        offline.sweep(&self.offline_bounds(), std::time::Instant::now());
+        part.offline = offline.count(Some(system)) as u64;
+        part
+    }
+
+    /// This node's bounds on a user's offline messages.
+    pub fn offline_bounds(&self) -> super::offline::Bounds {
+        let config = &self.config;
+        super::offline::Bounds {
+            max: config.offline_max,
+            ttl: config.offline_ttl,
+            max_bytes: config.offline_max_bytes,
+        }
     }
 
     /// Sets user data and joins the group. `Some(true)`: first bind (announce it), `Some(false)`:

@@ -18,6 +18,7 @@ pub mod history;
 pub mod inbox;
 pub mod index;
 mod local;
+pub mod offline;
 pub mod outbound;
 pub mod registry;
 pub mod system;
@@ -85,6 +86,8 @@ pub struct Shard {
     pub metrics: crate::counters::CoreMetrics,
     /// The group streams (history) this core owns.
     pub history: RefCell<history::Streams>,
+    /// The offline messages this core keeps for users it owns: see [`offline`].
+    pub offline: RefCell<offline::Store>,
     /// Group pushes held back for connections recovering that group: see [`history`].
     pub(crate) recovering: RefCell<history::Recovering>,
 }
@@ -117,6 +120,7 @@ impl Shard {
             ping: frame::ping(),
             metrics: Default::default(),
             history: RefCell::default(),
+            offline: RefCell::default(),
             recovering: RefCell::default(),
         }
     }

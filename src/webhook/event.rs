@@ -19,6 +19,9 @@ pub enum Kind {
     Bind,
     /// It left a group by `unbind_from_group` and is still online.
     Unbind,
+    /// It was sent the offline messages kept for its userId (issue 15); the event's
+    /// `messageIds` lists them, in the order sent.
+    DeliveredOffline,
 }
 
 impl Kind {
@@ -29,6 +32,7 @@ impl Kind {
             Kind::Offline => "offline",
             Kind::Bind => "bind",
             Kind::Unbind => "unbind",
+            Kind::DeliveredOffline => "delivered_offline",
         }
     }
 }

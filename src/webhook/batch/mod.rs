@@ -473,7 +473,19 @@ pub fn render<'a>(system: &str, node: &str, events: impl Iterator<Item = &'a Eve
         out.extend_from_slice(b",\"userId\":");
         json_str(&mut out, e.user_id());
         out.extend_from_slice(b",\"groupName\":");
-        json_str(&mut out, e.group());
+        if e.kind.as_str() == "delivered_offline" {
+            // Its group field carries the messageIds, comma-joined (they hold no comma).
+            out.extend_from_slice(b"\"\",\"messageIds\":[");
+            for (i, id) in e.group().split(',').enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json_str(&mut out, id);
+            }
+            out.push(b']');
+        } else {
+            json_str(&mut out, e.group());
+        }
         out.extend_from_slice(b",\"extend\":");
         json_str(&mut out, e.extend());
         out.extend_from_slice(b",\"time\":");
