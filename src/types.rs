@@ -114,8 +114,9 @@ pub struct SystemStats {
     pub clients: u64,
     pub groups: u64,
     pub users: u64,
-    /// Offline messages kept for the system's users, on every node.
-    pub offline_messages: u64,
+    /// Offline messages kept for the system's users, on every node; `None` (and no field in
+    /// the answer, as the original's) on a node with offline messages off.
+    pub offline_messages: Option<u64>,
 }
 
 /// A name's 64-bit hash, the same on every node and every build.
@@ -165,7 +166,7 @@ impl StatsPart {
             clients: self.clients,
             groups: self.groups.len() as u64 + self.unlisted_groups,
             users: self.users.len() as u64 + self.unlisted_users,
-            offline_messages: self.offline,
+            offline_messages: Some(self.offline),
         }
     }
 }
@@ -256,7 +257,7 @@ mod tests {
         assert_eq!(
             total.counts(),
             SystemStats {
-                offline_messages: 0,
+                offline_messages: Some(0),
                 clients: 6,
                 groups: 3,
                 users: 2
@@ -279,7 +280,7 @@ mod tests {
         assert_eq!(
             total.counts(),
             SystemStats {
-                offline_messages: 0,
+                offline_messages: Some(0),
                 clients: 11,
                 groups: 10,
                 users: 3

@@ -261,13 +261,19 @@ pub fn envelope(result: &Result<Data, ApiError>) -> Vec<u8> {
                     out.extend_from_slice(b"]}");
                 }
                 Data::Raw(json) => out.extend_from_slice(json),
-                Data::Stats(s) => out.extend_from_slice(
-                    format!(
-                        "{{\"clients\":{},\"groups\":{},\"users\":{},\"offlineMessages\":{}}}",
-                        s.clients, s.groups, s.users, s.offline_messages
+                Data::Stats(s) => {
+                    let offline = s
+                        .offline_messages
+                        .map(|n| format!(",\"offlineMessages\":{n}"))
+                        .unwrap_or_default();
+                    out.extend_from_slice(
+                        format!(
+                            "{{\"clients\":{},\"groups\":{},\"users\":{}{offline}}}",
+                            s.clients, s.groups, s.users
+                        )
+                        .as_bytes(),
                     )
-                    .as_bytes(),
-                ),
+                }
             }
         }
         Err(e) => {
@@ -381,9 +387,19 @@ mod tests {
                 clients: 5,
                 groups: 2,
                 users: 1,
-                offline_messages: 3
+                offline_messages: Some(3)
             })),
             json!({"clients": 5, "groups": 2, "users": 1, "offlineMessages": 3})
+        );
+        assert_eq!(
+            data(Data::Stats(SystemStats {
+                clients: 5,
+                groups: 2,
+                users: 1,
+                offline_messages: None
+            })),
+            json!({"clients": 5, "groups": 2, "users": 1}),
+            "offline messages off: the original's three fields"
         );
     }
 }

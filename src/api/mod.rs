@@ -344,7 +344,11 @@ pub async fn handle(
         }
         Route::GetSystemStats => {
             let _: NoFields = decode(body)?;
-            Ok(Data::Stats(router.system_stats(system).await))
+            let mut stats = router.system_stats(system).await;
+            if router.shard.config.offline_max == 0 {
+                stats.offline_messages = None;
+            }
+            Ok(Data::Stats(stats))
         }
         Route::GetGroupHistory => {
             let req: GetGroupHistory = decode(body)?;
