@@ -74,24 +74,6 @@ fn history(port: u16, system: &str, group: &str) -> Value {
     v["data"].clone()
 }
 
-fn next_push(ws: &mut Ws) -> Value {
-    loop {
-        let v = ws.recv_json();
-        if v["code"] != 1001 && v["code"] != 1002 {
-            return v;
-        }
-    }
-}
-
-fn bind_since(port: u16, system: &str, ws: &Ws, group: &str, since: Value) -> Value {
-    api(
-        port,
-        Some(system),
-        "/api/bind_to_group",
-        &json!({"clientId": ws.client_id, "groupName": group, "since": since}),
-    )
-}
-
 #[test]
 fn a_client_reconnecting_through_another_node_recovers_exactly_what_it_missed() {
     let c = cluster(3);
@@ -104,8 +86,8 @@ fn a_client_reconnecting_through_another_node_recovers_exactly_what_it_missed() 
     for i in 1..=2 {
         assert_eq!(send(n0.port, &system, &group, json!(i))["code"], 0);
     }
-    assert_eq!(next_push(&mut first)["offset"], 1);
-    let seen = next_push(&mut first);
+    assert_eq!(first.next_push()["offset"], 1);
+    let seen = first.next_push();
     assert_eq!(seen["offset"], 2);
     first.close();
     for i in 3..=5 {
@@ -124,7 +106,7 @@ fn a_client_reconnecting_through_another_node_recovers_exactly_what_it_missed() 
     let v = bind_since(n2.port, &system, &again, &group, since);
     assert_eq!(v["data"], json!({"recovered": true}), "{v}");
     assert_eq!(send(n2.port, &system, &group, json!(6))["code"], 0);
-    let got: Vec<Value> = (0..4).map(|_| next_push(&mut again)).collect();
+    let got: Vec<Value> = (0..4).map(|_| again.next_push()).collect();
     let offsets: Vec<u64> = got.iter().map(|p| p["offset"].as_u64().unwrap()).collect();
     assert_eq!(offsets, [3, 4, 5, 6]);
     assert_eq!(
@@ -145,7 +127,7 @@ fn a_client_reconnecting_through_another_node_recovers_exactly_what_it_missed() 
     );
     assert_eq!(v["data"], json!({"recovered": true}), "{v}");
     assert_eq!(send(n0.port, &system, &quiet, json!("q"))["code"], 0);
-    let p = next_push(&mut fresh);
+    let p = fresh.next_push();
     assert_eq!((p["offset"].clone(), p["epoch"].clone()), (json!(1), epoch));
 }
 
@@ -165,7 +147,7 @@ fn the_owner_killed_mid_stream_gives_a_new_epoch_never_a_silent_gap() {
     }
     let mut last = Value::Null;
     for _ in 0..3 {
-        last = next_push(&mut client);
+        last = client.next_push();
     }
     assert_eq!(last["offset"], 3);
     let kept_before = history(p1, &system, &kept);
@@ -186,7 +168,7 @@ fn the_owner_killed_mid_stream_gives_a_new_epoch_never_a_silent_gap() {
         assert!(Instant::now() < deadline, "still failing: {v}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let p = next_push(&mut client);
+    let p = client.next_push();
     assert_ne!(p["epoch"], last["epoch"], "a new owner, a new epoch: {p}");
     assert_eq!(
         (p["offset"].clone(), p["data"].clone()),
@@ -205,7 +187,7 @@ fn the_owner_killed_mid_stream_gives_a_new_epoch_never_a_silent_gap() {
         (p["epoch"].clone(), json!(1))
     );
     assert_eq!(send(p0, &system, &doomed, json!("live"))["code"], 0);
-    assert_eq!(next_push(&mut back)["offset"], 2);
+    assert_eq!(back.next_push()["offset"], 2);
     back.expect_nothing(200);
     // The survivors' streams keep their epoch and offsets.
     let kept_after = history(p0, &system, &kept);
@@ -278,7 +260,7 @@ fn recovery_across_nodes_while_pushes_keep_coming_has_no_gap_and_no_duplicate() 
         assert_eq!(v["data"], json!({"recovered": true}), "{v}");
         pusher.join().unwrap();
         let got: Vec<u64> = (2..=21)
-            .map(|_| next_push(&mut ws)["offset"].as_u64().unwrap())
+            .map(|_| ws.next_push()["offset"].as_u64().unwrap())
             .collect();
         assert_eq!(got, (2..=21).collect::<Vec<_>>(), "round {round}");
         ws.expect_nothing(300);

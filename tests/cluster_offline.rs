@@ -16,18 +16,6 @@ fn send(port: u16, system: &str, user: &str, n: u64) -> Value {
     api(port, Some(system), "/api/send_to_user", &body)
 }
 
-/// The next `n` pushes that are not 1001/1002.
-fn pushes(ws: &mut Ws, n: usize) -> Vec<u64> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let v = ws.recv_json();
-        if v["code"] != 1001 && v["code"] != 1002 {
-            out.push(v["data"]["n"].as_u64().unwrap());
-        }
-    }
-    out
-}
-
 /// Asserts no push other than member events (1001/1002) arrives within `ms` milliseconds.
 fn no_more_pushes(ws: &mut Ws, ms: u64) {
     let deadline = Instant::now() + Duration::from_millis(ms);
@@ -95,7 +83,7 @@ fn a_user_who_connects_later_on_another_node_gets_the_stored_pushes_once() {
         let on = &nodes[(u + 1) % 3];
         let mut a = on.ws(&system);
         bind(on.port, &system, &a, "room", &user, "");
-        assert_eq!(pushes(&mut a, 2), [1, 2], "{user} on node {}", on.port);
+        assert_eq!(a.next_ns(2), [1, 2], "{user} on node {}", on.port);
         // Once: a second connection of the user, on a third node, gets nothing more.
         let other = &nodes[(u + 2) % 3];
         let mut b = other.ws(&system);

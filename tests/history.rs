@@ -47,24 +47,6 @@ fn offsets(list: &Value) -> Vec<u64> {
 }
 
 /// The next push that is not a 1001/1002 of the group.
-fn next_push(ws: &mut Ws) -> Value {
-    loop {
-        let v = ws.recv_json();
-        if v["code"] != 1001 && v["code"] != 1002 {
-            return v;
-        }
-    }
-}
-
-fn bind_since(port: u16, system: &str, ws: &Ws, group: &str, since: Value) -> Value {
-    api(
-        port,
-        Some(system),
-        "/api/bind_to_group",
-        &json!({"clientId": ws.client_id, "groupName": group, "since": since}),
-    )
-}
-
 #[test]
 fn only_history_systems_get_offsets_and_epochs() {
     let server = Server::start_with(NODE);
@@ -280,8 +262,8 @@ fn a_reconnecting_client_gets_exactly_what_it_missed() {
     bind(port, "s", &first, "room", "u", "");
     send(port, "s", "room", json!(1));
     send(port, "s", "room", json!(2));
-    assert_eq!(next_push(&mut first)["offset"], 1);
-    let seen = next_push(&mut first);
+    assert_eq!(first.next_push()["offset"], 1);
+    let seen = first.next_push();
     assert_eq!(seen["offset"], 2);
     first.close();
     for i in 3..=5 {
@@ -298,7 +280,7 @@ fn a_reconnecting_client_gets_exactly_what_it_missed() {
     assert_eq!(v["code"], 0, "{v}");
     assert_eq!(v["data"], json!({"recovered": true}));
     send(port, "s", "room", json!(6));
-    let got: Vec<Value> = (0..4).map(|_| next_push(&mut again)).collect();
+    let got: Vec<Value> = (0..4).map(|_| again.next_push()).collect();
     assert_eq!(
         got.iter()
             .map(|p| p["offset"].as_u64().unwrap())
@@ -333,8 +315,8 @@ fn a_reconnecting_client_gets_exactly_what_it_missed() {
     );
     assert_eq!(v["data"], json!({"recovered": false}), "{v}");
     send(port, "s", "room", json!("live"));
-    assert_eq!(next_push(&mut late)["offset"], 32);
-    assert_eq!(next_push(&mut stranger)["offset"], 32);
+    assert_eq!(late.next_push()["offset"], 32);
+    assert_eq!(stranger.next_push()["offset"], 32);
     late.expect_nothing(200);
 }
 
@@ -360,7 +342,7 @@ fn recovery_while_pushes_keep_coming_has_no_gap_and_no_duplicate() {
         assert_eq!(v["data"], json!({"recovered": true}), "{v}");
         pusher.join().unwrap();
         let got: Vec<u64> = (2..=16)
-            .map(|_| next_push(&mut ws)["offset"].as_u64().unwrap())
+            .map(|_| ws.next_push()["offset"].as_u64().unwrap())
             .collect();
         assert_eq!(got, (2..=16).collect::<Vec<_>>(), "round {round}");
         ws.expect_nothing(200);

@@ -19,18 +19,6 @@ fn kept(port: u16, system: &str) -> Value {
     api(port, Some(system), "/api/get_system_stats", &json!({}))["data"]["offlineMessages"].clone()
 }
 
-/// The next `n` pushes that are not 1001/1002.
-fn pushes(ws: &mut Ws, n: usize) -> Vec<u64> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let v = ws.recv_json();
-        if v["code"] != 1001 && v["code"] != 1002 {
-            out.push(v["data"]["n"].as_u64().unwrap());
-        }
-    }
-    out
-}
-
 #[test]
 fn stored_while_offline_delivered_once_oldest_evicted() {
     let server = Server::start_with(NODE);
@@ -47,7 +35,7 @@ fn stored_while_offline_delivered_once_oldest_evicted() {
     assert_eq!(kept(server.port, "s"), 3);
     let mut a = server.ws("s");
     bind(server.port, "s", &a, "room", "u", "");
-    assert_eq!(pushes(&mut a, 3), [3, 4, 5]);
+    assert_eq!(a.next_ns(3), [3, 4, 5]);
     assert_eq!(kept(server.port, "s"), 0);
     // Once: another connection of the user gets nothing more.
     let mut b = server.ws("s");
@@ -56,11 +44,11 @@ fn stored_while_offline_delivered_once_oldest_evicted() {
     b.expect_nothing(300);
     // Online: store:true delivers and keeps nothing; "always" delivers and keeps.
     send(server.port, "s", "u", json!(true), 6);
-    assert_eq!(pushes(&mut a, 1), [6]);
+    assert_eq!(a.next_ns(1), [6]);
     assert_eq!(kept(server.port, "s"), 0);
     let v = send(server.port, "s", "u", json!("always"), 7);
     assert_eq!(v["code"], 0, "{v}");
-    assert_eq!(pushes(&mut a, 1), [7]);
+    assert_eq!(a.next_ns(1), [7]);
     assert_eq!(kept(server.port, "s"), 1);
 }
 
@@ -95,7 +83,7 @@ fn jwt_connect_takes_them_and_the_webhook_names_them() {
         ids.push(v["data"]["messageId"].clone());
     }
     let mut ws = ws_with_token(server.port, "j", &token(SECRET, Some("carol")));
-    assert_eq!(pushes(&mut ws, 2), [1, 2]);
+    assert_eq!(ws.next_ns(2), [1, 2]);
     let id = ws.client_id.clone();
     receiver.wait_until(Duration::from_secs(5), "delivered_offline", |hooks| {
         (hooks.iter().flat_map(|h| h.events())).any(|e| e["event"] == "delivered_offline")
@@ -124,6 +112,6 @@ fn ttl_expires_what_is_kept() {
     assert_eq!(kept(server.port, "s"), 1);
     let mut a = server.ws("s");
     bind(server.port, "s", &a, "room", "u", "");
-    assert_eq!(pushes(&mut a, 1), [2]);
+    assert_eq!(a.next_ns(1), [2]);
     assert_eq!(kept(server.port, "s"), 0);
 }

@@ -807,6 +807,23 @@ impl Ws {
         }
     }
 
+    /// The next push that is not a member event (1001/1002).
+    pub fn next_push(&mut self) -> Value {
+        loop {
+            let v = self.recv_json();
+            if v["code"] != 1001 && v["code"] != 1002 {
+                return v;
+            }
+        }
+    }
+
+    /// The `data.n` of the next `n` pushes that are not member events.
+    pub fn next_ns(&mut self, n: usize) -> Vec<u64> {
+        (0..n)
+            .map(|_| self.next_push()["data"]["n"].as_u64().unwrap())
+            .collect()
+    }
+
     /// Asserts no text, binary or close frame arrives within `ms` milliseconds.
     pub fn expect_nothing(&mut self, ms: u64) {
         let deadline = Instant::now() + Duration::from_millis(ms);
@@ -962,4 +979,14 @@ pub fn sorted(ids: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
     v.sort();
     v
+}
+
+/// bind_to_group with `since` (issue 15's recovery); the whole answer.
+pub fn bind_since(port: u16, system: &str, ws: &Ws, group: &str, since: Value) -> Value {
+    api(
+        port,
+        Some(system),
+        "/api/bind_to_group",
+        &json!({"clientId": ws.client_id, "groupName": group, "since": since}),
+    )
 }
