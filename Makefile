@@ -13,6 +13,7 @@ test:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo test --all-targets
+	./scripts/js-test.sh
 	./scripts/docker-test.sh
 
 build:

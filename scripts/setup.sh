@@ -17,6 +17,10 @@ if [ "${WSPUSH_SETUP_TEST:-0}" = 1 ]; then
   # open-files tests start the server under a lower limit.
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v prlimit >/dev/null 2>&1 || need+=(util-linux)
+  # Node and npm: scripts/js-test.sh builds and tests the JS client (clients/js); its tests need
+  # Node 20 or later (Debian 13's nodejs; on Debian 12 install Node 20 from NodeSource first).
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
