@@ -195,10 +195,12 @@ window.ready = true;
       res.writeHead(200, { "Content-Type": "text/html; charset=utf-8" });
       return res.end(page);
     }
-    const m = url.pathname.match(/^\/client\/([\w.]+)$/);
-    const file = m && path.join(pkg, "dist", m[1]);
+    // /client/* is dist/*; /dist/* and /examples/* are themselves (the example page).
+    const m = url.pathname.match(/^\/(client|dist|examples)\/([\w.]+)$/);
+    const file = m && path.join(pkg, m[1] === "client" ? "dist" : m[1], m[2]);
     if (file && fs.existsSync(file)) {
-      res.writeHead(200, { "Content-Type": "text/javascript; charset=utf-8" });
+      const type = file.endsWith(".html") ? "text/html" : "text/javascript";
+      res.writeHead(200, { "Content-Type": `${type}; charset=utf-8` });
       return res.end(fs.readFileSync(file));
     }
     res.writeHead(404);
@@ -471,6 +473,22 @@ test("heartbeat timeout: pushes keep it up, a dead path is replaced", { timeout:
     beating = false;
     await beat;
   }
+}));
+
+test("the example page connects and shows what it receives", { timeout: 60000 }, withLog(async () => {
+  assert.ok(server && context, "needs the first test's server and browser");
+  const sys = "js-example";
+  await server.ok(null, "/api/register", { systemId: sys });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error("[example] page error:", e));
+  const ws = encodeURIComponent(`ws://127.0.0.1:${proxyPort}/ws`);
+  await page.goto(`http://127.0.0.1:${pages.address().port}/examples/index.html?ws=${ws}&system=${sys}`);
+  await page.waitForFunction(() => document.getElementById("id").textContent !== "-", null, { timeout: WAIT });
+  const clientId = await page.textContent("#id");
+  assert.equal(await page.textContent("#state"), "open");
+  await server.ok(sys, "/api/send_to_client", { clientId, sendUserId: "", code: 7, msg: "", data: { hello: "example" } });
+  await page.waitForFunction(() => document.getElementById("log").textContent.includes('push 7: {"hello":"example"}'), null, { timeout: WAIT });
+  await page.close();
 }));
 
 /** An API call of a system with a secret: X-Timestamp and X-Signature (docs/auth.md). */
