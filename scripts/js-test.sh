@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds and tests the JS client (clients/js, npm package wspush-client): `npm ci` from the
 # committed package-lock.json, the TypeScript build, the unit tests (node --test, a fake
-# WebSocket) and the end-to-end test: the built client in Debian's headless Chromium, driven by
-# playwright-core, against the real server (target/debug/wspush, built here when missing;
-# WSPUSH_BIN names another). `make test` runs it after the cargo tests; scripts/setup.sh
+# WebSocket), then two end-to-end tests against the real server (target/debug/wspush, built
+# here when missing; WSPUSH_BIN names another): one in Node with its own WebSocket, one with the
+# built client in Debian's headless Chromium, driven by playwright-core. `make test` runs it after the cargo tests; scripts/setup.sh
 # (WSPUSH_SETUP_TEST=1) installs Node and Chromium. playwright-core never downloads a browser:
 # the test launches /usr/bin/chromium (WSPUSH_CHROMIUM names another).
 set -euo pipefail
@@ -31,6 +31,10 @@ log "build"
 nice -n 19 npm run --silent build
 log "unit tests"
 nice -n 19 node --test test/unit.test.mjs
+log "Node test (Node's own WebSocket, real server)"
+ws_flag=()
+[ "$major" -lt 22 ] && ws_flag=(--experimental-websocket)
+nice -n 19 node "${ws_flag[@]}" --no-warnings=ExperimentalWarning --test test/node.e2e.mjs
 log "browser test (headless Chromium, real server)"
 nice -n 19 node --test test/browser.e2e.mjs
 log "passed"
