@@ -58,7 +58,7 @@ pub struct Shard {
     dirty: RefCell<Vec<Rc<Conn>>>,
     flush_scheduled: Cell<bool>,
     /// When this core last queued one push to at least [`BROADCAST_SOCKETS`] of its sockets (a
-    /// group, system or user push, or a long send_to_clients): see [`Shard::flush_delay`].
+    /// group, system or user push, or a long send_to_clients): see [`Shard::broadcasting`].
     last_broadcast: Cell<Option<Instant>>,
     next_message: Cell<u64>,
     message_key: u64,
