@@ -283,6 +283,13 @@ impl Shard {
     }
 }
 
+/// Seconds since the Unix epoch (0 on a clock before it).
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A real [`Shard`] with real sockets for the unit tests of this module.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -326,11 +333,4 @@ pub(crate) mod testing {
         }
         out
     }
-}
-
-/// Seconds since the Unix epoch (0 on a clock before it).
-fn unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
