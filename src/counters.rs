@@ -156,6 +156,56 @@ pub struct Totals {
     pub queue_full: u64,
 }
 
+/// Seconds of history the status page's charts show: a fixed ring of this many points per core.
+pub const TREND_SECONDS: usize = 600;
+
+/// One core's totals at the end of one second: connections held, and the push API requests,
+/// frames pushed, API requests and slow-consumer drops counted since start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TrendPoint {
+    /// Seconds since the Unix epoch; 0 marks a slot never written.
+    pub sec: u64,
+    pub connections: u64,
+    pub pushes: u64,
+    pub frames: u64,
+    pub api: u64,
+    pub drops: u64,
+}
+
+/// A fixed ring of [`TrendPoint`]s, one slot per second: memory that does not grow with time.
+#[derive(Debug)]
+pub struct Trend {
+    slots: RefCell<Box<[TrendPoint]>>,
+}
+
+impl Default for Trend {
+    fn default() -> Self {
+        Trend {
+            slots: RefCell::new(vec![TrendPoint::default(); TREND_SECONDS].into_boxed_slice()),
+        }
+    }
+}
+
+impl Trend {
+    /// Keeps `point` in its second's slot, over whatever that slot held 600 s ago.
+    pub fn record(&self, point: TrendPoint) {
+        let mut slots = self.slots.borrow_mut();
+        let at = (point.sec % TREND_SECONDS as u64) as usize;
+        slots[at] = point;
+    }
+
+    /// The points of the last [`TREND_SECONDS`] before `now_sec` (inclusive), oldest first.
+    pub fn points(&self, now_sec: u64) -> Vec<TrendPoint> {
+        let oldest = now_sec.saturating_sub(TREND_SECONDS as u64 - 1);
+        let mut points: Vec<TrendPoint> = (self.slots.borrow().iter())
+            .filter(|p| p.sec != 0 && p.sec >= oldest && p.sec <= now_sec)
+            .copied()
+            .collect();
+        points.sort_unstable_by_key(|p| p.sec);
+        points
+    }
+}
+
 /// What one core counts. Owned by its `Shard`; every field is touched by that core only.
 #[derive(Debug)]
 pub struct CoreMetrics {
@@ -193,6 +243,9 @@ pub struct CoreMetrics {
     peer_failures: RefCell<Vec<(&'static str, u64)>>,
     /// Samples of the node's totals taken by `/status.json` requests on this core.
     pub rate_samples: RefCell<VecDeque<RateSample>>,
+    /// This core's totals once a second for the last [`TREND_SECONDS`]: the status page's
+    /// charts.
+    pub trend: Trend,
 }
 
 impl Default for CoreMetrics {
@@ -217,6 +270,7 @@ impl Default for CoreMetrics {
             api: RefCell::default(),
             peer_failures: RefCell::default(),
             rate_samples: RefCell::default(),
+            trend: Trend::default(),
         }
     }
 }
@@ -289,6 +343,25 @@ impl CoreMetrics {
         match failures.iter_mut().find(|(r, _)| *r == route) {
             Some((_, n)) => *n += 1,
             None => failures.push((route, 1)),
+        }
+    }
+
+    /// This core's totals for the trend at unix second `sec`, with its `connections`.
+    pub fn trend_point(&self, sec: u64, connections: u64) -> TrendPoint {
+        let pushes = (self.api.borrow().iter())
+            .filter(|r| r.route.starts_with("send_to"))
+            .map(|r| r.buckets.iter().sum::<u64>())
+            .sum();
+        let api = (self.api.borrow().iter())
+            .map(|r| r.buckets.iter().sum::<u64>())
+            .sum();
+        TrendPoint {
+            sec,
+            connections,
+            pushes,
+            frames: self.frames_pushed.get(),
+            api,
+            drops: self.disconnects[reason_index(EndReason::SlowConsumer)].get(),
         }
     }
 
@@ -423,6 +496,8 @@ pub fn process_started() -> (SystemTime, Instant) {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CoreSnapshot {
     pub core: usize,
+    /// The last [`TREND_SECONDS`] of this core's totals, oldest first (`/status.json` only).
+    pub trend: Vec<TrendPoint>,
     pub connections: u64,
     pub connects: u64,
     pub connects_refused: u64,

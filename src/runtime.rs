@@ -393,6 +393,21 @@ async fn run_core(
         })
     });
 
+    tasks.push({
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            // The status page's charts: this core's totals once a second, into a fixed ring.
+            // Taken just after each second turns, so every core labels the same moment alike.
+            loop {
+                shard.sample_trend();
+                let into = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_millis() as u64);
+                glommio::timer::sleep(Duration::from_millis(1005 - into.min(1000))).await;
+            }
+        })
+    });
+
     control_loop(&router, &inbox, start.door).await;
 
     readiness::core_stopped_accepting();

@@ -79,6 +79,10 @@ pub fn reuseport_listener(
 ) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    // SO_REUSEADDR: bind even while the connections of a server stopped a moment ago wait in
+    // TIME_WAIT on this port (a restart); a port something listens on is still refused
+    // (see `ensure_port_free`).
+    socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     let addr = std::net::SocketAddr::from((host, port));

@@ -173,6 +173,39 @@ fn a_second_server_on_a_taken_port_refuses_to_start() {
     server.assert_serves();
 }
 
+#[test]
+fn a_restart_right_after_a_stop_with_clients_gets_its_port_back() {
+    // The stopped server closed its clients first, so their sockets wait in TIME_WAIT on its
+    // port: a new one must still bind it at once (a `systemctl restart` of a busy node).
+    let mut first = Server::start();
+    first.register("again");
+    let mut clients: Vec<Ws> = (0..3).map(|_| first.ws("again")).collect();
+    first.signal(libc::SIGTERM);
+    for ws in &mut clients {
+        assert_eq!(
+            ws.expect_end(Duration::from_secs(10), false),
+            Ended::Close(1001)
+        );
+    }
+    drop(clients);
+    first
+        .wait_exit(Duration::from_secs(15))
+        .expect("first server exits");
+    let port = first.port;
+    let mut second = Server::start_edited(&[], 2, None, &|text| {
+        text.lines()
+            .map(|line| match line.starts_with("HttpPort") {
+                true => format!("HttpPort = {port}"),
+                false => line.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    assert_eq!(second.port, port, "{}", second.stderr_log());
+    second.register("again");
+    second.assert_serves();
+}
+
 /// Bytes the kernel holds for one TCP connection on 127.0.0.1 between `server` and `client`
 /// ports: unacknowledged and unsent bytes on the server side plus unread bytes on the client
 /// side, from the `tx_queue`/`rx_queue` columns of /proc/net/tcp. The table lists every socket

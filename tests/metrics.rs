@@ -458,52 +458,117 @@ fn a_cluster_node_reports_etcd_and_its_peers() {
     );
 }
 
+/// A group of `members` WebSockets bound to `group` of `system`, the presence floods drained.
+fn bound_group(server: &Server, system: &str, group: &str, members: usize) -> Vec<Ws> {
+    let mut ws: Vec<Ws> = (0..members).map(|_| server.ws(system)).collect();
+    for (i, w) in ws.iter().enumerate() {
+        bind(server.port, system, w, group, &format!("u{i}"), "");
+    }
+    // Each member saw the 1001 of every bind from its own on.
+    for (i, w) in ws.iter_mut().enumerate() {
+        for _ in i..members {
+            presence(&w.recv_json(), 1001);
+        }
+    }
+    ws
+}
+
 #[test]
-fn a_broadcasting_core_sends_the_pushes_of_one_window_in_one_write_per_socket() {
-    // One core, and a window long enough that a slow machine still fits ten pushes in it.
+fn a_core_under_broadcast_load_sends_the_pushes_of_one_window_in_one_write_per_socket() {
+    // One core, and a window long enough that a slow machine still fits many pushes in it.
     let server = Server::start_cores(&["FlushWindowUs = 50000"], 1);
     let port = server.port;
     server.register("room");
     const MEMBERS: usize = 40;
-    let mut members: Vec<Ws> = (0..MEMBERS).map(|_| server.ws("room")).collect();
-    for (i, ws) in members.iter().enumerate() {
-        bind(port, "room", ws, "room", &format!("u{i}"), "");
-    }
-    // Each member saw the 1001 of every bind from its own on.
-    for (i, ws) in members.iter_mut().enumerate() {
-        for _ in i..MEMBERS {
-            presence(&ws.recv_json(), 1001);
-        }
-    }
+    let mut members = bound_group(&server, "room", "room", MEMBERS);
     let before = scrape(port, &[]);
-    const PUSHES: usize = 10;
-    for n in 0..PUSHES {
-        let v = api(
-            port,
-            Some("room"),
-            "/api/send_to_group",
-            &json!({"groupName": "room", "sendUserId": "s", "code": 7, "msg": "m", "data": n}),
-        );
-        assert_eq!(v["code"], 0, "{v}");
+    // Four senders at once: pushes keep arriving while the core writes the last ones, which
+    // is load, so each socket is written once per window.
+    const SENDERS: usize = 4;
+    const PUSHES: usize = 15;
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            std::thread::spawn(move || {
+                for n in 0..PUSHES {
+                    let data = format!("{s}-{n}");
+                    let body = json!({"groupName": "room", "sendUserId": "s", "code": 7,
+                        "msg": "m", "data": data});
+                    let v = api(port, Some("room"), "/api/send_to_group", &body);
+                    assert_eq!(v["code"], 0, "{v}");
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
     }
-    // Every member gets every push, in order: coalescing changes the writes, not the stream.
+    // Every member gets every push, each sender's in order: coalescing changes the writes,
+    // not the stream.
     for ws in &mut members {
-        for n in 0..PUSHES {
-            assert_eq!(ws.recv_json()["data"], n);
+        let mut next = [0usize; SENDERS];
+        for _ in 0..SENDERS * PUSHES {
+            let data = ws.recv_json()["data"].as_str().unwrap().to_string();
+            let (s, n) = data.split_once('-').unwrap();
+            let s: usize = s.parse().unwrap();
+            assert_eq!(
+                n.parse::<usize>().unwrap(),
+                next[s],
+                "sender {s} out of order"
+            );
+            next[s] += 1;
         }
     }
+    let total = (MEMBERS * SENDERS * PUSHES) as f64;
     let after = wait_metrics(port, "the pushes counted", |m| {
         m.sum("wspush_frames_pushed_total", &[])
-            >= before.sum("wspush_frames_pushed_total", &[]) + (MEMBERS * PUSHES) as f64
+            >= before.sum("wspush_frames_pushed_total", &[]) + total
     });
     let frames = after.sum("wspush_frames_pushed_total", &[])
         - before.sum("wspush_frames_pushed_total", &[]);
     let writes = after.sum("wspush_socket_writes_total", &[])
         - before.sum("wspush_socket_writes_total", &[]);
-    assert_eq!(frames, (MEMBERS * PUSHES) as f64);
+    assert_eq!(frames, total);
     assert!(
         writes * 2.0 <= frames,
         "{frames} frames took {writes} writes: the window gathered nothing"
+    );
+}
+
+#[test]
+fn a_broadcast_that_finds_the_core_idle_is_written_at_once() {
+    // The longest window: each push right after the last one's receipt, with nothing else
+    // queued, goes out at once instead of waiting for it (before adaptive flushing, every
+    // broadcast within 10 windows of another waited a window).
+    let server = Server::start_cores(&["FlushWindowUs = 100000"], 1);
+    let port = server.port;
+    server.register("idle");
+    let mut members = bound_group(&server, "idle", "g", 40);
+    let before = scrape(port, &[]);
+    const PUSHES: usize = 8;
+    let started = Instant::now();
+    for n in 0..PUSHES {
+        let body = json!({"groupName": "g", "sendUserId": "s", "code": 7, "msg": "m", "data": n});
+        assert_eq!(
+            api(port, Some("idle"), "/api/send_to_group", &body)["code"],
+            0
+        );
+        for ws in &mut members {
+            assert_eq!(ws.recv_json()["data"], n);
+        }
+    }
+    // Not a benchmark: waiting for the window would make the eight pushes take 700 ms or
+    // more; written at once they take a few milliseconds even on a loaded machine.
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(350),
+        "{PUSHES} pushes took {took:?}"
+    );
+    let after = scrape(port, &[]);
+    let writes = after.sum("wspush_socket_writes_total", &[])
+        - before.sum("wspush_socket_writes_total", &[]);
+    assert!(
+        writes >= (40 * PUSHES) as f64,
+        "{writes} writes for {PUSHES} pushes to 40"
     );
 }
 

@@ -351,3 +351,105 @@ fn the_status_page_passes_its_api_key_on_to_its_polls() {
     assert_eq!(http(server.port, "GET", "/status", &[], b"").status, 401);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Attribute `name` of the element whose id is `id` in the serialized DOM.
+fn attribute(dom: &str, id: &str, name: &str) -> String {
+    let needle = format!(" id=\"{id}\"");
+    let at = dom
+        .find(&needle)
+        .unwrap_or_else(|| panic!("no element with id {id:?} in the page:\n{dom}"));
+    let start = dom[..at].rfind('<').unwrap();
+    let end = at + dom[at..].find('>').unwrap();
+    let tag = &dom[start..=end];
+    tag.split_once(&format!(" {name}=\""))
+        .map(|(_, rest)| rest[..rest.find('"').unwrap()].to_string())
+        .unwrap_or_else(|| panic!("element {id:?} has no {name}: {tag}"))
+}
+
+/// A chart's latest second and highest value, as the page drew them.
+fn chart(dom: &str, id: &str) -> (u64, u64) {
+    let last = attribute(dom, id, "data-last");
+    let max = attribute(dom, id, "data-max");
+    (
+        last.parse()
+            .unwrap_or_else(|_| panic!("{id} data-last {last:?}")),
+        max.parse()
+            .unwrap_or_else(|_| panic!("{id} data-max {max:?}")),
+    )
+}
+
+#[test]
+fn the_status_page_charts_move_while_load_runs() {
+    chromium();
+    let server = Server::start();
+    let port = server.port;
+    server.register("load");
+    let mut members: Vec<Ws> = (0..10).map(|_| server.ws("load")).collect();
+    for ws in &members {
+        bind(port, "load", ws, "g", "u", "");
+    }
+    for (i, ws) in members.iter_mut().enumerate() {
+        for _ in i..10 {
+            presence(&ws.recv_json(), 1001);
+        }
+    }
+    // Two quiet seconds: the charts' latest second has no deliveries.
+    std::thread::sleep(Duration::from_millis(2200));
+    let dir = temp_dir("status-charts");
+    let url = format!("{}/status", server.url());
+    let quiet = run_chromium(&dir, &url, &["--dump-dom"]);
+    let (connections, _) = chart(&quiet, "chart-connections");
+    assert_eq!(connections, 10, "connections chart:\n{quiet}");
+    let (quiet_last, quiet_max) = chart(&quiet, "chart-deliveries");
+    assert_eq!(quiet_last, 0, "deliveries in a quiet second");
+    assert_eq!(chart(&quiet, "chart-pushes").0, 0);
+
+    // Load: pushes to the group for about four seconds, the browser looking at the end.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pusher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                push_to_group(port, "load", "g", &n.to_string());
+                n += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(3000));
+    let busy = run_chromium(&dir, &url, &["--dump-dom"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let pushed = pusher.join().unwrap();
+    assert!(pushed > 0);
+    let (last, max) = chart(&busy, "chart-deliveries");
+    assert!(
+        last > 0,
+        "no deliveries in the latest second under load:\n{busy}"
+    );
+    assert!(
+        max > quiet_max,
+        "the deliveries chart did not rise: {quiet_max} -> {max}"
+    );
+    assert!(
+        chart(&busy, "chart-pushes").0 > 0,
+        "no pushes in the latest second"
+    );
+    assert!(
+        chart(&busy, "chart-api").0 > 0,
+        "no API requests in the latest second"
+    );
+    assert_ne!(
+        attribute(&quiet, "chart-deliveries", "data-points"),
+        "0",
+        "the quiet page drew no seconds"
+    );
+    // Every pushed frame reached every member: the load was real.
+    for ws in &mut members {
+        for n in 0..pushed {
+            assert_eq!(ws.recv_json()["data"], n.to_string());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

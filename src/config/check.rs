@@ -52,7 +52,7 @@ impl Config {
         if self.flush_window > Duration::from_millis(100) {
             problems.push(err(
                 "wspush.FlushWindowUs",
-                "must be at most 100000 (100 ms): every broadcast waits this long",
+                "must be at most 100000 (100 ms): a core under broadcast load writes each socket once per window",
             ));
         }
         // clientIds carry the core in one byte.

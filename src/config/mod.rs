@@ -63,9 +63,10 @@ pub struct Config {
     /// `[wspush] QueueBytes`, default 4 MiB: the same limit in bytes.
     pub queue_bytes: usize,
     /// `[wspush] FlushWindowUs`, default 2000: while a core is broadcasting (a push reached many
-    /// of its sockets in the last few windows, see `Shard::flush_delay`), it waits this long
-    /// before writing what was queued, so the pushes of that window reach each socket in one
-    /// write. Sporadic pushes and unicast traffic are written at once. 0: always write at once.
+    /// of its sockets in the last few windows) and its writes cannot keep up (more was queued
+    /// while it wrote), it writes each socket at most once per this long, so the pushes of that
+    /// window reach each socket in one write (see `Shard::flusher`). A push that finds the core
+    /// idle, and unicast traffic, are written at once. 0: never wait.
     pub flush_window: Duration,
     /// `[wspush] MaxMessageBytes`, default 8192 (the original's read limit): a larger client
     /// message closes the connection with 1009.

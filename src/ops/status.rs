@@ -8,13 +8,18 @@
 //! about their own polling interval without sharing state between cores; the very first poll
 //! on a core has no rate yet (`null`).
 //!
+//! `"trend"`: the last ten minutes, one point a second. Each core records its own totals just
+//! after every second turns into a fixed ring of [`crate::counters::TREND_SECONDS`] points
+//! (`Shard::sample_trend`); [`trend`] sums the cores' rings second by second and takes the
+//! differences, so the page's charts cost a poll nothing but the copy.
+//!
 //! The page ([`PAGE`], `status.html` beside this file) is one self-contained HTML file, inline
 //! CSS and JS, no build step: it polls `/status.json` every second and fills elements with
 //! stable ids (`connections-total`, `core-<n>-connections`, `rate-frames`, ...). Each number's
 //! raw value is also in its `data-value` attribute; the text is formatted for reading.
 
 use super::metrics::NodeSnapshot;
-use crate::counters::{RateSample, Totals, REASONS};
+use crate::counters::{RateSample, Totals, TrendPoint, REASONS};
 use crate::shard::Shard;
 use serde_json::{json, Map, Value};
 use std::cell::RefCell;
@@ -140,12 +145,67 @@ pub fn json(shard: &Shard, s: &NodeSnapshot) -> Value {
             "queueFull": totals.queue_full,
             "webhook": s.webhook.map(|w| w.dropped()),
         },
+        "trend": trend(s.cores.iter().map(|c| c.trend.as_slice())),
         "process": {
             "rssBytes": s.process.rss_bytes,
             "openFds": s.process.open_fds,
             "maxFds": s.process.max_fds,
             "cpuSeconds": s.process.cpu_seconds,
         },
+    })
+}
+
+/// The charts' numbers: each second of the last ten minutes that any core recorded, the node's
+/// connections at its end and its pushes, deliveries, API requests and slow-consumer drops
+/// during it, up to the latest second that every core has recorded. A core that missed a second
+/// (busy, or not started yet) counts with its latest earlier totals.
+pub fn trend<'a>(cores: impl Iterator<Item = &'a [TrendPoint]>) -> Value {
+    let cores: Vec<&[TrendPoint]> = cores.collect();
+    let first = cores.iter().filter_map(|c| c.first()).map(|p| p.sec).min();
+    // Only seconds every core has recorded: a poll between two cores' samples of the same
+    // second would otherwise show half of it.
+    let last = cores.iter().filter_map(|c| c.last()).map(|p| p.sec).min();
+    let (Some(first), Some(last)) = (first, last) else {
+        return json!({ "intervalSeconds": 1, "from": null, "connections": [],
+            "pushesPerSec": [], "deliveriesPerSec": [], "apiRequestsPerSec": [], "dropsPerSec": [] });
+    };
+    // The node's totals at the end of each second, first..=last.
+    let mut at = vec![0usize; cores.len()];
+    let mut sums = Vec::with_capacity((last - first + 1) as usize);
+    for sec in first..=last {
+        let mut sum = TrendPoint {
+            sec,
+            ..TrendPoint::default()
+        };
+        for (core, points) in cores.iter().enumerate() {
+            while at[core] + 1 < points.len() && points[at[core] + 1].sec <= sec {
+                at[core] += 1;
+            }
+            let Some(p) = points.get(at[core]).filter(|p| p.sec <= sec) else {
+                continue;
+            };
+            sum.connections += p.connections;
+            sum.pushes += p.pushes;
+            sum.frames += p.frames;
+            sum.api += p.api;
+            sum.drops += p.drops;
+        }
+        sums.push(sum);
+    }
+    let per_sec = |f: fn(&TrendPoint) -> u64| -> Vec<u64> {
+        sums.windows(2)
+            .map(|w| f(&w[1]).saturating_sub(f(&w[0])))
+            .collect()
+    };
+    json!({
+        "intervalSeconds": 1,
+        // The rates' first second; connections start one second earlier.
+        "from": first + 1,
+        "connections": sums.iter().skip(1).map(|p| p.connections).collect::<Vec<_>>(),
+        "pushesPerSec": per_sec(|p| p.pushes),
+        "deliveriesPerSec": per_sec(|p| p.frames),
+        "apiRequestsPerSec": per_sec(|p| p.api),
+        "dropsPerSec": per_sec(|p| p.drops),
     })
 }
 
@@ -224,6 +284,34 @@ mod tests {
             rates(&samples, t0 + Duration::from_secs(60), totals(500)),
             None
         );
+    }
+
+    fn point(sec: u64, connections: u64, frames: u64) -> TrendPoint {
+        TrendPoint {
+            sec,
+            connections,
+            frames,
+            ..TrendPoint::default()
+        }
+    }
+
+    #[test]
+    fn the_trend_sums_the_cores_second_by_second() {
+        // Core 0 every second; core 1 missed second 12 and counts with its second 11 there.
+        let a = [
+            point(10, 1, 0),
+            point(11, 2, 100),
+            point(12, 2, 300),
+            point(13, 3, 300),
+        ];
+        let b = [point(10, 5, 0), point(11, 5, 50), point(13, 4, 80)];
+        let t = trend([&a[..], &b[..]].into_iter());
+        assert_eq!(t["from"], 11);
+        assert_eq!(t["connections"], json!([7, 7, 7]));
+        assert_eq!(t["deliveriesPerSec"], json!([150, 200, 30]));
+        assert_eq!(t["pushesPerSec"], json!([0, 0, 0]));
+        let empty = trend([&[][..], &[][..]].into_iter());
+        assert_eq!(empty["connections"], json!([]));
     }
 
     #[test]

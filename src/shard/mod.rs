@@ -58,7 +58,7 @@ pub struct Shard {
     dirty: RefCell<Vec<Rc<Conn>>>,
     flush_scheduled: Cell<bool>,
     /// When this core last queued one push to at least [`BROADCAST_SOCKETS`] of its sockets (a
-    /// group, system or user push, or a long send_to_clients): see [`Shard::flush_delay`].
+    /// group, system or user push, or a long send_to_clients): see [`Shard::broadcasting`].
     last_broadcast: Cell<Option<Instant>>,
     next_message: Cell<u64>,
     message_key: u64,
@@ -243,6 +243,13 @@ impl Shard {
         closed
     }
 
+    /// Records this core's totals for the status page's charts (once a second).
+    pub fn sample_trend(&self) {
+        let connections = self.registry.borrow().len() as u64;
+        let point = self.metrics.trend_point(unix_seconds(), connections);
+        self.metrics.trend.record(point);
+    }
+
     /// This core's counters and state for `/metrics`; with `detail`, also its systems and
     /// groups (and, on core 0, the registered names) for `/status.json`. The node links' part
     /// is the router's to add.
@@ -257,6 +264,7 @@ impl Shard {
         (s.history_streams, s.history_messages) = (streams as u64, messages as u64);
         s.history_bytes = bytes as u64;
         if detail {
+            s.trend = self.metrics.trend.points(unix_seconds());
             s.systems = (self.index.borrow().systems())
                 .map(|(name, state)| SystemSnapshot {
                     system: name.to_string(),
@@ -273,6 +281,13 @@ impl Shard {
         }
         s
     }
+}
+
+/// Seconds since the Unix epoch (0 on a clock before it).
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A real [`Shard`] with real sockets for the unit tests of this module.

@@ -8,9 +8,13 @@ use crate::ws::frame::{self, SharedFrame};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// A push that reaches at least this many of a core's sockets is a broadcast: the flushes right
-/// after it wait `FlushWindowUs` to gather the next pushes (see [`Shard::flush_delay`]).
+/// A push that reaches at least this many of a core's sockets is a broadcast: while the core
+/// is broadcasting, a flush pass that ends with more work queued waits for the rest of
+/// `FlushWindowUs` before the next (see [`Shard::flusher`]).
 const BROADCAST_SOCKETS: usize = 32;
+
+/// Sockets a flush pass writes between two turns of the event loop.
+const FLUSH_CHUNK: usize = 64;
 
 impl Shard {
     /// Queues a frame for a connection. A full queue closes the connection (slow consumer)
@@ -48,37 +52,74 @@ impl Shard {
             self.dirty.borrow_mut().push(conn.clone());
             if !self.flush_scheduled.replace(true) {
                 let shard = self.clone();
-                let delay = self.flush_delay();
-                glommio::spawn_local(async move {
-                    // glommio polls a task spawned into the running task queue at once, inside
-                    // this call: without a first await the flush would write this one
-                    // connection now, and every enqueue of a push would be a write (and a
-                    // task) of its own. Yielding first lets the caller queue the rest of its
-                    // frames, so the flush comes after it and writes each socket once.
-                    if delay.is_zero() {
-                        futures_lite::future::yield_now().await;
-                    } else {
-                        glommio::timer::sleep(delay).await;
-                    }
-                    shard.flush_dirty()
-                })
-                .detach();
+                glommio::spawn_local(async move { shard.flusher().await }).detach();
             }
         }
     }
 
-    /// How long the next flush waits. A socket write costs the same few microseconds of kernel
-    /// time whether it carries one frame or twenty, and while this core is broadcasting (one
-    /// push reached at least `BROADCAST_SOCKETS` of its sockets within the last 10 windows) the
-    /// pushes of the next `FlushWindowUs` go out together, one write per socket for all of
-    /// them: on the fan-out benchmark that is 6x the deliveries per second at a lower push
-    /// delay (perf/RESULTS.md). Unicast traffic, however heavy, never waits: its frames go to
-    /// different sockets, so a window would only delay them.
-    pub fn flush_delay(&self) -> Duration {
+    /// The core's flusher: runs while connections are dirty, in passes. A pass writes each dirty
+    /// socket once, everything queued for it so far in one `sendmsg`. Every `FLUSH_CHUNK`
+    /// sockets it lets the event loop run, so the requests that arrived meanwhile queue their
+    /// frames: those for sockets later in the pass go out in this pass, the others in the next.
+    ///
+    /// When the flusher starts the core was idle: the first pass writes at once, after the
+    /// running tasks of this tick have queued what they have. When a pass ends with more work
+    /// queued and the core is broadcasting (one push reached at least `BROADCAST_SOCKETS` of its
+    /// sockets within the last 10 windows), the next pass starts no sooner than `FlushWindowUs`
+    /// after this one did: under load each socket gets at most one write per window, carrying
+    /// every push of that window. A socket write costs about the same kernel time for one frame
+    /// as for twenty, so this is what keeps a saturated fan-out cheap per delivery
+    /// (perf/RESULTS.md), while a push that finds the core idle is not delayed at all. Unicast
+    /// traffic never waits for a window: its frames go to different sockets.
+    async fn flusher(self: Rc<Self>) {
+        // glommio polls a task spawned into the running task queue at once, inside the spawn:
+        // without this first yield the pass would write only the connection that spawned it,
+        // and every enqueue of a push would be a write of its own.
+        futures_lite::future::yield_now().await;
+        loop {
+            let started = Instant::now();
+            let pass = std::mem::take(&mut *self.dirty.borrow_mut());
+            for (i, chunk) in pass.chunks(FLUSH_CHUNK).enumerate() {
+                if i > 0 {
+                    let_the_loop_run().await;
+                }
+                for conn in chunk {
+                    self.write_dirty(conn);
+                }
+            }
+            let broadcasting = self.broadcasting();
+            if self.dirty.borrow().is_empty() {
+                if !broadcasting {
+                    break;
+                }
+                // Did more arrive while this pass wrote? The requests are still unread.
+                let_the_loop_run().await;
+                if self.dirty.borrow().is_empty() {
+                    break;
+                }
+            }
+            // More work is queued: under broadcast load, the next pass comes a window after
+            // this one began.
+            let wait = match broadcasting {
+                true => self.config.flush_window.saturating_sub(started.elapsed()),
+                false => Duration::ZERO,
+            };
+            if wait.is_zero() {
+                let_the_loop_run().await;
+            } else {
+                glommio::timer::sleep(wait).await;
+            }
+        }
+        self.flush_scheduled.set(false);
+    }
+
+    /// Whether this core has queued a push to at least `BROADCAST_SOCKETS` of its sockets
+    /// within the last 10 flush windows (never with `FlushWindowUs = 0`).
+    pub fn broadcasting(&self) -> bool {
         let window = self.config.flush_window;
         match self.last_broadcast.get() {
-            Some(at) if !window.is_zero() && at.elapsed() < window * 10 => window,
-            _ => Duration::ZERO,
+            Some(at) => !window.is_zero() && at.elapsed() < window * 10,
+            None => false,
         }
     }
 
@@ -121,24 +162,29 @@ impl Shard {
         self.mark_dirty(conn);
     }
 
-    /// Writes every dirty connection's queue: what was queued since the last flush goes out in
-    /// one `sendmsg` per socket.
+    /// Writes every dirty connection's queue now, in one `sendmsg` per socket, without the
+    /// flusher's passes (the benchmarks time a push and its writes with it).
     pub fn flush_dirty(self: &Rc<Self>) {
-        self.flush_scheduled.set(false);
         let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
-        for conn in dirty {
-            if conn.write_state.get() != WriteState::Dirty {
-                continue;
+        for conn in &dirty {
+            self.write_dirty(conn);
+        }
+    }
+
+    /// Writes what is queued for a dirty connection; a socket that takes only part of it waits
+    /// for writability in a task of its own.
+    fn write_dirty(self: &Rc<Self>, conn: &Rc<Conn>) {
+        if conn.write_state.get() != WriteState::Dirty {
+            return;
+        }
+        match conn.flush_now(&self.metrics.socket_writes) {
+            Flush::Drained => conn.write_state.set(WriteState::Idle),
+            Flush::WouldBlock => {
+                conn.write_state.set(WriteState::Blocked);
+                let (shard, conn) = (self.clone(), conn.clone());
+                glommio::spawn_local(async move { shard.write_blocked(conn).await }).detach();
             }
-            match conn.flush_now(&self.metrics.socket_writes) {
-                Flush::Drained => conn.write_state.set(WriteState::Idle),
-                Flush::WouldBlock => {
-                    conn.write_state.set(WriteState::Blocked);
-                    let shard = self.clone();
-                    glommio::spawn_local(async move { shard.write_blocked(conn).await }).detach();
-                }
-                Flush::Failed => conn.cut(EndReason::Reset),
-            }
+            Flush::Failed => conn.cut(EndReason::Reset),
         }
     }
 
@@ -225,6 +271,13 @@ impl Shard {
         self.close_as(conn, EndReason::Kicked, code, reason);
         cut_after(conn, EndReason::Kicked, Duration::from_secs(2));
     }
+}
+
+/// Lets this core's event loop run once: the other runnable tasks run, and the I/O that
+/// completed meanwhile (requests that arrived) is reaped, before the caller goes on. A timer is
+/// what does it: a plain yield would only go round the running task queue.
+async fn let_the_loop_run() {
+    glommio::timer::sleep(Duration::from_micros(1)).await;
 }
 
 /// Cuts `conn` as `reason` after `grace`: what follows a close frame the client may never answer.

@@ -152,7 +152,13 @@ impl Server {
             let (port, rpc_port) = free_ports();
             let dir = temp_dir("server");
             let config = dir.join("app.ini");
-            std::fs::write(&config, edit(config_text(port, rpc_port, extra))).unwrap();
+            let text = edit(config_text(port, rpc_port, extra));
+            // `edit` may have chosen the port itself (a restart on the port of a stopped one).
+            let port = text
+                .lines()
+                .find_map(|l| l.strip_prefix("HttpPort = ")?.trim().parse().ok())
+                .unwrap_or(port);
+            std::fs::write(&config, text).unwrap();
             let log = File::create(dir.join("server.log")).unwrap();
             let mut command = match nofile {
                 Some(n) => {
