@@ -135,6 +135,27 @@ stop_server() {
     SERVER_PID=""
 }
 
+# Short-lived connections (connect, close) leave conntrack entries for about 2 minutes; a full
+# table drops SYNs, which the load generator sees as 1-s stalls and "no answer within 10s" on
+# either server. Before each run, wait (at most 150 s) until the table is at most 60% full.
+wait_conntrack() {
+    local f=/proc/sys/net/netfilter/nf_conntrack_count m=/proc/sys/net/netfilter/nf_conntrack_max
+    [ -r "$f" ] && [ -r "$m" ] || return 0
+    local max waited=0
+    max=$(cat "$m")
+    while [ "$(cat "$f")" -gt $((max * 6 / 10)) ]; do
+        if [ "$waited" -ge 150 ]; then
+            echo "   warning: conntrack still $(cat "$f") of $max entries; SYNs may be dropped" >&2
+            CONNTRACK_FULL=1
+            return 0
+        fi
+        [ "$waited" -gt 0 ] || echo "   waiting for conntrack entries to expire ($(cat "$f") of $max)" >&2
+        sleep 5
+        waited=$((waited + 5))
+    done
+}
+CONNTRACK_FULL=0
+
 if [ "$QUICK" = 1 ]; then
     CONNECT_TOTAL=5000 PUSH_SECS=3 UNICAST_SECS=3
 else
@@ -158,6 +179,7 @@ for sc in "${SCENARIOS[@]}"; do
     for run in $(seq 1 "$RUNS"); do
         for name in $SERVERS; do
             echo "== $sc run $run/$RUNS: $name" >&2
+            wait_conntrack
             if ! start_server "$name"; then
                 printf '{"server":"%s","case":"%s","run":%s,"error":"did not start"}\n' \
                     "$name" "$sc" "$run" >>"$RESULTS"
@@ -176,6 +198,9 @@ for sc in "${SCENARIOS[@]}"; do
     done
 done
 
+if [ "$CONNTRACK_FULL" = 1 ]; then
+    echo "warning: some runs started with the conntrack table over 60% full (see above)" >&2
+fi
 python3 - "$RESULTS" "$RUNS" "${FLOOR:+floor}" <<'EOF'
 import json, statistics, sys
 path, runs, floor = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "floor"
