@@ -1,5 +1,6 @@
 //! A small HTTP/1.x client for the API: write the request, read the status line, the headers
-//! and a `Content-Length` body. Keep-alive (HTTP/1.1, the socket reused) or one-shot (HTTP/1.0
+//! and a `Content-Length` or chunked body (Go's net/http, so the original go-websocket, sends
+//! answers over 2 KiB chunked). Keep-alive (HTTP/1.1, the socket reused) or one-shot (HTTP/1.0
 //! with `Connection: close` and a new TCP connection per request, which is what nginx sends to
 //! `/api`). Buffers are reused across requests.
 
@@ -102,7 +103,7 @@ impl HttpClient {
         stream.write_all(&self.req).await?;
         self.resp.clear();
         let mut keep = !self.close;
-        let (status, head_len, content_length) = loop {
+        let (status, head_len, content_length, chunked) = loop {
             if stream.read_buf(&mut self.resp).await? == 0 {
                 bail!("connection closed before a complete response head");
             }
@@ -119,10 +120,13 @@ impl HttpClient {
                 httparse::Status::Partial => bail!("malformed response head"),
             };
             let mut content_length = None;
+            let mut chunked = false;
             let mut closes = r.version == Some(0);
             for h in r.headers.iter() {
                 if h.name.eq_ignore_ascii_case("content-length") {
                     content_length = std::str::from_utf8(h.value)?.trim().parse::<usize>().ok();
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = find(&h.value.to_ascii_lowercase(), b"chunked").is_some();
                 } else if h.name.eq_ignore_ascii_case("connection") {
                     closes = find(&h.value.to_ascii_lowercase(), b"close").is_some();
                 }
@@ -131,9 +135,22 @@ impl HttpClient {
                 // The server will not keep this one: do not reuse it.
                 keep = false;
             }
-            break (r.code.unwrap_or(0), head_len, content_length);
+            break (r.code.unwrap_or(0), head_len, content_length, chunked);
         };
         let end = match content_length {
+            _ if chunked => loop {
+                if let Some(body) = dechunk(&self.resp[head_len..])? {
+                    self.resp.truncate(head_len);
+                    self.resp.extend_from_slice(&body);
+                    break self.resp.len();
+                }
+                if self.resp.len() > MAX_RESPONSE {
+                    bail!("response over {MAX_RESPONSE} bytes");
+                }
+                if stream.read_buf(&mut self.resp).await? == 0 {
+                    bail!("connection closed inside a chunked body");
+                }
+            },
             Some(n) => {
                 while self.resp.len() < head_len + n {
                     if stream.read_buf(&mut self.resp).await? == 0 {
@@ -160,6 +177,33 @@ impl HttpClient {
     }
 }
 
+/// The body of a complete chunked encoding at the start of `buf`, or `None` while more bytes
+/// are needed. Trailers are not expected (the last chunk must be followed by `\r\n`).
+fn dechunk(buf: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let (len, size) = match httparse::parse_chunk_size(&buf[at..]) {
+            Ok(httparse::Status::Complete(c)) => c,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => bail!("malformed chunk size"),
+        };
+        at += len;
+        let size = usize::try_from(size)?;
+        if buf.len() < at + size + 2 {
+            return Ok(None);
+        }
+        if &buf[at + size..at + size + 2] != b"\r\n" {
+            bail!("chunk without its CRLF");
+        }
+        if size == 0 {
+            return Ok(Some(body));
+        }
+        body.extend_from_slice(&buf[at..at + size]);
+        at += size + 2;
+    }
+}
+
 /// Whether an API answer is a success: HTTP 200 and `"code":0`.
 pub fn api_ok(status: u16, body: &[u8]) -> bool {
     status == 200 && frame_code(body) == Some(0)
@@ -183,4 +227,19 @@ pub async fn register(target: &Arc<Target>) -> anyhow::Result<()> {
 /// `s` as a JSON string literal, quotes included.
 pub fn json_str(s: &str) -> String {
     serde_json::Value::from(s).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dechunk;
+
+    #[test]
+    fn dechunk_waits_for_the_last_chunk_and_joins_the_rest() {
+        let full = b"5\r\nhello\r\n6;x=1\r\n world\r\n0\r\n\r\n";
+        assert_eq!(dechunk(full).unwrap().as_deref(), Some(&b"hello world"[..]));
+        for cut in 0..full.len() {
+            assert_eq!(dechunk(&full[..cut]).unwrap(), None, "cut at {cut}");
+        }
+        assert!(dechunk(b"5\r\nhelloXX0\r\n\r\n").is_err());
+    }
 }

@@ -9,7 +9,8 @@
 //! - [`stats`]: per-thread counters and log-linear latency histograms; snapshots that add up.
 //! - [`shards`]: one thread per `--threads`, each a current-thread tokio runtime.
 //! - [`ws`]: handshake, frame parsing from a per-thread scratch buffer, code/stamp search.
-//! - [`http`]: the API client (keep-alive or `Connection: close`).
+//! - [`http`]: the API client (keep-alive or `Connection: close`; `Content-Length` or chunked).
+//! - [`receipts`]: pushes in flight until every member received them (`fanout --regime received`).
 //! - [`fleet`]: the receiving connections, in this process or in worker processes.
 //! - [`scenarios`]: idle, connect, fanout, unicast, batch, and the pieces they share.
 //! - [`hardening`]: stalled (slow consumers among readers), soak (many connections for minutes).
@@ -18,6 +19,7 @@
 mod fleet;
 mod hardening;
 mod http;
+mod receipts;
 mod scenarios;
 mod serverlog;
 mod shards;
@@ -124,9 +126,17 @@ enum Cmd {
         conns: usize,
         #[arg(long, default_value_t = 1_000)]
         members: usize,
-        /// Seconds of pushing.
+        /// Seconds of pushing (per regime with `--regime both`).
         #[arg(long, default_value_t = 8.0)]
         duration: f64,
+        /// When a push stops counting against --inflight: `answer` (its HTTP answer came),
+        /// `received` (every member received it; one process only), or `both` (one window
+        /// each, `received_` keys for the second).
+        #[arg(long, value_enum, default_value_t = scenarios::Regime::Answer)]
+        regime: scenarios::Regime,
+        /// Same as `--regime received`.
+        #[arg(long, conflicts_with = "regime")]
+        until_received: bool,
         #[command(flatten)]
         push: PushFlags,
         #[command(flatten)]
@@ -439,12 +449,19 @@ fn main() {
                 conns,
                 members,
                 duration,
+                regime,
+                until_received,
                 push,
                 bind,
             } => {
                 let a = scenarios::FanoutArgs {
                     conns,
                     members,
+                    regime: if until_received {
+                        scenarios::Regime::Received
+                    } else {
+                        regime
+                    },
                     push: push.args(duration, 0),
                     bind: bind.args(push.quiet),
                 };

@@ -385,10 +385,14 @@ fn push_tail(body: &mut Vec<u8>, code: i64, pad: usize) {
 
 /// The push fields with the send time stamped into `data`, and the closing brace.
 fn push_fields(body: &mut Vec<u8>, code: i64, pad: usize) {
+    push_fields_at(body, code, pad, sys::now_ns());
+}
+
+/// The push fields with `stamp` in `data`, and the closing brace.
+fn push_fields_at(body: &mut Vec<u8>, code: i64, pad: usize, stamp: u64) {
     let _ = write!(
         body,
-        "\"sendUserId\":\"perf\",\"code\":{code},\"msg\":\"perf\",\"data\":\"t{}",
-        sys::now_ns()
+        "\"sendUserId\":\"perf\",\"code\":{code},\"msg\":\"perf\",\"data\":\"t{stamp}"
     );
     body.resize(body.len() + pad, b'.');
     body.extend_from_slice(b"\"}");
@@ -952,6 +956,115 @@ pub(crate) async fn group_window(
     })
 }
 
+/// One window of `send_to_group` to `group` in the regime where a push is in flight until
+/// every one of its `owed` deliveries has been received: each of `inflight` senders posts a
+/// push, waits for its answer, then for its last delivery (see [`crate::receipts`]), then
+/// posts the next. A push not fully received within `quiet` is given up (counted in
+/// `receipts_timed_out`).
+pub(crate) async fn received_window(
+    ctx: &Ctx,
+    load: &mut Load,
+    group: &str,
+    owed: u64,
+    a: &PushArgs,
+    errors: &FirstError,
+) -> anyhow::Result<(PushWindow, u64)> {
+    if load.workers.is_some() {
+        bail!("the received regime needs the receivers in this process (--procs 1)");
+    }
+    let workers = a.inflight.max(1);
+    let slots = crate::receipts::slots(workers);
+    if slots.len() < workers {
+        bail!("receipt slots were made for {} senders", slots.len());
+    }
+    let timed_out = Arc::new(AtomicUsize::new(0));
+    let w = Window::start(load, ctx.server).await?;
+    let deadline = tokio::time::Instant::now() + a.duration;
+    let (code, pad, quiet, rate) = (ctx.code, a.pad, a.quiet, a.rate);
+    let senders: Vec<_> = (0..workers)
+        .map(|i| {
+            let target = ctx.api_target.clone();
+            let errors = errors.clone();
+            let group = group.to_string();
+            let timed_out = timed_out.clone();
+            ctx.shards.spawn(i, move |stats: Arc<Stats>| async move {
+                let slot = &crate::receipts::slots(workers)[i];
+                let mut client =
+                    HttpClient::new(target, false, sys::http_source(sys::run_base() + i));
+                let mut pacer = rate.map(|r| Pacer::new(r, workers, i));
+                let mut body = Vec::with_capacity(256);
+                while tokio::time::Instant::now() < deadline {
+                    if let Some(p) = &mut pacer {
+                        p.wait().await;
+                        if tokio::time::Instant::now() >= deadline {
+                            break;
+                        }
+                    }
+                    body.clear();
+                    let _ = write!(body, "{{\"groupName\":{group},");
+                    let stamp = sys::now_ns();
+                    push_fields_at(&mut body, code, pad, stamp);
+                    slot.arm(stamp, owed);
+                    let t0 = Instant::now();
+                    match client.post("/api/send_to_group", &body).await {
+                        Ok((status, resp)) if api_ok(status, resp) => {
+                            stats.record_request(t0.elapsed().as_nanos() as u64);
+                        }
+                        Ok((status, resp)) => {
+                            slot.disarm();
+                            bump(&stats.requests_failed, 1);
+                            errors.note(|| {
+                                format!("send_to_group: {status} {}", String::from_utf8_lossy(resp))
+                            });
+                            continue;
+                        }
+                        Err(e) => {
+                            slot.disarm();
+                            bump(&stats.requests_failed, 1);
+                            errors.note(|| format!("send_to_group: {e:#}"));
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    }
+                    if tokio::time::timeout(quiet, slot.received(stamp))
+                        .await
+                        .is_err()
+                    {
+                        slot.disarm();
+                        timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await?;
+    }
+    let send_wall = w.t0.elapsed();
+    let sent = load.snapshot().await?.since(&w.snap);
+    let expected = sent.requests_ok * owed;
+    let (_, complete) = wait_for(
+        load,
+        &w.snap,
+        |s| s.delivered,
+        expected,
+        a.quiet,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let m = w.end(load, ctx.server).await?;
+    let pw = PushWindow {
+        w,
+        m,
+        send_wall,
+        expected,
+        complete,
+        inflight: a.inflight,
+        rate: a.rate,
+    };
+    Ok((pw, timed_out.load(Ordering::Relaxed) as u64))
+}
+
 impl PushWindow {
     /// Extends this window by `next`, which followed it with the same settings.
     pub fn then(&mut self, next: PushWindow) {
@@ -1031,10 +1144,32 @@ impl PushWindow {
     }
 }
 
+/// When a `fanout` push stops counting against `--inflight`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Regime {
+    /// When its HTTP answer arrives (before or while it is delivered).
+    Answer,
+    /// When every member has received it.
+    Received,
+    /// One window of each, on the same group: `answer` first.
+    Both,
+}
+
+impl Regime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Regime::Answer => "answer",
+            Regime::Received => "received",
+            Regime::Both => "both",
+        }
+    }
+}
+
 /// Flags of `fanout`.
 pub struct FanoutArgs {
     pub conns: usize,
     pub members: usize,
+    pub regime: Regime,
     pub push: PushArgs,
     pub bind: BindArgs,
 }
@@ -1056,18 +1191,37 @@ pub async fn fanout(ctx: &Ctx, a: &FanoutArgs) -> anyhow::Result<Report> {
         bail!("no members to bind (--members 0)");
     }
     let groups = build_groups(ctx, &mut load, &mut r, members, m, &a.bind).await?;
-    let errors = FirstError::default();
-    let pw = group_window(
-        ctx,
-        &mut load,
-        &groups.names[0],
-        groups.sizes[0],
-        &a.push,
-        &errors,
-    )
-    .await?;
-    pw.report(&mut r, "", &errors);
-    cpu_figures(&mut r, "", &pw.m, pw.m.delta.delivered, "delivery");
+    let (group, owed) = (&groups.names[0], groups.sizes[0]);
+    r.set("regime", a.regime.name());
+    if a.regime != Regime::Received {
+        let errors = FirstError::default();
+        let pw = group_window(ctx, &mut load, group, owed, &a.push, &errors).await?;
+        r.line("-- regime: a push is done when its HTTP answer arrives".into());
+        pw.report(&mut r, "", &errors);
+        cpu_figures(&mut r, "", &pw.m, pw.m.delta.delivered, "delivery");
+    }
+    if a.regime != Regime::Answer {
+        // Alone, the received regime's figures take the plain keys; after the answer
+        // regime's, they start with `received_`.
+        let prefix = if a.regime == Regime::Both {
+            "received_"
+        } else {
+            ""
+        };
+        let errors = FirstError::default();
+        let (pw, timed_out) =
+            received_window(ctx, &mut load, group, owed, &a.push, &errors).await?;
+        r.line("-- regime: a push is in flight until every member has received it".into());
+        pw.report(&mut r, prefix, &errors);
+        r.set(&format!("{prefix}receipts_timed_out"), timed_out);
+        if timed_out > 0 {
+            r.line(format!(
+                "warning: {timed_out} pushes were not fully received within {:?}",
+                a.push.quiet
+            ));
+        }
+        cpu_figures(&mut r, prefix, &pw.m, pw.m.delta.delivered, "delivery");
+    }
     load.stop();
     Ok(r)
 }

@@ -412,7 +412,10 @@ fn parse(buf: &[u8], out: &mut Vec<u8>, stats: &Stats, code: i64) -> (usize, Ste
                         now = sys::now_ns();
                     }
                     match stamp(frame.payload) {
-                        Some(t) => stats.record_delivery(now.saturating_sub(t), now),
+                        Some(t) => {
+                            stats.record_delivery(now.saturating_sub(t), now);
+                            crate::receipts::delivered(t);
+                        }
                         None => {
                             bump(&stats.unstamped, 1);
                             stats.record_delivery(0, now);
