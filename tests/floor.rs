@@ -115,6 +115,10 @@ fn handshake_gives_101_and_a_welcome_frame_with_a_unique_client_id() {
         // The load generator's goodbye: a masked close frame (1000), then it drops the socket.
         s.write_all(&[0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2])
             .unwrap();
+        // The close frame back with the same code, as wspush answers it, then the end.
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, [0x88, 0x02, 0x03, 0xe8]);
         assert_closed(&mut s);
     }
     assert_ne!(ids[0], ids[1]);

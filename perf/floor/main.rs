@@ -7,8 +7,9 @@
 //! - **handshake**: `accept4`, one `read` of the head (the listener has `TCP_DEFER_ACCEPT`, so
 //!   the head is there when `accept4` returns; `--no-defer-accept` turns it off, and then a
 //!   head not there yet costs a `read` that finds nothing), one `write` of the 101 answer and the welcome
-//!   frame together, `epoll_ctl(ADD)`; later one `read` of the client's close frame and `close`.
-//!   No close frame is written back: the load generator has dropped its socket already.
+//!   frame together, `epoll_ctl(ADD)`; later one `read` of the client's close frame, one
+//!   `write` of the close frame back (as wspush; see [`Floor::frames`] for why it is needed),
+//!   `close`.
 //! - **keep-alive push** (`send_to_client`): one `read` of the request, one `write` of the
 //!   frame to the target socket (found from the clientId: it carries the fd), one `write` of
 //!   the HTTP answer.
@@ -309,6 +310,21 @@ impl Floor {
                     used += len;
                     match opcode {
                         0x8 => {
+                            // The close frame back (RFC 6455 5.5.1), as wspush does, then
+                            // close. The load generator has dropped its socket already, so
+                            // this write draws a reset and neither side keeps a TIME_WAIT.
+                            // Closing without it would leave one here, and a later
+                            // connection on the same ports could meet it (SYNs refused by
+                            // PAWS, retried after 1, 3, 7 s: seen as stalled handshakes).
+                            let code = if payload.len() >= 2 {
+                                &payload[..2]
+                            } else {
+                                &[][..]
+                            };
+                            let mut reply = vec![0x88];
+                            frame_header(code.len(), &mut reply);
+                            reply.extend_from_slice(code);
+                            sys::write_all_once(fd, &reply);
                             self.close(fd);
                             return None;
                         }
@@ -799,8 +815,8 @@ fn client_frame(buf: &[u8]) -> Result<Option<(u8, Vec<u8>, usize)>, ()> {
         return Ok(None);
     }
     let opcode = buf[0] & 0x0f;
-    // Only control frames' payloads are looked at (pings are echoed); those are at most 125.
-    let payload = if opcode == 0x9 {
+    // Only control frames' payloads are looked at (pings and close codes are echoed).
+    let payload = if opcode == 0x9 || opcode == 0x8 {
         let mask = &buf[header..header + 4];
         (buf[header + 4..total].iter().enumerate())
             .map(|(i, b)| b ^ mask[i % 4])
