@@ -22,8 +22,9 @@
 //! - [`cluster`]: the node links ([`cluster::link`], [`cluster::proto`]) and etcd membership.
 //! - [`ops`]: `/metrics` (Prometheus) and the status page, gathered from every core through
 //!   the router only when asked.
-//! - [`webhook`]: connection events queued by the owning core and POSTed in batches to a
-//!   system's `webhookUrl` by side threads, never on a core.
+//! - [`webhook`]: connection events queued by the owning core (and group occupancy events by
+//!   the group's owner core, [`route::occupancy`]) and POSTed in batches to a system's
+//!   `webhookUrl` by side threads, never on a core.
 //!
 //! Leaves, used from above and naming nothing above them: [`types`] (the shared data:
 //! `SystemInfo`, `Target`, `Member`, `StatsPart`, `EndReason`, the history options and a

@@ -15,8 +15,8 @@ pub use crate::types::{HistoryOpts, HistoryPush, Member, Resume, StatsPart, Stre
 /// version is refused (in the handshake, and again on every frame). 4: the handshake
 /// (`cluster::handshake`) and the `Membership` op. 5: group history (`HistoryPush`,
 /// `HistoryRead`, `Bind.resume`). 6: offline messages (`OfflineStore`, `OfflineTake`,
-/// `StatsPart.offline`).
-pub const PROTO_VERSION: u16 = 6;
+/// `StatsPart.offline`). 7: group occupancy (`Occupancy`).
+pub const PROTO_VERSION: u16 = 7;
 /// Largest frame accepted (a send_to_clients of many ids with a large `data` fits easily).
 pub const MAX_FRAME: usize = 16 << 20;
 const PREFIX: usize = 4 + 2;
@@ -48,6 +48,17 @@ pub enum RemoteOp {
         group: String,
         history: HistoryOpts,
         push: HistoryPush,
+    },
+    /// To the owner of the group's stream: core `core` of node `node` (its cluster address)
+    /// holds members of the group now (`present`) or no longer does, as of that core's
+    /// sequence `seq` (issue 17).
+    Occupancy {
+        system: String,
+        group: String,
+        node: String,
+        core: u32,
+        seq: u64,
+        present: bool,
     },
     /// The position and kept pushes of a group's stream, asked of its owner.
     HistoryRead {

@@ -177,6 +177,11 @@ pub struct Config {
     /// and a host name that resolves to one is refused at delivery (DNS rebinding). Turn it on
     /// when the receivers live on the private network.
     pub webhook_allow_private: bool,
+    /// `[wspush] WebhookOccupancy`, default false: whether systems with a webhook also get
+    /// `group_occupied` / `group_vacated` events (issue 17, docs/webhooks.md "Occupancy").
+    /// Set it the same on every node of a cluster: the member's node decides whether to tell
+    /// the group's owner.
+    pub webhook_occupancy: bool,
     /// `[wspush] ShutdownGrace` (seconds), default 2: on SIGTERM, how long queued frames and
     /// close frames get to drain before sockets are cut.
     pub shutdown_grace: Duration,
@@ -306,6 +311,7 @@ impl Default for Config {
             webhook_timeout: Duration::from_millis(5000),
             webhook_bytes: 64 << 20,
             webhook_allow_private: false,
+            webhook_occupancy: false,
             shutdown_grace: Duration::from_secs(2),
             api_key: String::new(),
             cluster_secret: String::new(),
@@ -473,6 +479,10 @@ impl Config {
             (
                 "wspush.WebhookAllowPrivate",
                 self.webhook_allow_private.to_string(),
+            ),
+            (
+                "wspush.WebhookOccupancy",
+                self.webhook_occupancy.to_string(),
             ),
             (
                 "wspush.RpcTimeoutMs",

@@ -213,6 +213,7 @@ impl Config {
                 ("wspush", "webhookallowprivate") => {
                     c.webhook_allow_private = boolean(&full, value)?
                 }
+                ("wspush", "webhookoccupancy") => c.webhook_occupancy = boolean(&full, value)?,
                 ("wspush", "webhooktimeoutms") => {
                     c.webhook_timeout = Duration::from_millis(number(&full, value)? as u64)
                 }

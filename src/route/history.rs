@@ -261,5 +261,6 @@ impl Router {
         // Offline messages of users another node owns now are dropped too: the new owner is
         // where stores and takes go from now on (docs/history.md, "Offline messages").
         (self.shard.offline.borrow_mut()).retain(|system, user| owned(&nodes, me, system, user));
+        self.occupancy_peers_changed(&nodes, me);
     }
 }

@@ -101,6 +101,16 @@ impl Router {
                 self.store_here(&system, &user_id, *push);
                 Reply::Done(true)
             }
+            Op::Occupancy {
+                system,
+                group,
+                holder,
+                seq,
+                present,
+            } => {
+                self.occupancy_here(&system, &group, holder, seq, present);
+                Reply::Done(true)
+            }
             Op::OfflineTake { system, user_id } => {
                 Reply::Offline(self.take_here(&system, &user_id))
             }
@@ -142,6 +152,7 @@ impl Router {
                 }
                 if first {
                     shard.webhook_event(crate::webhook::Kind::Bind, &conn, &group);
+                    self.occupancy_check(&system, &group, true);
                     let data = conn.member_event_data();
                     self.announce(&conn, group.clone(), MemberEvent::Online, &data)
                         .await;

@@ -19,6 +19,7 @@
 pub mod clients;
 pub mod history;
 pub mod mesh;
+pub mod occupancy;
 pub mod offline;
 pub mod remote;
 pub mod systems;
@@ -400,6 +401,9 @@ impl Router {
             return;
         }
         let data = conn.member_event_data();
+        for group in &groups {
+            self.occupancy_check(conn.system(), group, false);
+        }
         for group in groups {
             self.announce(conn, Arc::from(&*group), MemberEvent::Offline, &data)
                 .await;
@@ -416,6 +420,7 @@ impl Router {
             return false;
         }
         shard.webhook_event(crate::webhook::Kind::Unbind, conn, &group);
+        self.occupancy_check(conn.system(), &group, false);
         tracing::debug!(client = %conn.client_id(), core = shard.id, group = %group, "client left a group");
         let data = conn.member_event_data();
         self.announce(conn, group, MemberEvent::Left, &data).await;

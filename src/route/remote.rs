@@ -118,6 +118,26 @@ fn local_op(op: RemoteOp, nr_cores: usize) -> Local {
                 user_id: Arc::from(user_id),
             },
         ),
+        RemoteOp::Occupancy {
+            system,
+            group,
+            node,
+            core,
+            seq,
+            present,
+        } => match node.parse::<SocketAddrV4>() {
+            Ok(node) => Local::Core(
+                super::history::stream_core(&system, &group, nr_cores),
+                Op::Occupancy {
+                    system: Arc::from(system),
+                    group: Arc::from(group),
+                    holder: (node, core),
+                    seq,
+                    present,
+                },
+            ),
+            Err(_) => Local::Nowhere,
+        },
         RemoteOp::HistoryRead {
             system,
             group,

@@ -39,6 +39,15 @@ pub enum Op {
         history: HistoryOpts,
         push: Box<HistoryPush>,
     },
+    /// To the core that owns the group's stream: `holder` (node, core) holds members of the
+    /// group now (`present`) or no longer does, as of its sequence `seq` (issue 17).
+    Occupancy {
+        system: Arc<str>,
+        group: Arc<str>,
+        holder: crate::shard::occupancy::Holder,
+        seq: u64,
+        present: bool,
+    },
     /// To the core that owns the group's stream: its position and kept pushes after `since`.
     HistoryRead {
         system: Arc<str>,

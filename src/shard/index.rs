@@ -152,6 +152,14 @@ impl Index {
             .unwrap_or_default()
     }
 
+    /// How many members the group has on this core.
+    pub fn group_len(&self, system: &str, group: &str) -> usize {
+        self.systems
+            .get(system)
+            .and_then(|s| s.groups.get(group))
+            .map_or(0, |m| m.len())
+    }
+
     /// The group's members.
     pub fn members(&self, system: &str, group: &str) -> Vec<Rc<Conn>> {
         self.conns_of(system, |s| s.groups.get(group))

@@ -18,6 +18,7 @@ pub mod history;
 pub mod inbox;
 pub mod index;
 mod local;
+pub mod occupancy;
 pub mod offline;
 pub mod outbound;
 pub mod registry;
@@ -88,6 +89,10 @@ pub struct Shard {
     pub history: RefCell<history::Streams>,
     /// The offline messages this core keeps for users it owns: see [`offline`].
     pub offline: RefCell<offline::Store>,
+    /// The groups this core owns the occupancy of (who holds members): see [`occupancy`].
+    pub occupancy: RefCell<occupancy::Occupancy>,
+    /// This core's sequence for its occupancy words to the owners.
+    pub occupancy_seq: std::cell::Cell<u64>,
     /// Group pushes held back for connections recovering that group: see [`history`].
     pub(crate) recovering: RefCell<history::Recovering>,
 }
@@ -121,6 +126,8 @@ impl Shard {
             metrics: Default::default(),
             history: RefCell::default(),
             offline: RefCell::default(),
+            occupancy: RefCell::default(),
+            occupancy_seq: std::cell::Cell::new(0),
             recovering: RefCell::default(),
         }
     }
@@ -193,6 +200,11 @@ impl Shard {
 
     pub fn all_conns(&self) -> Vec<Rc<Conn>> {
         self.registry.borrow().iter().cloned().collect()
+    }
+
+    /// How many members `group` of `system` has on this core.
+    pub fn group_len_local(&self, system: &str, group: &str) -> usize {
+        self.index.borrow().group_len(system, group)
     }
 
     /// Queues a connection event for the system's webhook, if it has one (see

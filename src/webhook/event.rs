@@ -22,6 +22,12 @@ pub enum Kind {
     /// It was sent the offline messages kept for its userId (issue 15); the event's
     /// `messageIds` lists them, in the order sent.
     DeliveredOffline,
+    /// A group gained its first member anywhere in the cluster (issue 17); sent by the
+    /// group's owner node, once per transition, with clientId, userId and extend empty.
+    GroupOccupied,
+    /// A group lost its last member anywhere in the cluster (left, disconnected, or its
+    /// node left the cluster); sent as [`Kind::GroupOccupied`] is.
+    GroupVacated,
 }
 
 impl Kind {
@@ -33,6 +39,8 @@ impl Kind {
             Kind::Bind => "bind",
             Kind::Unbind => "unbind",
             Kind::DeliveredOffline => "delivered_offline",
+            Kind::GroupOccupied => "group_occupied",
+            Kind::GroupVacated => "group_vacated",
         }
     }
 }
