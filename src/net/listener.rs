@@ -16,31 +16,56 @@ use crate::ws::session;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Accepts HTTP connections until the task is cancelled (shutdown).
-pub async fn accept_loop(router: Rc<Router>, listener: TcpListener) {
-    accept_each(&listener, router.shard.id, "HTTP", |stream| {
-        glommio::spawn_local(serve(router.clone(), stream)).detach();
+/// `fd` is the listener's (glommio's listener does not say it).
+pub async fn accept_loop(router: Rc<Router>, listener: TcpListener, fd: RawFd) {
+    accept_each(&listener, fd, router.shard.id, "HTTP", |stream, peer| {
+        glommio::spawn_local(serve(router.clone(), stream, peer)).detach();
     })
     .await
 }
 
-/// Hands every accepted socket to `on_stream` until the task is cancelled. Accept errors
-/// (EMFILE, ENFILE, ENOBUFS) back off and retry instead of ending the loop.
+/// Hands every accepted socket, with its peer's address, to `on_stream` until the task is
+/// cancelled. Accept errors (EMFILE, ENFILE, ENOBUFS) back off and retry instead of ending the
+/// loop.
+///
+/// The listener is non-blocking ([`crate::sys::reuseport_listener`]), so while connections are
+/// waiting each is taken with one `accept4` that also returns the peer's address; glommio's
+/// accept (which toggles the listener's flags around its own `accept` with three `fcntl`s, and
+/// leaves the address to a `getpeername`) only waits when none is.
 pub async fn accept_each(
     listener: &TcpListener,
+    fd: RawFd,
     core: usize,
     what: &str,
-    mut on_stream: impl FnMut(TcpStream),
+    mut on_stream: impl FnMut(TcpStream, SocketAddr),
 ) {
     let mut backoff = Duration::from_millis(5);
     loop {
-        match listener.accept().await {
-            Ok(stream) => {
+        let accepted = match crate::sys::accept_now(fd) {
+            // SAFETY: `into_raw_fd` gives up ownership: the stream owns the fd alone.
+            Ok(Some((socket, peer))) => Ok((
+                unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) },
+                peer,
+            )),
+            Ok(None) => match listener.accept().await {
+                Ok(stream) => match stream.peer_addr() {
+                    Ok(peer) => Ok((stream, peer)),
+                    // Gone before it was looked at (reset): nothing to serve.
+                    Err(_) => continue,
+                },
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match accepted {
+            Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                on_stream(stream);
+                on_stream(stream, peer);
             }
             Err(e) => {
                 tracing::warn!(core, error = %e, "{what} accept failed, backing off {:?}", backoff);
@@ -122,13 +147,9 @@ impl Drop for HttpSlot<'_> {
 }
 
 /// Serves one accepted connection until it closes or upgrades.
-async fn serve(router: Rc<Router>, mut stream: TcpStream) {
+/// The socket has TCP_NODELAY from the listener (Linux copies it to accepted sockets).
+async fn serve(router: Rc<Router>, mut stream: TcpStream, peer: SocketAddr) {
     let shard = router.shard.clone();
-    let peer = match stream.peer_addr() {
-        Ok(peer) => peer,
-        Err(_) => return,
-    };
-    let _ = stream.set_nodelay(true);
     let config = shard.config.clone();
     // A client that sends requests but never reads the answers would otherwise hold this
     // socket (and its unsent answers) for ever: a write that cannot finish within HeadTimeout
