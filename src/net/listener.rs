@@ -631,14 +631,13 @@ async fn upgrade(
     leftover: Vec<u8>,
 ) {
     let shard = &router.shard;
-    let response = match handshake::response(&head) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(%peer, core = shard.id, error = %e, "WebSocket handshake refused");
-            let why = e.to_string();
-            return refuse(&mut stream, &mut Vec::new(), Refusal::Handshake, &why).await;
-        }
-    };
+    // The 101, then (for a registered connection) the welcome frame: one buffer, one write.
+    let mut first = Vec::with_capacity(256);
+    if let Err(e) = handshake::write_response(&head, &mut first) {
+        tracing::debug!(%peer, core = shard.id, error = %e, "WebSocket handshake refused");
+        let why = e.to_string();
+        return refuse(&mut stream, &mut Vec::new(), Refusal::Handshake, &why).await;
+    }
     let unavailable = if shard.draining.get() {
         Some("shutting down")
     } else if crate::readiness::cut_off() {
@@ -698,19 +697,20 @@ async fn upgrade(
             }
             // After the token's userId is set, so the online event carries it.
             shard.webhook_event(crate::webhook::Kind::Online, &conn, "");
-            // The 101 goes through the connection's queue, so it leaves in the same write as
-            // the welcome frame the session queues next: one send per handshake, not two.
-            shard.enqueue(&conn, std::sync::Arc::from(response.into_bytes()));
+            // The 101 and the welcome frame go through the connection's queue as one frame,
+            // so they leave in one write, before anything else queued for the client.
+            crate::ws::message::write_welcome(&mut first, conn.client_id());
+            shard.enqueue(&conn, std::sync::Arc::from(first));
             glommio::spawn_local(session::run(router.clone(), conn.clone(), leftover)).detach();
-            // After the session, which queues the welcome frame first: then the token's
-            // userId takes its offline messages (docs/history.md, "Offline messages").
+            // After the welcome frame: then the token's userId takes its offline messages
+            // (docs/history.md, "Offline messages").
             if let Some(user) = user_id.filter(|u| !u.is_empty()) {
                 let user = std::sync::Arc::from(&*user);
                 glommio::spawn_local(router.clone().deliver_offline(conn, user)).detach();
             }
         }
         None => {
-            if stream.write_all(response.as_bytes()).await.is_ok() {
+            if stream.write_all(&first).await.is_ok() {
                 session::refuse_without_system_id(shard, stream, peer).await;
             }
         }
