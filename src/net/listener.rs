@@ -90,6 +90,8 @@ enum ReadEnd {
 const SHRINK_ABOVE: usize = 64 * 1024;
 const READ_BUF: usize = 1024;
 const WRITE_BUF: usize = 256;
+/// The least free capacity a read goes into without growing the buffer (see [`read_some`]).
+const READ_ROOM: usize = 512;
 
 /// How long, and for how many bytes, a connection refused before its body was read keeps
 /// reading (and discarding) after its answer: see [`close_unread`].
@@ -600,8 +602,17 @@ async fn read_some(
     if wait.is_zero() {
         return Err(ReadTimeout::Idle);
     }
+    // Up to 4096 bytes, into the capacity already there when at least READ_ROOM of it is free:
+    // a handshake's head lands in the first 1 KiB without a reallocation, and a read zeroes
+    // only the room it offers.
     let start = buf.len();
-    buf.resize(start + 4096, 0);
+    let room = buf.capacity() - start;
+    let want = if room >= READ_ROOM {
+        room.min(4096)
+    } else {
+        4096
+    };
+    buf.resize(start + want, 0);
     let result = glommio::timer::timeout(wait, async {
         stream.read(&mut buf[start..]).await.map_err(Into::into)
     })
