@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use wspush::config::{Config, ConfigError, LogFormat};
 
+/// mimalloc, except in a build with `--features system-alloc`: the C library's allocator, which
+/// heap profilers (valgrind's dhat and massif) see, for counting allocations (perf/README.md).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
