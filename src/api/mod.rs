@@ -22,9 +22,10 @@ use crate::types::SystemInfo;
 use crate::ws::message;
 use error::{ApiError, Data, Pushed};
 use request::{
-    decode, required, Bind, ByClient, ByGroup, GetGroupHistory, NoFields, Push, PushFields,
-    PushToClients, Register, SendToGroup, SendToUser, Unbind,
+    decode, required, Bind, ByClient, ByGroup, GetGroupHistory, NoFields, Push, PushToClients,
+    Register, SendToGroup, SendToSystem, SendToUser, Unbind,
 };
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -222,18 +223,22 @@ pub async fn handle(
             req.fields.check(limits)?;
             let message_id = shard.message_id();
             let group = Arc::from(&*group);
+            let exclude = router.exclude(req.exclude_client_id.as_deref());
             let fanout = match info.history {
-                // The stream's owner builds the frame, once it knows the offset.
+                // The stream's owner builds the frame, once it knows the offset, and finds
+                // the excluded client itself.
                 Some(history) => {
-                    let push = req.fields.history_push(&message_id);
+                    let mut push = req.fields.history_push(&message_id);
+                    if exclude.here.is_some() || exclude.peer.is_some() {
+                        push.exclude = req.exclude_client_id.map(Cow::into_owned);
+                    }
                     let pushed = router.push_group_history(system, group, history, push);
                     pushed.await.map_err(|e| ApiError::Peer(e.to_string()))?
                 }
                 None => {
                     let frame = req.fields.frame(&message_id);
-                    router
-                        .push_group(system, group, frame, "send_to_group")
-                        .await
+                    let what = "send_to_group";
+                    (router.push_group(system, group, frame, what, exclude)).await
                 }
             };
             Ok(pushed(message_id, fanout, false))
@@ -302,11 +307,12 @@ pub async fn handle(
             Ok(Data::Online(online))
         }
         Route::SendToSystem => {
-            let req: PushFields = decode(body)?;
-            req.check(limits)?;
+            let req: SendToSystem = decode(body)?;
+            req.fields.check(limits)?;
             let message_id = shard.message_id();
-            let frame = req.frame(&message_id);
-            let fanout = router.push_system(system, frame).await;
+            let frame = req.fields.frame(&message_id);
+            let exclude = router.exclude(req.exclude_client_id.as_deref());
+            let fanout = router.push_system(system, frame, exclude).await;
             Ok(pushed(message_id, fanout, false))
         }
         Route::UnbindFromGroup => {
@@ -329,7 +335,9 @@ pub async fn handle(
             let message_id = shard.message_id();
             let frame = req.fields.frame(&message_id);
             let user_id: Arc<str> = Arc::from(&*user_id);
-            let fanout = (router.push_user(system.clone(), user_id.clone(), frame.clone())).await;
+            let exclude = router.exclude(req.exclude_client_id.as_deref());
+            let push = router.push_user(system.clone(), user_id.clone(), frame.clone(), exclude);
+            let fanout = push.await;
             if let Some(mode) = store {
                 offline::keep(router, mode, &fanout, system, user_id, &message_id, frame).await?;
             }
@@ -453,6 +461,7 @@ impl request::PushFields<'_> {
             code: self.code.unwrap_or(0),
             msg: self.msg.as_deref().unwrap_or("").to_string(),
             data: self.data.map_or("\"\"", |raw| raw.get()).to_string(),
+            exclude: None,
         }
     }
 
