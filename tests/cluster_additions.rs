@@ -171,3 +171,47 @@ fn exclude_with_history_on_either_owner_and_store_true_across_nodes() {
     assert_eq!(kept(), 1, "a user without connections gets it kept");
     b.expect_nothing(100);
 }
+
+#[test]
+fn a_batch_through_one_node_reaches_clients_of_the_other_in_order() {
+    let c = cluster(2);
+    let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
+    let system = register_fresh(
+        n0.port,
+        "batch",
+        std::time::Instant::now() + CONVERGE_TIMEOUT,
+    );
+    let mut far = n1.ws(&system);
+    let mut near = n0.ws(&system);
+    bind(n0.port, &system, &far, "room", "u", "");
+    bind(n0.port, &system, &near, "room", "w", "");
+    let v = ok(
+        n0.port,
+        &system,
+        "/api/batch",
+        json!({"ops": [
+            {"route": "send_to_client", "clientId": far.client_id, "data": {"n": 1}},
+            {"route": "send_to_group", "groupName": "room", "data": {"n": 2}, "excludeClientId": near.client_id},
+            {"route": "send_to_user", "userId": "u", "data": {"n": 3}},
+            {"route": "send_to_clients", "clientIds": [near.client_id, far.client_id], "data": {"n": 4}},
+            {"route": "send_to_system", "data": {"n": 5}, "excludeClientId": far.client_id},
+            {"route": "close_client", "clientId": far.client_id},
+        ]}),
+    );
+    let r = v["data"]["results"].as_array().expect("results");
+    assert_eq!(r.len(), 6, "{v}");
+    for (i, res) in r.iter().take(5).enumerate() {
+        assert_eq!(res["code"], 0, "op {i}: {res}");
+    }
+    assert_eq!(r[1]["data"]["failedNodes"], json!([]), "{v}");
+    assert_eq!(r[2]["data"]["count"], 1, "u's connection on n1: {v}");
+    assert_fails_naming(&r[5], "route");
+    assert_eq!(
+        far.next_ns(4),
+        [1, 2, 3, 4],
+        "the far client, in the batch's order"
+    );
+    assert_eq!(near.next_ns(2), [4, 5]);
+    far.expect_nothing(200);
+    near.expect_nothing(100);
+}

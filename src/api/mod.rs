@@ -5,6 +5,7 @@
 //! hands each operation to [`crate::route`], which decides where it runs (this core, another
 //! core, or, in cluster mode, another node).
 
+pub mod batch;
 pub mod error;
 pub mod history;
 pub mod offline;
@@ -46,6 +47,22 @@ pub enum Route {
     GetGroupPresence,
     GetSystemStats,
     GetGroupHistory,
+    /// Issue 17: several push requests in one (docs/api-additions.md).
+    Batch,
+}
+
+impl Route {
+    /// The routes `/api/batch` carries: the pushes, each answering `{"messageId", ...}`.
+    pub fn is_push(self) -> bool {
+        matches!(
+            self,
+            Route::SendToClient
+                | Route::SendToClients
+                | Route::SendToGroup
+                | Route::SendToSystem
+                | Route::SendToUser
+        )
+    }
 }
 
 /// The URL table.
@@ -65,6 +82,7 @@ pub fn route(path: &str) -> Option<Route> {
         "/api/get_group_presence" => Route::GetGroupPresence,
         "/api/get_system_stats" => Route::GetSystemStats,
         "/api/get_group_history" => Route::GetGroupHistory,
+        "/api/batch" => Route::Batch,
         _ => return None,
     })
 }
@@ -167,6 +185,123 @@ pub async fn handle(
     let system: Arc<str> = Arc::from(system);
     match route {
         Route::Register => unreachable!("bug: handled above"),
+        Route::SendToClient
+        | Route::SendToClients
+        | Route::SendToGroup
+        | Route::SendToSystem
+        | Route::SendToUser => push(router, route, system, &info, body).await,
+        Route::Batch => batch::run(router, system, &info, body).await,
+        Route::BindToGroup => {
+            let req: Bind = decode(body)?;
+            let client_id = required("clientId", req.client_id)?;
+            let group = required("groupName", req.group_name)?;
+            name("clientId", &client_id, limits)?;
+            name("groupName", &group, limits)?;
+            name("userId", req.user_id.as_deref().unwrap_or(""), limits)?;
+            within(
+                "extend",
+                req.extend.as_deref().unwrap_or(""),
+                limits.max_extend_bytes,
+                "MaxExtendBytes",
+            )?;
+            let resume = match history::since("since", req.since)? {
+                Some(since) => Some(crate::types::Resume {
+                    since,
+                    history: history::needs_history(&info, &system, "since")?,
+                }),
+                None => None,
+            };
+            let user = (
+                req.user_id.map(|s| s.into_owned()).unwrap_or_default(),
+                req.extend.map(|s| s.into_owned()).unwrap_or_default(),
+            );
+            let with_since = resume.is_some();
+            let bound = clients::bind(router, system, &client_id, Arc::from(&*group), user, resume)
+                .await
+                .map_err(|e| match e {
+                    BindError::Refused(why) => ApiError::Limit(why.to_string()),
+                    unreachable @ BindError::Unreachable(_) => {
+                        ApiError::Peer(unreachable.to_string())
+                    }
+                })?;
+            Ok(match bound.recovered {
+                Some(recovered) => history::recovered_json(recovered),
+                // An unknown client recovers nothing.
+                None if with_since => history::recovered_json(false),
+                None => Data::EmptyList,
+            })
+        }
+        Route::GetOnlineList => {
+            let req: ByGroup = decode(body)?;
+            let group = required("groupName", req.group_name)?;
+            name("groupName", &group, limits)?;
+            let list = router.online_list(system, Arc::from(&*group)).await;
+            Ok(Data::OnlineList(list))
+        }
+        Route::CloseClient => {
+            let req: ByClient = decode(body)?;
+            let client_id = required("clientId", req.client_id)?;
+            name("clientId", &client_id, limits)?;
+            clients::close(router, system, &client_id)
+                .await
+                .map_err(|why| ApiError::Limit(why.to_string()))?;
+            Ok(Data::EmptyObject)
+        }
+        Route::IsOnline => {
+            let req: ByClient = decode(body)?;
+            let client_id = required("clientId", req.client_id)?;
+            name("clientId", &client_id, limits)?;
+            let online = clients::is_online(router, system, &client_id).await;
+            Ok(Data::Online(online))
+        }
+        Route::UnbindFromGroup => {
+            let req: Unbind = decode(body)?;
+            let client_id = required("clientId", req.client_id)?;
+            let group = required("groupName", req.group_name)?;
+            name("clientId", &client_id, limits)?;
+            name("groupName", &group, limits)?;
+            // Like bind_to_group, an unknown client (or one not in the group) is not an error:
+            // afterwards it is not a member either way.
+            clients::unbind(router, system, &client_id, Arc::from(&*group)).await;
+            Ok(Data::EmptyList)
+        }
+        Route::GetGroupPresence => {
+            let req: ByGroup = decode(body)?;
+            let group = required("groupName", req.group_name)?;
+            name("groupName", &group, limits)?;
+            let list = router.group_presence(system, Arc::from(&*group)).await;
+            Ok(Data::Presence(list))
+        }
+        Route::GetSystemStats => {
+            let _: NoFields = decode(body)?;
+            let mut stats = router.system_stats(system).await;
+            if router.shard.config.offline_max == 0 {
+                stats.offline_messages = None;
+            }
+            Ok(Data::Stats(stats))
+        }
+        Route::GetGroupHistory => {
+            let req: GetGroupHistory = decode(body)?;
+            if let Some(group) = &req.group_name {
+                name("groupName", group, limits)?;
+            }
+            history::get_group_history(router, system, &info, req).await
+        }
+    }
+}
+
+/// The push routes, the ones `/api/batch` may carry: `body` is one request of `route`, of the
+/// registered `system` (`info`), past the guard.
+pub(crate) async fn push(
+    router: &Rc<Router>,
+    route: Route,
+    system: Arc<str>,
+    info: &SystemInfo,
+    body: &[u8],
+) -> Result<Data, ApiError> {
+    let shard = &router.shard;
+    let limits = &*shard.config;
+    match route {
         Route::SendToClient => {
             let req: Push = decode(body)?;
             let client_id = required("clientId", req.client_id)?;
@@ -243,69 +378,6 @@ pub async fn handle(
             };
             Ok(pushed(message_id, fanout, false))
         }
-        Route::BindToGroup => {
-            let req: Bind = decode(body)?;
-            let client_id = required("clientId", req.client_id)?;
-            let group = required("groupName", req.group_name)?;
-            name("clientId", &client_id, limits)?;
-            name("groupName", &group, limits)?;
-            name("userId", req.user_id.as_deref().unwrap_or(""), limits)?;
-            within(
-                "extend",
-                req.extend.as_deref().unwrap_or(""),
-                limits.max_extend_bytes,
-                "MaxExtendBytes",
-            )?;
-            let resume = match history::since("since", req.since)? {
-                Some(since) => Some(crate::types::Resume {
-                    since,
-                    history: history::needs_history(&info, &system, "since")?,
-                }),
-                None => None,
-            };
-            let user = (
-                req.user_id.map(|s| s.into_owned()).unwrap_or_default(),
-                req.extend.map(|s| s.into_owned()).unwrap_or_default(),
-            );
-            let with_since = resume.is_some();
-            let bound = clients::bind(router, system, &client_id, Arc::from(&*group), user, resume)
-                .await
-                .map_err(|e| match e {
-                    BindError::Refused(why) => ApiError::Limit(why.to_string()),
-                    unreachable @ BindError::Unreachable(_) => {
-                        ApiError::Peer(unreachable.to_string())
-                    }
-                })?;
-            Ok(match bound.recovered {
-                Some(recovered) => history::recovered_json(recovered),
-                // An unknown client recovers nothing.
-                None if with_since => history::recovered_json(false),
-                None => Data::EmptyList,
-            })
-        }
-        Route::GetOnlineList => {
-            let req: ByGroup = decode(body)?;
-            let group = required("groupName", req.group_name)?;
-            name("groupName", &group, limits)?;
-            let list = router.online_list(system, Arc::from(&*group)).await;
-            Ok(Data::OnlineList(list))
-        }
-        Route::CloseClient => {
-            let req: ByClient = decode(body)?;
-            let client_id = required("clientId", req.client_id)?;
-            name("clientId", &client_id, limits)?;
-            clients::close(router, system, &client_id)
-                .await
-                .map_err(|why| ApiError::Limit(why.to_string()))?;
-            Ok(Data::EmptyObject)
-        }
-        Route::IsOnline => {
-            let req: ByClient = decode(body)?;
-            let client_id = required("clientId", req.client_id)?;
-            name("clientId", &client_id, limits)?;
-            let online = clients::is_online(router, system, &client_id).await;
-            Ok(Data::Online(online))
-        }
         Route::SendToSystem => {
             let req: SendToSystem = decode(body)?;
             req.fields.check(limits)?;
@@ -314,17 +386,6 @@ pub async fn handle(
             let exclude = router.exclude(req.exclude_client_id.as_deref());
             let fanout = router.push_system(system, frame, exclude).await;
             Ok(pushed(message_id, fanout, false))
-        }
-        Route::UnbindFromGroup => {
-            let req: Unbind = decode(body)?;
-            let client_id = required("clientId", req.client_id)?;
-            let group = required("groupName", req.group_name)?;
-            name("clientId", &client_id, limits)?;
-            name("groupName", &group, limits)?;
-            // Like bind_to_group, an unknown client (or one not in the group) is not an error:
-            // afterwards it is not a member either way.
-            clients::unbind(router, system, &client_id, Arc::from(&*group)).await;
-            Ok(Data::EmptyList)
         }
         Route::SendToUser => {
             let req: SendToUser = decode(body)?;
@@ -343,28 +404,10 @@ pub async fn handle(
             }
             Ok(pushed(message_id, fanout, true))
         }
-        Route::GetGroupPresence => {
-            let req: ByGroup = decode(body)?;
-            let group = required("groupName", req.group_name)?;
-            name("groupName", &group, limits)?;
-            let list = router.group_presence(system, Arc::from(&*group)).await;
-            Ok(Data::Presence(list))
-        }
-        Route::GetSystemStats => {
-            let _: NoFields = decode(body)?;
-            let mut stats = router.system_stats(system).await;
-            if router.shard.config.offline_max == 0 {
-                stats.offline_messages = None;
-            }
-            Ok(Data::Stats(stats))
-        }
-        Route::GetGroupHistory => {
-            let req: GetGroupHistory = decode(body)?;
-            if let Some(group) = &req.group_name {
-                name("groupName", group, limits)?;
-            }
-            history::get_group_history(router, system, &info, req).await
-        }
+        _ => Err(ApiError::Field {
+            field: "route".into(),
+            problem: format!("{route:?} is not a push route"),
+        }),
     }
 }
 
