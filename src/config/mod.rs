@@ -378,6 +378,11 @@ fn err(key: &str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `conf/app.ini`: every key with its default and what it does, as comments. `wspush
+/// genconfig` prints it; tests/genconfig.rs checks that it parses to [`Config::default`] and
+/// names every key of [`Config::values`].
+pub const EXAMPLE_INI: &str = include_str!("../../conf/app.ini");
+
 /// The original's published default `CryptoKey`: fine for a try-out, a known key in production.
 pub const DEFAULT_CRYPTO_KEY: &str = "Adba723b7fe06819";
 
