@@ -31,6 +31,8 @@ RUN mkdir -p src perf/loadgen benches \
     && cargo build --release --locked --bin wspush \
     && rm -rf src perf benches
 COPY src src
+# `wspush genconfig` prints conf/app.ini, built into the binary.
+COPY conf/app.ini conf/app.ini
 COPY perf/loadgen perf/loadgen
 COPY benches benches
 RUN touch src/main.rs src/lib.rs \

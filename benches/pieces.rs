@@ -548,7 +548,7 @@ fn fanout_on_shard(c: &mut Criterion, members: u32) {
         for _ in 0..pushes {
             let f = message::push_frame(MESSAGE_ID, "admin-7", 0, "order update", data);
             assert_eq!(
-                shard.group_push_local("bench", "room", &f),
+                shard.group_push_local("bench", "room", &f, None),
                 members as usize
             );
         }
@@ -575,7 +575,7 @@ fn fanout_on_shard(c: &mut Criterion, members: u32) {
                             "order update",
                             black_box(data),
                         );
-                        black_box(shard.group_push_local("bench", "room", &f));
+                        black_box(shard.group_push_local("bench", "room", &f, None));
                     }
                     shard.flush_dirty();
                     spent += start.elapsed();
@@ -617,6 +617,7 @@ fn cluster_proto(c: &mut Criterion) {
             system: "order-system".into(),
             group: "warehouse-east".into(),
             frame: frame_1k.to_vec(),
+            exclude: None,
         },
     };
     let online_list = Frame::Response {

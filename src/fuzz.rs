@@ -14,7 +14,7 @@
 use crate::api::error::{envelope, ApiError, Data};
 use crate::api::request::{
     decode, required, Bind, ByClient, ByGroup, NoFields, Push, PushFields, PushToClients, Register,
-    SendToGroup, SendToUser, Unbind,
+    SendToGroup, SendToSystem, SendToUser, Unbind,
 };
 use crate::cluster::proto::{self, Frame, Member, RemoteOp, RemoteReply, StatsPart, Target};
 use crate::config::Config;
@@ -287,6 +287,9 @@ pub fn api_request(data: &[u8]) {
     if let Some(fields) = decoded::<PushFields>(data) {
         check_push(&fields, None);
     }
+    if let Some(req) = decoded::<SendToSystem>(data) {
+        check_push(&req.fields, None);
+    }
     if let Some(req) = decoded::<Register>(data) {
         let _ = required("systemId", req.system_id);
     }
@@ -464,7 +467,7 @@ fn build_frame(input: &mut Input) -> Frame {
         slot: input.u32(),
         generation: input.u32(),
     };
-    let op = match input.byte() % 20 {
+    let op = match input.byte() % 21 {
         0 => RemoteOp::Deliver {
             system: input.string(),
             targets: (0..input.byte() % 8).map(|_| target(input)).collect(),
@@ -491,6 +494,7 @@ fn build_frame(input: &mut Input) -> Frame {
             system: input.string(),
             group: input.string(),
             frame: input.bytes().to_vec(),
+            exclude: input.maybe_string(),
         },
         3 => RemoteOp::OnlineList {
             system: input.string(),
@@ -507,6 +511,7 @@ fn build_frame(input: &mut Input) -> Frame {
         6 => RemoteOp::SystemPush {
             system: input.string(),
             frame: input.bytes().to_vec(),
+            exclude: input.maybe_string(),
         },
         7 => RemoteOp::Unbind {
             target: target(input),
@@ -517,6 +522,7 @@ fn build_frame(input: &mut Input) -> Frame {
             system: input.string(),
             user_id: input.string(),
             frame: input.bytes().to_vec(),
+            exclude: input.maybe_string(),
         },
         9 => RemoteOp::Presence {
             system: input.string(),
@@ -530,6 +536,7 @@ fn build_frame(input: &mut Input) -> Frame {
             let reply = match shape {
                 11 => RemoteReply::Done(input.byte() & 1 == 1),
                 12 => RemoteReply::Count(input.u32()),
+                19 => RemoteReply::CountSkipped(input.u32()),
                 13 => RemoteReply::List((0..input.byte() % 8).map(|_| input.string()).collect()),
                 14 => RemoteReply::Failed(input.string()),
                 15 => RemoteReply::Refused(input.string()),
@@ -613,6 +620,11 @@ impl<'a> Input<'a> {
 
     fn string(&mut self) -> String {
         String::from_utf8_lossy(self.bytes()).into_owned()
+    }
+
+    /// A string or none, as the next byte's low bit says.
+    fn maybe_string(&mut self) -> Option<String> {
+        (self.byte() & 1 == 1).then(|| self.string())
     }
 }
 

@@ -1,13 +1,17 @@
 //! `wspush -c conf/app.ini [--cores N] [--log-format text|json]`: CLI -> config -> logging ->
 //! runtime. `wspush check-config -c FILE` reads the same file and flags, names every problem,
-//! and prints the values the server would run with. `wspush probe` asks a running server's
-//! `/readyz`, for a container's HEALTHCHECK.
+//! and prints the values the server would run with. `wspush genconfig` prints a complete
+//! commented app.ini (conf/app.ini). `wspush probe` asks a running server's `/readyz`, for a
+//! container's HEALTHCHECK.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use wspush::config::{Config, ConfigError, LogFormat};
 
+/// mimalloc, except in a build with `--features system-alloc`: the C library's allocator, which
+/// heap profilers (valgrind's dhat and massif) see, for counting allocations (perf/README.md).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -62,6 +66,10 @@ enum Command {
     /// Prints the effective value of every key (from the file, a default or a flag) and exits 0,
     /// or names every problem on stderr and exits 2, as the server's start would.
     CheckConfig,
+    /// Print a complete app.ini: every key with its default, each explained in a comment.
+    ///
+    /// The text of conf/app.ini; redirect it to a file and change what you need.
+    Genconfig,
     /// Ask the server on this machine whether it is ready (the container HEALTHCHECK).
     ///
     /// GETs http://HOST:PORT/readyz (the port from the config file and environment unless
@@ -83,6 +91,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig) => check_config(&cli.opts),
+        Some(Command::Genconfig) => {
+            print!("{}", wspush::config::EXAMPLE_INI);
+            ExitCode::SUCCESS
+        }
         Some(Command::Probe { host, port, path }) => probe(&cli.opts, &host, port, &path),
         None => serve(&cli.opts),
     }

@@ -24,7 +24,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use std::io::Write;
 use std::net::SocketAddrV4;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -172,11 +172,11 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     let mut inboxes = Vec::with_capacity(cores);
     let mut starts = Vec::with_capacity(cores);
     for _ in 0..cores {
-        let http = sys::reuseport_listener(any, config.http_port, LISTEN_BACKLOG)
+        let http = sys::reuseport_listener(any, config.http_port, LISTEN_BACKLOG, true)
             .map_err(|e| anyhow::anyhow!("cannot listen on HttpPort {}: {e}", config.http_port))?;
         let rpc = if config.cluster {
             Some(
-                sys::reuseport_listener(rpc_host, config.rpc_port, LISTEN_BACKLOG).map_err(
+                sys::reuseport_listener(rpc_host, config.rpc_port, LISTEN_BACKLOG, false).map_err(
                     |e| {
                         anyhow::anyhow!(
                             "cannot listen on RPCPort {rpc_host}:{}: {e}",
@@ -354,19 +354,23 @@ async fn run_core(
     crate::route::mesh::serve_cores(&router, receivers);
     let mut tasks = Vec::new();
     if let Some(rpc) = rpc {
+        let fd = rpc.as_raw_fd();
         tasks.push(glommio::spawn_local(rpc_accept_loop(
             router.clone(),
             sys::glommio_listener(rpc),
+            fd,
         )));
         if shard.id == 0 {
             tasks.push(glommio::spawn_local(isolation_loop(router.clone())));
         }
     }
 
+    let fd = start.http.as_raw_fd();
     let http = sys::glommio_listener(start.http);
     tasks.push(glommio::spawn_local(listener::accept_loop(
         router.clone(),
         http,
+        fd,
     )));
     if readiness::core_accepting() == cores {
         tracing::debug!(
@@ -443,16 +447,13 @@ async fn control_loop(router: &Rc<Router>, inbox: &ControlInbox, door: UnixStrea
 
 /// Accepts peer nodes' links on RPCPort; each runs requests on this node once its handshake
 /// passed. Links beyond MaxNodeLinksPerCore / MaxNodeLinksPerPeer are closed at once.
-async fn rpc_accept_loop(router: Rc<Router>, listener: glommio::net::TcpListener) {
+async fn rpc_accept_loop(router: Rc<Router>, listener: glommio::net::TcpListener, fd: RawFd) {
     let Some(cluster) = router.cluster().cloned() else {
         return;
     };
     let shard = router.shard.clone();
-    listener::accept_each(&listener, shard.id, "RPC", |stream| {
+    listener::accept_each(&listener, fd, shard.id, "RPC", |stream, peer| {
         let core = shard.id;
-        let Ok(peer) = stream.peer_addr() else {
-            return;
-        };
         let slot = match cluster.inbound.admit(peer.ip()) {
             Ok(slot) => slot,
             Err(limit) => {

@@ -71,11 +71,14 @@ pub fn glommio_unix_stream(socket: std::os::unix::net::UnixStream) -> glommio::n
 
 /// Binds `host:port` with SO_REUSEPORT and listens: one such socket per core, all made before
 /// the cores start, so a port that is taken fails the start at once and no outgoing connection
-/// can grab the port between two cores' binds.
+/// can grab the port between two cores' binds. It is non-blocking (see [`accept_now`]). With
+/// `nodelay`, TCP_NODELAY is set on it, and Linux copies it to every socket it accepts: one
+/// `setsockopt` per core instead of one per connection.
 pub fn reuseport_listener(
     host: std::net::Ipv4Addr,
     port: u16,
     backlog: i32,
+    nodelay: bool,
 ) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
@@ -85,10 +88,36 @@ pub fn reuseport_listener(
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    if nodelay {
+        socket.set_nodelay(true)?;
+    }
     let addr = std::net::SocketAddr::from((host, port));
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())
+}
+
+/// One connection waiting on the non-blocking listener `fd`, with its peer's address, taken with
+/// a single `accept4` (close-on-exec; the accepted socket is blocking, as glommio's are: every
+/// read and write of it passes MSG_DONTWAIT); `None` when none is waiting.
+pub fn accept_now(fd: RawFd) -> io::Result<Option<(socket2::Socket, std::net::SocketAddr)>> {
+    // SAFETY: the caller passes the fd of a listener it owns and keeps open for this call; the
+    // borrow does not outlive it.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    loop {
+        match socket2::SockRef::from(&fd).accept() {
+            Ok((socket, addr)) => match addr.as_socket() {
+                Some(peer) => return Ok(Some((socket, peer))),
+                // Not an IP peer (cannot happen on a TCP listener): drop it, take the next.
+                None => continue,
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            // A connection reset while it waited, or a signal: take the next one.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Fails if anything already listens on `host:port`. SO_REUSEPORT would otherwise let a
@@ -231,4 +260,47 @@ pub fn check_io_uring() -> Result<(), String> {
         ),
         _ => format!("cannot start: io_uring_setup failed: {e}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn accept_now_takes_waiting_connections_with_their_address_and_nodelay() {
+        let listener = reuseport_listener(std::net::Ipv4Addr::LOCALHOST, 0, 16, true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert!(
+            accept_now(listener.as_raw_fd()).unwrap().is_none(),
+            "none waiting"
+        );
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let mut taken = None;
+        for _ in 0..100 {
+            taken = accept_now(listener.as_raw_fd()).unwrap();
+            if taken.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let (socket, peer) = taken.expect("the waiting connection");
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert!(
+            socket.nodelay().unwrap(),
+            "TCP_NODELAY comes from the listener"
+        );
+        assert!(
+            !socket.nonblocking().unwrap(),
+            "blocking, as glommio's accepted sockets"
+        );
+        let plain = reuseport_listener(std::net::Ipv4Addr::LOCALHOST, 0, 16, false).unwrap();
+        let _client = std::net::TcpStream::connect(plain.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (socket, _) = accept_now(plain.as_raw_fd()).unwrap().expect("accepted");
+        assert!(
+            !socket.nodelay().unwrap(),
+            "a listener without nodelay passes none on"
+        );
+    }
 }

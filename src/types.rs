@@ -195,6 +195,9 @@ pub struct HistoryPush {
     pub msg: String,
     /// Raw JSON, as the API received it.
     pub data: String,
+    /// excludeClientId, when it reaches a client: the owner leaves that connection out of the
+    /// fan-out (the push is kept in the stream all the same).
+    pub exclude: Option<String>,
 }
 
 /// The node that owns the history stream of (`system`, `group`) among `nodes`: the highest

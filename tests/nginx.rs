@@ -104,3 +104,32 @@ fn without_pings_nginx_cuts_idle_websockets() {
         "nginx should have cut the idle proxied connection"
     );
 }
+
+/// The shipped nginx blocks (conf/nginx.conf, docker/nginx.conf) keep idle WebSockets open:
+/// their `proxy_read_timeout` is above the default ping interval, with a comment saying why.
+#[test]
+fn shipped_configs_read_longer_than_the_ping_interval() {
+    let ping = wspush::config::Config::default().heartbeat_interval;
+    for path in ["conf/nginx.conf", "docker/nginx.conf"] {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        let at = (lines.iter())
+            .position(|l| l.starts_with("proxy_read_timeout "))
+            .unwrap_or_else(|| panic!("{path} sets no proxy_read_timeout"));
+        let value = lines[at]["proxy_read_timeout ".len()..].trim_end_matches(';');
+        let secs: u64 = value
+            .strip_suffix('s')
+            .unwrap_or(value)
+            .parse()
+            .unwrap_or_else(|e| panic!("{path}: {value:?}: {e}"));
+        assert!(
+            Duration::from_secs(secs) > ping,
+            "{path}: proxy_read_timeout {secs} s is not above HeartbeatInterval {ping:?}"
+        );
+        assert!(
+            (lines[..at].iter().rev().take(3))
+                .any(|l| l.starts_with('#') && l.contains("HeartbeatInterval")),
+            "{path}: a comment above proxy_read_timeout says why"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 //! hands each operation to [`crate::route`], which decides where it runs (this core, another
 //! core, or, in cluster mode, another node).
 
+pub mod batch;
 pub mod error;
 pub mod history;
 pub mod offline;
@@ -22,9 +23,10 @@ use crate::types::SystemInfo;
 use crate::ws::message;
 use error::{ApiError, Data, Pushed};
 use request::{
-    decode, required, Bind, ByClient, ByGroup, GetGroupHistory, NoFields, Push, PushFields,
-    PushToClients, Register, SendToGroup, SendToUser, Unbind,
+    decode, required, Bind, ByClient, ByGroup, GetGroupHistory, NoFields, Push, PushToClients,
+    Register, SendToGroup, SendToSystem, SendToUser, Unbind,
 };
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -45,6 +47,22 @@ pub enum Route {
     GetGroupPresence,
     GetSystemStats,
     GetGroupHistory,
+    /// Issue 17: several push requests in one (docs/api-additions.md).
+    Batch,
+}
+
+impl Route {
+    /// The routes `/api/batch` carries: the pushes, each answering `{"messageId", ...}`.
+    pub fn is_push(self) -> bool {
+        matches!(
+            self,
+            Route::SendToClient
+                | Route::SendToClients
+                | Route::SendToGroup
+                | Route::SendToSystem
+                | Route::SendToUser
+        )
+    }
 }
 
 /// The URL table.
@@ -64,6 +82,7 @@ pub fn route(path: &str) -> Option<Route> {
         "/api/get_group_presence" => Route::GetGroupPresence,
         "/api/get_system_stats" => Route::GetSystemStats,
         "/api/get_group_history" => Route::GetGroupHistory,
+        "/api/batch" => Route::Batch,
         _ => return None,
     })
 }
@@ -166,78 +185,12 @@ pub async fn handle(
     let system: Arc<str> = Arc::from(system);
     match route {
         Route::Register => unreachable!("bug: handled above"),
-        Route::SendToClient => {
-            let req: Push = decode(body)?;
-            let client_id = required("clientId", req.client_id)?;
-            name("clientId", &client_id, limits)?;
-            req.fields.check(limits)?;
-            let message_id = shard.message_id();
-            let frame = req.fields.frame(&message_id);
-            let once = std::iter::once(&*client_id);
-            let delivered = clients::deliver(router, &system, once, frame, "send_to_client").await;
-            Ok(Data::Pushed(Pushed {
-                message_id,
-                delivered,
-                with_count: false,
-                failed_nodes: None,
-            }))
-        }
-        Route::SendToClients => {
-            let req: PushToClients = decode(body)?;
-            let ids = req
-                .client_ids
-                .ok_or_else(|| ApiError::required("clientIds"))?;
-            if ids.is_empty() {
-                return Err(ApiError::Field {
-                    field: "clientIds".into(),
-                    problem: "must not be empty".into(),
-                });
-            }
-            let most = shard.config.max_client_ids_per_request;
-            if ids.len() > most {
-                return Err(ApiError::Limit(format!(
-                    "clientIds lists {} ids, more than MaxClientIdsPerRequest ({most}): split the request",
-                    ids.len()
-                )));
-            }
-            for (i, id) in ids.iter().enumerate() {
-                name(&format!("clientIds[{i}]"), id, limits)?;
-            }
-            req.fields.check(limits)?;
-            let message_id = shard.message_id();
-            let frame = req.fields.frame(&message_id);
-            let ids = ids.iter().map(|s| &**s);
-            let delivered = clients::deliver(router, &system, ids, frame, "send_to_clients").await;
-            Ok(Data::Pushed(Pushed {
-                message_id,
-                delivered,
-                with_count: false,
-                failed_nodes: None,
-            }))
-        }
-        Route::SendToGroup => {
-            let req: SendToGroup = decode(body)?;
-            let group = required("groupName", req.group_name)?;
-            name("groupName", &group, limits)?;
-            req.fields.check(limits)?;
-            let message_id = shard.message_id();
-            let group = Arc::from(&*group);
-            let fanout = match info.history {
-                // The stream's owner builds the frame, once it knows the offset.
-                Some(history) => {
-                    let push = req.fields.history_push(&message_id);
-                    let pushed = router.push_group_history(system, group, history, push);
-                    pushed.await.map_err(|e| ApiError::Peer(e.to_string()))?
-                }
-                None => {
-                    let frame = req.fields.frame(&message_id);
-                    router
-                        .push_group(system, group, frame, "send_to_group")
-                        .await
-                }
-            };
-            Ok(pushed(message_id, fanout, false))
-        }
+        Route::SendToClient
+        | Route::SendToClients
+        | Route::SendToGroup
+        | Route::SendToSystem
+        | Route::SendToUser => push(router, route, system, &info, body).await,
+        Route::Batch => batch::run(router, system, &info, body).await,
         Route::BindToGroup => {
             let req: Bind = decode(body)?;
             let client_id = required("clientId", req.client_id)?;
@@ -301,14 +254,6 @@ pub async fn handle(
             let online = clients::is_online(router, system, &client_id).await;
             Ok(Data::Online(online))
         }
-        Route::SendToSystem => {
-            let req: PushFields = decode(body)?;
-            req.check(limits)?;
-            let message_id = shard.message_id();
-            let frame = req.frame(&message_id);
-            let fanout = router.push_system(system, frame).await;
-            Ok(pushed(message_id, fanout, false))
-        }
         Route::UnbindFromGroup => {
             let req: Unbind = decode(body)?;
             let client_id = required("clientId", req.client_id)?;
@@ -319,21 +264,6 @@ pub async fn handle(
             // afterwards it is not a member either way.
             clients::unbind(router, system, &client_id, Arc::from(&*group)).await;
             Ok(Data::EmptyList)
-        }
-        Route::SendToUser => {
-            let req: SendToUser = decode(body)?;
-            let user_id = required("userId", req.user_id)?;
-            name("userId", &user_id, limits)?;
-            req.fields.check(limits)?;
-            let store = offline::store_mode(req.store, limits)?;
-            let message_id = shard.message_id();
-            let frame = req.fields.frame(&message_id);
-            let user_id: Arc<str> = Arc::from(&*user_id);
-            let fanout = (router.push_user(system.clone(), user_id.clone(), frame.clone())).await;
-            if let Some(mode) = store {
-                offline::keep(router, mode, &fanout, system, user_id, &message_id, frame).await?;
-            }
-            Ok(pushed(message_id, fanout, true))
         }
         Route::GetGroupPresence => {
             let req: ByGroup = decode(body)?;
@@ -357,6 +287,127 @@ pub async fn handle(
             }
             history::get_group_history(router, system, &info, req).await
         }
+    }
+}
+
+/// The push routes, the ones `/api/batch` may carry: `body` is one request of `route`, of the
+/// registered `system` (`info`), past the guard.
+pub(crate) async fn push(
+    router: &Rc<Router>,
+    route: Route,
+    system: Arc<str>,
+    info: &SystemInfo,
+    body: &[u8],
+) -> Result<Data, ApiError> {
+    let shard = &router.shard;
+    let limits = &*shard.config;
+    match route {
+        Route::SendToClient => {
+            let req: Push = decode(body)?;
+            let client_id = required("clientId", req.client_id)?;
+            name("clientId", &client_id, limits)?;
+            req.fields.check(limits)?;
+            let message_id = shard.message_id();
+            let frame = req.fields.frame(&message_id);
+            let once = std::iter::once(&*client_id);
+            let delivered = clients::deliver(router, &system, once, frame, "send_to_client").await;
+            Ok(Data::Pushed(Pushed {
+                message_id,
+                delivered,
+                with_count: false,
+                failed_nodes: None,
+            }))
+        }
+        Route::SendToClients => {
+            let req: PushToClients = decode(body)?;
+            let ids = req
+                .client_ids
+                .ok_or_else(|| ApiError::required("clientIds"))?;
+            if ids.is_empty() {
+                return Err(ApiError::Field {
+                    field: "clientIds".into(),
+                    problem: "must not be empty".into(),
+                });
+            }
+            let most = shard.config.max_client_ids_per_request;
+            if ids.len() > most {
+                return Err(ApiError::Limit(format!(
+                    "clientIds lists {} ids, more than MaxClientIdsPerRequest ({most}): split the request",
+                    ids.len()
+                )));
+            }
+            for (i, id) in ids.iter().enumerate() {
+                name(&format!("clientIds[{i}]"), id, limits)?;
+            }
+            req.fields.check(limits)?;
+            let message_id = shard.message_id();
+            let frame = req.fields.frame(&message_id);
+            let ids = ids.iter().map(|s| &**s);
+            let delivered = clients::deliver(router, &system, ids, frame, "send_to_clients").await;
+            Ok(Data::Pushed(Pushed {
+                message_id,
+                delivered,
+                with_count: false,
+                failed_nodes: None,
+            }))
+        }
+        Route::SendToGroup => {
+            let req: SendToGroup = decode(body)?;
+            let group = required("groupName", req.group_name)?;
+            name("groupName", &group, limits)?;
+            req.fields.check(limits)?;
+            let message_id = shard.message_id();
+            let group = Arc::from(&*group);
+            let exclude = router.exclude(req.exclude_client_id.as_deref());
+            let fanout = match info.history {
+                // The stream's owner builds the frame, once it knows the offset, and finds
+                // the excluded client itself.
+                Some(history) => {
+                    let mut push = req.fields.history_push(&message_id);
+                    if exclude.here.is_some() || exclude.peer.is_some() {
+                        push.exclude = req.exclude_client_id.map(Cow::into_owned);
+                    }
+                    let pushed = router.push_group_history(system, group, history, push);
+                    pushed.await.map_err(|e| ApiError::Peer(e.to_string()))?
+                }
+                None => {
+                    let frame = req.fields.frame(&message_id);
+                    let what = "send_to_group";
+                    (router.push_group(system, group, frame, what, exclude)).await
+                }
+            };
+            Ok(pushed(message_id, fanout, false))
+        }
+        Route::SendToSystem => {
+            let req: SendToSystem = decode(body)?;
+            req.fields.check(limits)?;
+            let message_id = shard.message_id();
+            let frame = req.fields.frame(&message_id);
+            let exclude = router.exclude(req.exclude_client_id.as_deref());
+            let fanout = router.push_system(system, frame, exclude).await;
+            Ok(pushed(message_id, fanout, false))
+        }
+        Route::SendToUser => {
+            let req: SendToUser = decode(body)?;
+            let user_id = required("userId", req.user_id)?;
+            name("userId", &user_id, limits)?;
+            req.fields.check(limits)?;
+            let store = offline::store_mode(req.store, limits)?;
+            let message_id = shard.message_id();
+            let frame = req.fields.frame(&message_id);
+            let user_id: Arc<str> = Arc::from(&*user_id);
+            let exclude = router.exclude(req.exclude_client_id.as_deref());
+            let push = router.push_user(system.clone(), user_id.clone(), frame.clone(), exclude);
+            let fanout = push.await;
+            if let Some(mode) = store {
+                offline::keep(router, mode, &fanout, system, user_id, &message_id, frame).await?;
+            }
+            Ok(pushed(message_id, fanout, true))
+        }
+        _ => Err(ApiError::Field {
+            field: "route".into(),
+            problem: format!("{route:?} is not a push route"),
+        }),
     }
 }
 
@@ -453,6 +504,7 @@ impl request::PushFields<'_> {
             code: self.code.unwrap_or(0),
             msg: self.msg.as_deref().unwrap_or("").to_string(),
             data: self.data.map_or("\"\"", |raw| raw.get()).to_string(),
+            exclude: None,
         }
     }
 

@@ -13,7 +13,8 @@ use std::sync::Arc;
 /// When send_to_user keeps its push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Store {
-    /// `"store": true`: only when no connection anywhere took it.
+    /// `"store": true`: only when the user has no connection anywhere: none took it, and
+    /// none was left out by `excludeClientId` (that one is the user's, online).
     IfOffline,
     /// `"store": "always"`: delivered and kept.
     Always,
@@ -50,7 +51,7 @@ pub async fn keep(
     message_id: &str,
     frame: SharedFrame,
 ) -> Result<(), ApiError> {
-    if mode == Store::IfOffline && fanout.delivered > 0 {
+    if mode == Store::IfOffline && (fanout.delivered > 0 || fanout.skipped) {
         return Ok(());
     }
     let push = Stored {

@@ -67,11 +67,17 @@ macro_rules! push_request {
 
 push_request!(Push { client_id: Option<Cow<'a, str>> => "clientId" });
 push_request!(PushToClients { client_ids: Option<Vec<Cow<'a, str>>> => "clientIds" });
-push_request!(SendToGroup { group_name: Option<Cow<'a, str>> => "groupName" });
+// `excludeClientId` (issue 17): the connection the push leaves out, usually the sender's.
+push_request!(SendToGroup {
+    group_name: Option<Cow<'a, str>> => "groupName",
+    exclude_client_id: Option<Cow<'a, str>> => "excludeClientId"
+});
 push_request!(SendToUser {
     user_id: Option<Cow<'a, str>> => "userId",
-    store: Option<&'a RawValue> => "store"
+    store: Option<&'a RawValue> => "store",
+    exclude_client_id: Option<Cow<'a, str>> => "excludeClientId"
 });
+push_request!(SendToSystem { exclude_client_id: Option<Cow<'a, str>> => "excludeClientId" });
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -300,7 +306,9 @@ mod tests {
             );
         }
         assert!(matches!(decode::<NoFields>(b""), Err(ApiError::BadJson(_))));
-        let u: SendToUser = decode(br#"{"userId":"u","code":2,"data":[1]}"#).unwrap();
+        let u: SendToUser =
+            decode(br#"{"userId":"u","code":2,"data":[1],"excludeClientId":"c"}"#).unwrap();
+        assert_eq!(u.exclude_client_id.as_deref(), Some("c"));
         assert_eq!(u.user_id.as_deref(), Some("u"));
         assert_eq!(u.fields.data.unwrap().get(), "[1]");
     }
@@ -326,6 +334,25 @@ mod tests {
             matches!(&e, ApiError::Field { field, .. } if field == "clientIds"),
             "{e}"
         );
+        for body in [
+            &br#"{"groupName":"g","excludeClientId":5}"#[..],
+            br#"{"groupName":"g","excludeClientId":["c"]}"#,
+        ] {
+            let e = decode::<SendToGroup>(body).err().unwrap();
+            assert!(
+                matches!(&e, ApiError::Field { field, .. } if field == "excludeClientId"),
+                "{e}"
+            );
+        }
+        let e = decode::<SendToSystem>(br#"{"excludeClientId":{}}"#)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&e, ApiError::Field { field, .. } if field == "excludeClientId"),
+            "{e}"
+        );
+        let g: SendToGroup = decode(br#"{"groupName":"g","excludeClientId":null}"#).unwrap();
+        assert!(g.exclude_client_id.is_none(), "null is absent");
         assert!(matches!(
             decode::<Push>(b"{nope").err().unwrap(),
             ApiError::BadJson(_)

@@ -15,8 +15,10 @@ pub use crate::types::{HistoryOpts, HistoryPush, Member, Resume, StatsPart, Stre
 /// version is refused (in the handshake, and again on every frame). 4: the handshake
 /// (`cluster::handshake`) and the `Membership` op. 5: group history (`HistoryPush`,
 /// `HistoryRead`, `Bind.resume`). 6: offline messages (`OfflineStore`, `OfflineTake`,
-/// `StatsPart.offline`). 7: group occupancy (`Occupancy`).
-pub const PROTO_VERSION: u16 = 7;
+/// `StatsPart.offline`). 7: excludeClientId (`exclude` of `GroupPush`, `SystemPush`,
+/// `UserPush` and `HistoryPush`; `RemoteReply::CountSkipped`). 8: group occupancy
+/// (`Occupancy`).
+pub const PROTO_VERSION: u16 = 8;
 /// Largest frame accepted (a send_to_clients of many ids with a large `data` fits easily).
 pub const MAX_FRAME: usize = 16 << 20;
 const PREFIX: usize = 4 + 2;
@@ -76,11 +78,14 @@ pub enum RemoteOp {
     },
     /// A connection got the userId: the owner removes and answers the user's kept pushes.
     OfflineTake { system: String, user_id: String },
-    /// Queue `frame` to the receiver's members of the group.
+    /// Queue `frame` to the receiver's members of the group. `exclude` (in these pushes): the
+    /// clientId of a connection to leave out, when the sender found it on some peer; only
+    /// the node that owns it finds it.
     GroupPush {
         system: String,
         group: String,
         frame: Vec<u8>,
+        exclude: Option<String>,
     },
     /// The receiver's members of the group.
     OnlineList { system: String, group: String },
@@ -89,7 +94,11 @@ pub enum RemoteOp {
     /// is_online of a client of the receiver.
     IsOnline { target: Target, system: String },
     /// Queue `frame` to every client of `system` on the receiver.
-    SystemPush { system: String, frame: Vec<u8> },
+    SystemPush {
+        system: String,
+        frame: Vec<u8>,
+        exclude: Option<String>,
+    },
     /// unbind_from_group of a client of the receiver; it announces 1003 cluster-wide.
     Unbind {
         target: Target,
@@ -101,6 +110,7 @@ pub enum RemoteOp {
         system: String,
         user_id: String,
         frame: Vec<u8>,
+        exclude: Option<String>,
     },
     /// The receiver's members of the group, with their user data.
     Presence { system: String, group: String },
@@ -116,6 +126,8 @@ pub enum RemoteOp {
 pub enum RemoteReply {
     Done(bool),
     Count(u32),
+    /// A `UserPush`'s `Count` when its `exclude` connection was one of the targets.
+    CountSkipped(u32),
     List(Vec<String>),
     /// The receiver could not run the op (it is shutting down, say).
     Failed(String),
@@ -159,7 +171,7 @@ impl RemoteReply {
     /// The `Count`, or 0 for any other answer.
     pub fn count(&self) -> usize {
         match self {
-            RemoteReply::Count(n) => *n as usize,
+            RemoteReply::Count(n) | RemoteReply::CountSkipped(n) => *n as usize,
             _ => 0,
         }
     }
@@ -327,6 +339,7 @@ mod tests {
                     system: "s".into(),
                     group: "g".into(),
                     frame: vec![0; 70_000],
+                    exclude: Some("c".repeat(59)),
                 },
             },
             Frame::Request {
@@ -391,6 +404,7 @@ mod tests {
                 op: RemoteOp::SystemPush {
                     system: "s".into(),
                     frame: b"\x81\x05hello".to_vec(),
+                    exclude: None,
                 },
             },
             Frame::Request {
@@ -407,6 +421,7 @@ mod tests {
                     system: "s".into(),
                     user_id: "u".into(),
                     frame: vec![7; 300],
+                    exclude: Some("x".into()),
                 },
             },
             Frame::Request {
@@ -442,6 +457,10 @@ mod tests {
             Frame::Response {
                 id: 19,
                 reply: RemoteReply::Stats(StatsPart::default()),
+            },
+            Frame::Response {
+                id: 25,
+                reply: RemoteReply::CountSkipped(2),
             },
         ]
     }

@@ -85,6 +85,7 @@ impl Config {
                 "wspush.MaxClientIdsPerRequest",
                 self.max_client_ids_per_request,
             ),
+            ("wspush.MaxBatch", self.max_batch),
             ("wspush.MaxSystemIdBytes", self.max_system_id_bytes),
             ("wspush.MaxSystems", self.max_systems),
             ("wspush.MaxNameBytes", self.max_name_bytes),

@@ -106,6 +106,9 @@ pub struct Config {
     /// more answers code -1. Opening an id costs ~0.5 µs of a core, so this bounds one request
     /// to a few milliseconds of work.
     pub max_client_ids_per_request: usize,
+    /// `[wspush] MaxBatch`, default 100: operations one `/api/batch` may carry; more answers
+    /// code -1 and runs none. Each is a push route's request, run in turn.
+    pub max_batch: usize,
     /// `[wspush] MaxSystemIdBytes`, default 128: longest systemId (in `register`, the `SystemId`
     /// header and `/ws?systemId=`), in bytes of UTF-8. A systemId also becomes an etcd key, a
     /// header value and a log field, so it must also be free of control characters; anything
@@ -293,6 +296,7 @@ impl Default for Config {
             max_http_conns_per_core: 1024,
             max_groups_per_client: 1024,
             max_client_ids_per_request: 10_000,
+            max_batch: 100,
             max_system_id_bytes: 128,
             max_systems: 100_000,
             max_name_bytes: 256,
@@ -380,6 +384,11 @@ fn err(key: &str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `conf/app.ini`: every key with its default and what it does, as comments. `wspush
+/// genconfig` prints it; tests/genconfig.rs checks that it parses to [`Config::default`] and
+/// names every key of [`Config::values`].
+pub const EXAMPLE_INI: &str = include_str!("../../conf/app.ini");
+
 /// The original's published default `CryptoKey`: fine for a try-out, a known key in production.
 pub const DEFAULT_CRYPTO_KEY: &str = "Adba723b7fe06819";
 
@@ -453,6 +462,7 @@ impl Config {
                 "wspush.MaxClientIdsPerRequest",
                 self.max_client_ids_per_request.to_string(),
             ),
+            ("wspush.MaxBatch", self.max_batch.to_string()),
             (
                 "wspush.MaxSystemIdBytes",
                 self.max_system_id_bytes.to_string(),

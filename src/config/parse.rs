@@ -194,6 +194,7 @@ impl Config {
                 ("wspush", "maxclientidsperrequest") => {
                     c.max_client_ids_per_request = number(&full, value)?
                 }
+                ("wspush", "maxbatch") => c.max_batch = number(&full, value)?,
                 ("wspush", "maxsystemidbytes") => c.max_system_id_bytes = number(&full, value)?,
                 ("wspush", "maxsystems") => c.max_systems = number(&full, value)?,
                 ("wspush", "maxnamebytes") => c.max_name_bytes = number(&full, value)?,

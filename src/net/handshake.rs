@@ -10,10 +10,24 @@ use sha1::{Digest, Sha1};
 /// "258EAFA5-E914-47DA-95CA-C5AB0DC85B11" ... A SHA-1 hash (160 bits), base64-encoded ... of this
 /// concatenation is then returned in the server's handshake."
 pub fn accept_key(key: &str) -> String {
+    let mut out = Vec::with_capacity(ACCEPT_LEN);
+    write_accept_key(key, &mut out);
+    String::from_utf8(out).expect("bug: base64 is ASCII")
+}
+
+/// Length of an accept key: the base64 of a 20-byte SHA-1 digest.
+const ACCEPT_LEN: usize = 28;
+
+/// Appends [`accept_key`]'s value to `out`, allocating nothing itself.
+fn write_accept_key(key: &str, out: &mut Vec<u8>) {
     let mut sha = Sha1::new();
     sha.update(key.as_bytes());
     sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    STANDARD.encode(sha.finalize())
+    let mut encoded = [0u8; ACCEPT_LEN];
+    let n = STANDARD
+        .encode_slice(sha.finalize(), &mut encoded)
+        .expect("bug: 28 bytes hold the base64 of 20");
+    out.extend_from_slice(&encoded[..n]);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +44,14 @@ pub enum HandshakeError {
 
 /// Checks an upgrade request and returns the `101` response to send.
 pub fn response(head: &Head) -> Result<String, HandshakeError> {
+    let mut out = Vec::with_capacity(160);
+    write_response(head, &mut out)?;
+    Ok(String::from_utf8(out).expect("bug: the 101 is ASCII"))
+}
+
+/// [`response`], appended to `out` (the buffer that also takes the welcome frame, so the two
+/// leave in one write); `out` is unchanged on an error. Allocates nothing itself.
+pub fn write_response(head: &Head, out: &mut Vec<u8>) -> Result<(), HandshakeError> {
     if head.method != Some(Method::Get) {
         return Err(HandshakeError::Method);
     }
@@ -41,15 +63,20 @@ pub fn response(head: &Head) -> Result<String, HandshakeError> {
     }
     // Section 4.1: the key is a base64-encoded 16-byte nonce.
     let key = head.ws_key.as_deref().ok_or(HandshakeError::Key)?;
-    match STANDARD.decode(key) {
-        Ok(nonce) if nonce.len() == 16 => {}
+    // Room for keys up to 32 characters; a longer one is refused as it would be after decoding
+    // (it cannot be 16 bytes).
+    let mut nonce = [0u8; 24];
+    match STANDARD.decode_slice(key, &mut nonce) {
+        Ok(16) => {}
         _ => return Err(HandshakeError::Key),
     }
-    Ok(format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n\r\n",
-        accept_key(key)
-    ))
+    out.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Accept: ",
+    );
+    write_accept_key(key, out);
+    out.extend_from_slice(b"\r\n\r\n");
+    Ok(())
 }
 
 /// The `systemId` query parameter, percent-decoded; `None` when absent or empty.
@@ -83,13 +110,30 @@ mod tests {
             ws_key: Some("dGhlIHNhbXBsZSBub25jZQ==".into()),
             ..Head::default()
         };
-        assert!(response(&head)
-            .unwrap()
-            .contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        assert_eq!(
+            response(&head).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+        let mut out = b"kept".to_vec();
+        head.ws_version = None;
+        assert_eq!(
+            write_response(&head, &mut out),
+            Err(HandshakeError::Version)
+        );
+        assert_eq!(out, b"kept", "nothing appended on a refusal");
+        head.ws_version = Some("13".into());
         head.ws_version = Some("8".into());
         assert_eq!(response(&head), Err(HandshakeError::Version));
         head.ws_version = Some("13".into());
         head.ws_key = Some("short".into());
+        assert_eq!(response(&head), Err(HandshakeError::Key));
+        // 17 and 24 bytes: well-formed base64, not a 16-byte nonce.
+        head.ws_key = Some("dGhlIHNhbXBsZSBub25jZT8/".into());
+        assert_eq!(response(&head), Err(HandshakeError::Key));
+        head.ws_key = Some("dGhlIHNhbXBsZSBub25jZT8/Pz8/Pz8/".into());
+        assert_eq!(response(&head), Err(HandshakeError::Key));
+        head.ws_key = Some("dGhlIHNhbXBsZSBub25jZT8/Pz8/Pz8/Pz8/Pz8/Pz8/".into());
         assert_eq!(response(&head), Err(HandshakeError::Key));
         head.method = Some(Method::Post);
         assert_eq!(response(&head), Err(HandshakeError::Method));

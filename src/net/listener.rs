@@ -16,31 +16,56 @@ use crate::ws::session;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Accepts HTTP connections until the task is cancelled (shutdown).
-pub async fn accept_loop(router: Rc<Router>, listener: TcpListener) {
-    accept_each(&listener, router.shard.id, "HTTP", |stream| {
-        glommio::spawn_local(serve(router.clone(), stream)).detach();
+/// `fd` is the listener's (glommio's listener does not say it).
+pub async fn accept_loop(router: Rc<Router>, listener: TcpListener, fd: RawFd) {
+    accept_each(&listener, fd, router.shard.id, "HTTP", |stream, peer| {
+        glommio::spawn_local(serve(router.clone(), stream, peer)).detach();
     })
     .await
 }
 
-/// Hands every accepted socket to `on_stream` until the task is cancelled. Accept errors
-/// (EMFILE, ENFILE, ENOBUFS) back off and retry instead of ending the loop.
+/// Hands every accepted socket, with its peer's address, to `on_stream` until the task is
+/// cancelled. Accept errors (EMFILE, ENFILE, ENOBUFS) back off and retry instead of ending the
+/// loop.
+///
+/// The listener is non-blocking ([`crate::sys::reuseport_listener`]), so while connections are
+/// waiting each is taken with one `accept4` that also returns the peer's address; glommio's
+/// accept (which toggles the listener's flags around its own `accept` with three `fcntl`s, and
+/// leaves the address to a `getpeername`) only waits when none is.
 pub async fn accept_each(
     listener: &TcpListener,
+    fd: RawFd,
     core: usize,
     what: &str,
-    mut on_stream: impl FnMut(TcpStream),
+    mut on_stream: impl FnMut(TcpStream, SocketAddr),
 ) {
     let mut backoff = Duration::from_millis(5);
     loop {
-        match listener.accept().await {
-            Ok(stream) => {
+        let accepted = match crate::sys::accept_now(fd) {
+            // SAFETY: `into_raw_fd` gives up ownership: the stream owns the fd alone.
+            Ok(Some((socket, peer))) => Ok((
+                unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) },
+                peer,
+            )),
+            Ok(None) => match listener.accept().await {
+                Ok(stream) => match stream.peer_addr() {
+                    Ok(peer) => Ok((stream, peer)),
+                    // Gone before it was looked at (reset): nothing to serve.
+                    Err(_) => continue,
+                },
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match accepted {
+            Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                on_stream(stream);
+                on_stream(stream, peer);
             }
             Err(e) => {
                 tracing::warn!(core, error = %e, "{what} accept failed, backing off {:?}", backoff);
@@ -65,6 +90,8 @@ enum ReadEnd {
 const SHRINK_ABOVE: usize = 64 * 1024;
 const READ_BUF: usize = 1024;
 const WRITE_BUF: usize = 256;
+/// The least free capacity a read goes into without growing the buffer (see [`read_some`]).
+const READ_ROOM: usize = 512;
 
 /// How long, and for how many bytes, a connection refused before its body was read keeps
 /// reading (and discarding) after its answer: see [`close_unread`].
@@ -122,13 +149,9 @@ impl Drop for HttpSlot<'_> {
 }
 
 /// Serves one accepted connection until it closes or upgrades.
-async fn serve(router: Rc<Router>, mut stream: TcpStream) {
+/// The socket has TCP_NODELAY from the listener (Linux copies it to accepted sockets).
+async fn serve(router: Rc<Router>, mut stream: TcpStream, peer: SocketAddr) {
     let shard = router.shard.clone();
-    let peer = match stream.peer_addr() {
-        Ok(peer) => peer,
-        Err(_) => return,
-    };
-    let _ = stream.set_nodelay(true);
     let config = shard.config.clone();
     // A client that sends requests but never reads the answers would otherwise hold this
     // socket (and its unsent answers) for ever: a write that cannot finish within HeadTimeout
@@ -579,8 +602,17 @@ async fn read_some(
     if wait.is_zero() {
         return Err(ReadTimeout::Idle);
     }
+    // Up to 4096 bytes, into the capacity already there when at least READ_ROOM of it is free:
+    // a handshake's head lands in the first 1 KiB without a reallocation, and a read zeroes
+    // only the room it offers.
     let start = buf.len();
-    buf.resize(start + 4096, 0);
+    let room = buf.capacity() - start;
+    let want = if room >= READ_ROOM {
+        room.min(4096)
+    } else {
+        4096
+    };
+    buf.resize(start + want, 0);
     let result = glommio::timer::timeout(wait, async {
         stream.read(&mut buf[start..]).await.map_err(Into::into)
     })
@@ -610,14 +642,13 @@ async fn upgrade(
     leftover: Vec<u8>,
 ) {
     let shard = &router.shard;
-    let response = match handshake::response(&head) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(%peer, core = shard.id, error = %e, "WebSocket handshake refused");
-            let why = e.to_string();
-            return refuse(&mut stream, &mut Vec::new(), Refusal::Handshake, &why).await;
-        }
-    };
+    // The 101, then (for a registered connection) the welcome frame: one buffer, one write.
+    let mut first = Vec::with_capacity(256);
+    if let Err(e) = handshake::write_response(&head, &mut first) {
+        tracing::debug!(%peer, core = shard.id, error = %e, "WebSocket handshake refused");
+        let why = e.to_string();
+        return refuse(&mut stream, &mut Vec::new(), Refusal::Handshake, &why).await;
+    }
     let unavailable = if shard.draining.get() {
         Some("shutting down")
     } else if crate::readiness::cut_off() {
@@ -677,19 +708,20 @@ async fn upgrade(
             }
             // After the token's userId is set, so the online event carries it.
             shard.webhook_event(crate::webhook::Kind::Online, &conn, "");
-            // The 101 goes through the connection's queue, so it leaves in the same write as
-            // the welcome frame the session queues next: one send per handshake, not two.
-            shard.enqueue(&conn, std::sync::Arc::from(response.into_bytes()));
+            // The 101 and the welcome frame go through the connection's queue as one frame,
+            // so they leave in one write, before anything else queued for the client.
+            crate::ws::message::write_welcome(&mut first, conn.client_id());
+            shard.enqueue(&conn, std::sync::Arc::from(first));
             glommio::spawn_local(session::run(router.clone(), conn.clone(), leftover)).detach();
-            // After the session, which queues the welcome frame first: then the token's
-            // userId takes its offline messages (docs/history.md, "Offline messages").
+            // After the welcome frame: then the token's userId takes its offline messages
+            // (docs/history.md, "Offline messages").
             if let Some(user) = user_id.filter(|u| !u.is_empty()) {
                 let user = std::sync::Arc::from(&*user);
                 glommio::spawn_local(router.clone().deliver_offline(conn, user)).detach();
             }
         }
         None => {
-            if stream.write_all(response.as_bytes()).await.is_ok() {
+            if stream.write_all(&first).await.is_ok() {
                 session::refuse_without_system_id(shard, stream, peer).await;
             }
         }

@@ -88,7 +88,7 @@ impl Router {
                 };
                 Ok(Fanout {
                     delivered: self.call(core, op).await.count(),
-                    failed: Vec::new(),
+                    ..Fanout::default()
                 })
             }
             Home::Node(addr) => {
@@ -101,7 +101,7 @@ impl Router {
                 let reply = self.call_owner(addr, op, "send_to_group").await?;
                 Ok(Fanout {
                     delivered: reply.count(),
-                    failed: Vec::new(),
+                    ..Fanout::default()
                 })
             }
         }
@@ -135,7 +135,9 @@ impl Router {
                 )
             },
         );
-        let fanout = self.push_group(system, group, frame, "send_to_group").await;
+        // The push is in the stream whoever it leaves out; the owner finds that one itself.
+        let exclude = self.exclude(push.exclude.as_deref());
+        let fanout = (self.push_group(system, group, frame, "send_to_group", exclude)).await;
         fanout.delivered
     }
 

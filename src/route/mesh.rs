@@ -3,7 +3,7 @@
 //! [`serve_cores`] is the receiver loop every core runs on its end of the channel mesh.
 
 use super::{MemberEvent, Router};
-use crate::shard::inbox::{CoreMsg, Op, Reply};
+use crate::shard::inbox::{CoreMsg, Op, Reply, Skip};
 use glommio::channels::channel_mesh::Receivers;
 use glommio::channels::local_channel;
 use glommio::{GlommioError, ResourceType};
@@ -56,7 +56,11 @@ impl Router {
                 system,
                 group,
                 frame,
-            } => Reply::Count(shard.group_push_local(&system, &group, &frame)),
+                skip,
+            } => {
+                let skip = Skip::on_core(skip, shard.id);
+                Reply::Count(shard.group_push_local(&system, &group, &frame, skip))
+            }
             Op::OnlineList { system, group } => {
                 Reply::List(shard.online_list_local(&system, &group))
             }
@@ -74,14 +78,26 @@ impl Router {
                 generation,
                 system,
             } => Reply::Done(shard.is_online_local(slot, generation, &system)),
-            Op::SystemPush { system, frame } => {
-                Reply::Count(shard.system_push_local(&system, &frame))
+            Op::SystemPush {
+                system,
+                frame,
+                skip,
+            } => {
+                let skip = Skip::on_core(skip, shard.id);
+                Reply::Count(shard.system_push_local(&system, &frame, skip))
             }
             Op::UserPush {
                 system,
                 user_id,
                 frame,
-            } => Reply::Count(shard.user_push_local(&system, &user_id, &frame)),
+                skip,
+            } => {
+                let skip = Skip::on_core(skip, shard.id);
+                match shard.user_push_local(&system, &user_id, &frame, skip) {
+                    (n, true) => Reply::CountSkipped(n),
+                    (n, false) => Reply::Count(n),
+                }
+            }
             Op::Presence { system, group } => Reply::Members(shard.presence_local(&system, &group)),
             Op::Stats { system } => Reply::Stats(shard.stats_local(&system)),
             Op::Metrics { detail } => Reply::Metrics(Box::new(self.metrics_snapshot(detail))),

@@ -28,7 +28,7 @@ use crate::cluster::link::LinkError;
 use crate::cluster::proto::{RemoteOp, RemoteReply};
 use crate::cluster::Cluster;
 use crate::shard::conn::{Conn, EndReason};
-use crate::shard::inbox::{CoreMsg, Op, Refusal, Reply};
+use crate::shard::inbox::{CoreMsg, Op, Refusal, Reply, Skip};
 use crate::shard::Shard;
 use crate::types::{Member, SystemStats};
 use crate::ws::frame::SharedFrame;
@@ -59,6 +59,20 @@ pub struct Router {
 pub struct Fanout {
     pub delivered: usize,
     pub failed: Vec<SocketAddrV4>,
+    /// The [`Exclude`] connection was one of the push's targets and was left out (answered
+    /// by send_to_user, whose `store: true` then knows the user was online).
+    pub skipped: bool,
+}
+
+/// The connection a group, system or user push leaves out (the API's `excludeClientId`),
+/// as [`Router::exclude`] found it: on a core of this node (`here`), or on a peer (`peer`, the
+/// clientId the peers get, each of which resolves it again and only its owner finds it).
+/// Default: nobody is left out (no id, or one that reaches no client: forged, of a node
+/// that left).
+#[derive(Debug, Clone, Default)]
+pub struct Exclude {
+    pub here: Option<Skip>,
+    pub peer: Option<Arc<str>>,
 }
 
 /// The three announcements a group gets about one of its members.
@@ -106,6 +120,7 @@ fn from_remote(reply: RemoteReply) -> Reply {
     match reply {
         RemoteReply::Done(found) => Reply::Done(found),
         RemoteReply::Count(n) => Reply::Count(n as usize),
+        RemoteReply::CountSkipped(n) => Reply::CountSkipped(n as usize),
         RemoteReply::List(list) => Reply::List(list),
         RemoteReply::Refused(why) => Reply::Refused(Refusal::Peer(why)),
         RemoteReply::Members(members) => Reply::Members(members),
@@ -138,6 +153,12 @@ fn from_remote(reply: RemoteReply) -> Reply {
 
 fn add_count(total: &mut usize, reply: Reply) {
     *total += reply.count();
+}
+
+/// [`add_count`], and whether any answer left its [`Skip`] connection out.
+fn add_count_skipped(total: &mut (usize, bool), reply: Reply) {
+    total.0 += reply.count();
+    total.1 |= reply.skipped();
 }
 
 impl Router {
@@ -240,14 +261,39 @@ impl Router {
         }
     }
 
-    /// Queues `frame` to every member of the group on every core and node. `what` names the
-    /// caller for the peer-failure count (`send_to_group`, `group_event`).
+    /// Where the client `client_id` (excludeClientId) is, as a push leaving it out needs to
+    /// know: an id that reaches no client leaves nobody out, and is no error.
+    pub fn exclude(&self, client_id: Option<&str>) -> Exclude {
+        match client_id.map(|id| clients::resolve(self, id)) {
+            Some(clients::Target::Core {
+                core,
+                slot,
+                generation,
+            }) => Exclude {
+                here: Some(Skip {
+                    core,
+                    slot,
+                    generation,
+                }),
+                peer: None,
+            },
+            Some(clients::Target::Node { .. }) => Exclude {
+                here: None,
+                peer: client_id.map(Arc::from),
+            },
+            Some(clients::Target::Nowhere) | None => Exclude::default(),
+        }
+    }
+
+    /// Queues `frame` to every member of the group on every core and node but `exclude`.
+    /// `what` names the caller for the peer-failure count (`send_to_group`, `group_event`).
     pub async fn push_group(
         self: &Rc<Self>,
         system: Arc<str>,
         group: Arc<str>,
         frame: SharedFrame,
         what: &'static str,
+        exclude: Exclude,
     ) -> Fanout {
         let peers = Peers {
             what,
@@ -255,15 +301,21 @@ impl Router {
                 system: system.to_string(),
                 group: group.to_string(),
                 frame: frame.to_vec(),
+                exclude: exclude.peer.as_deref().map(str::to_string),
             },
         };
         let op = Op::GroupPush {
             system: system.clone(),
             group: group.clone(),
             frame: frame.clone(),
+            skip: exclude.here,
         };
         let (delivered, failed) = self.broadcast(op, Some(peers), add_count).await;
-        Fanout { delivered, failed }
+        Fanout {
+            delivered,
+            failed,
+            skipped: false,
+        }
     }
 
     /// get_online_list: members of a group on every node; a peer that does not answer in time
@@ -288,29 +340,42 @@ impl Router {
         self.broadcast(op, Some(peers), merge).await.0
     }
 
-    /// send_to_system: every client of the system on every node.
-    pub async fn push_system(self: &Rc<Self>, system: Arc<str>, frame: SharedFrame) -> Fanout {
+    /// send_to_system: every client of the system on every node but `exclude`.
+    pub async fn push_system(
+        self: &Rc<Self>,
+        system: Arc<str>,
+        frame: SharedFrame,
+        exclude: Exclude,
+    ) -> Fanout {
         let peers = Peers {
             what: "send_to_system",
             op: || RemoteOp::SystemPush {
                 system: system.to_string(),
                 frame: frame.to_vec(),
+                exclude: exclude.peer.as_deref().map(str::to_string),
             },
         };
         let op = Op::SystemPush {
             system: system.clone(),
             frame: frame.clone(),
+            skip: exclude.here,
         };
         let (delivered, failed) = self.broadcast(op, Some(peers), add_count).await;
-        Fanout { delivered, failed }
+        Fanout {
+            delivered,
+            failed,
+            skipped: false,
+        }
     }
 
-    /// send_to_user: the system's connections bound with `user_id` on every node.
+    /// send_to_user: the system's connections bound with `user_id` on every node but
+    /// `exclude`; [`Fanout::skipped`] says whether that one was among them.
     pub async fn push_user(
         self: &Rc<Self>,
         system: Arc<str>,
         user_id: Arc<str>,
         frame: SharedFrame,
+        exclude: Exclude,
     ) -> Fanout {
         let peers = Peers {
             what: "send_to_user",
@@ -318,15 +383,22 @@ impl Router {
                 system: system.to_string(),
                 user_id: user_id.to_string(),
                 frame: frame.to_vec(),
+                exclude: exclude.peer.as_deref().map(str::to_string),
             },
         };
         let op = Op::UserPush {
             system: system.clone(),
             user_id: user_id.clone(),
             frame: frame.clone(),
+            skip: exclude.here,
         };
-        let (delivered, failed) = self.broadcast(op, Some(peers), add_count).await;
-        Fanout { delivered, failed }
+        let merge = add_count_skipped;
+        let ((delivered, skipped), failed) = self.broadcast(op, Some(peers), merge).await;
+        Fanout {
+            delivered,
+            failed,
+            skipped,
+        }
     }
 
     /// get_group_presence: the group's members on every node with their user data.
@@ -385,7 +457,9 @@ impl Router {
     ) {
         let (code, msg) = event.code_and_msg();
         let frame = message::push_frame(&self.shard.message_id(), "", code, msg, data);
-        self.push_group(Arc::from(conn.system()), group, frame, "group_event")
+        let system = Arc::from(conn.system());
+        let nobody = Exclude::default();
+        self.push_group(system, group, frame, "group_event", nobody)
             .await;
     }
 

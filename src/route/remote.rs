@@ -4,7 +4,7 @@
 
 use super::{merge_replies, Router, NODE_ONLY};
 use crate::cluster::proto::{RemoteOp, RemoteReply};
-use crate::shard::inbox::{Op, Reply};
+use crate::shard::inbox::{Op, Reply, Skip};
 use crate::types::{self, Target};
 use crate::ws::frame::SharedFrame;
 use std::net::SocketAddrV4;
@@ -30,7 +30,8 @@ enum Local {
 }
 
 /// The one mapping of a peer's op onto this node's: the same [`Op`] the API would have sent.
-fn local_op(op: RemoteOp, nr_cores: usize) -> Local {
+/// `skip` finds a push's `exclude` clientId on this node.
+fn local_op(op: RemoteOp, nr_cores: usize, skip: impl Fn(Option<String>) -> Option<Skip>) -> Local {
     let core_of = |target: &Target| (target.core as usize) < nr_cores;
     match op {
         RemoteOp::Deliver {
@@ -52,27 +53,36 @@ fn local_op(op: RemoteOp, nr_cores: usize) -> Local {
             system,
             group,
             frame,
+            exclude,
         } => Local::Cores(Op::GroupPush {
             system: Arc::from(system),
             group: Arc::from(group),
             frame: Arc::from(frame),
+            skip: skip(exclude),
         }),
         RemoteOp::OnlineList { system, group } => Local::Cores(Op::OnlineList {
             system: Arc::from(system),
             group: Arc::from(group),
         }),
-        RemoteOp::SystemPush { system, frame } => Local::Cores(Op::SystemPush {
+        RemoteOp::SystemPush {
+            system,
+            frame,
+            exclude,
+        } => Local::Cores(Op::SystemPush {
             system: Arc::from(system),
             frame: Arc::from(frame),
+            skip: skip(exclude),
         }),
         RemoteOp::UserPush {
             system,
             user_id,
             frame,
+            exclude,
         } => Local::Cores(Op::UserPush {
             system: Arc::from(system),
             user_id: Arc::from(user_id),
             frame: Arc::from(frame),
+            skip: skip(exclude),
         }),
         RemoteOp::Presence { system, group } => Local::Cores(Op::Presence {
             system: Arc::from(system),
@@ -219,6 +229,7 @@ fn local_op(op: RemoteOp, nr_cores: usize) -> Local {
 fn to_remote(reply: Reply) -> RemoteReply {
     match reply {
         Reply::Count(n) => RemoteReply::Count(n as u32),
+        Reply::CountSkipped(n) => RemoteReply::CountSkipped(n as u32),
         Reply::List(list) => RemoteReply::List(list),
         Reply::Members(members) => RemoteReply::Members(members),
         Reply::Stats(mut part) => {
@@ -236,7 +247,8 @@ fn to_remote(reply: Reply) -> RemoteReply {
 
 /// Runs a request from another node (`from`, proven by the link's handshake) on this node.
 pub async fn serve_remote(route: &Rc<Router>, from: SocketAddrV4, op: RemoteOp) -> RemoteReply {
-    match local_op(op, route.shard.nr_cores) {
+    let skip = |exclude: Option<String>| route.exclude(exclude.as_deref()).here;
+    match local_op(op, route.shard.nr_cores, skip) {
         Local::Cores(op) => {
             let (reply, _) = route.broadcast(op, NODE_ONLY, merge_replies).await;
             to_remote(reply.unwrap_or(Reply::Unreachable))

@@ -56,7 +56,6 @@ pub enum Op {
         since: Option<StreamPos>,
         limit: usize,
     },
-    /// Queue `frame` to this core's members of the group.
     /// Keep a push for a user (on the core that owns the (system, userId)).
     OfflineStore {
         system: Arc<str>,
@@ -65,10 +64,12 @@ pub enum Op {
     },
     /// Remove and answer a user's kept pushes.
     OfflineTake { system: Arc<str>, user_id: Arc<str> },
+    /// Queue `frame` to this core's members of the group.
     GroupPush {
         system: Arc<str>,
         group: Arc<str>,
         frame: SharedFrame,
+        skip: Option<Skip>,
     },
     /// This core's members of the group, as clientIds.
     OnlineList { system: Arc<str>, group: Arc<str> },
@@ -88,6 +89,7 @@ pub enum Op {
     SystemPush {
         system: Arc<str>,
         frame: SharedFrame,
+        skip: Option<Skip>,
     },
     /// Remove the client from a group; 1003 to the remaining members if it was one.
     Unbind {
@@ -101,6 +103,7 @@ pub enum Op {
         system: Arc<str>,
         user_id: Arc<str>,
         frame: SharedFrame,
+        skip: Option<Skip>,
     },
     /// This core's members of the group with their userId and extend.
     Presence { system: Arc<str>, group: Arc<str> },
@@ -123,6 +126,24 @@ pub enum Op {
         system: Arc<str>,
         info: Arc<SystemInfo>,
     },
+}
+
+/// The connection a group, system or user push leaves out (the API's `excludeClientId`),
+/// resolved on this node: the core that owns it and its registry address there. Every core
+/// gets the same value; only the owning core finds the connection to skip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skip {
+    pub core: usize,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+impl Skip {
+    /// The `(slot, generation)` to leave out on core `core`, if it is that connection's core.
+    pub fn on_core(skip: Option<Skip>, core: usize) -> Option<(u32, u32)> {
+        skip.filter(|s| s.core == core)
+            .map(|s| (s.slot, s.generation))
+    }
 }
 
 /// The fields of a send_to_group whose frame the stream's owner builds, with the offset.
@@ -148,6 +169,9 @@ pub enum Reply {
     Done(bool),
     /// How many targets were reached.
     Count(usize),
+    /// A `Count` of a push with a [`Skip`] whose connection was one of the targets and was
+    /// left out (send_to_user's `store: true` then knows the user was online).
+    CountSkipped(usize),
     List(Vec<String>),
     Members(Vec<Member>),
     Stats(StatsPart),
@@ -170,10 +194,15 @@ impl Reply {
         matches!(self, Reply::Done(true) | Reply::Recovered(_))
     }
 
+    /// Whether a push left its [`Skip`] connection out here (`CountSkipped`).
+    pub fn skipped(&self) -> bool {
+        matches!(self, Reply::CountSkipped(_))
+    }
+
     /// The `Count`, or 0 for any other answer.
     pub fn count(&self) -> usize {
         match self {
-            Reply::Count(n) => *n,
+            Reply::Count(n) | Reply::CountSkipped(n) => *n,
             _ => 0,
         }
     }
@@ -183,7 +212,11 @@ impl Reply {
     /// adds nothing.
     pub fn absorb(&mut self, other: Reply) {
         match (self, other) {
-            (Reply::Count(n), Reply::Count(more)) => *n += more,
+            (Reply::Count(n), Reply::Count(more))
+            | (Reply::CountSkipped(n), Reply::Count(more)) => *n += more,
+            (this @ (Reply::Count(_) | Reply::CountSkipped(_)), Reply::CountSkipped(more)) => {
+                *this = Reply::CountSkipped(this.count() + more)
+            }
             (Reply::List(list), Reply::List(more)) => list.extend(more),
             (Reply::Members(list), Reply::Members(more)) => list.extend(more),
             (Reply::Stats(total), Reply::Stats(part)) => total.merge(part),

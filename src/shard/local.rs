@@ -61,8 +61,17 @@ impl Shard {
         queued
     }
 
-    pub fn group_push_local(self: &Rc<Self>, system: &str, group: &str, f: &SharedFrame) -> usize {
+    /// Queues `f` to this core's members of the group but `skip` (a `(slot, generation)`,
+    /// excludeClientId); a member recovering its missed pushes gets it held back instead.
+    pub fn group_push_local(
+        self: &Rc<Self>,
+        system: &str,
+        group: &str,
+        f: &SharedFrame,
+        skip: Option<(u32, u32)>,
+    ) -> usize {
         let mut members = self.index.borrow().members(system, group);
+        leave_out(&mut members, skip);
         if members.is_empty() {
             return 0;
         }
@@ -137,14 +146,30 @@ impl Shard {
         queued
     }
 
-    pub fn system_push_local(self: &Rc<Self>, system: &str, f: &SharedFrame) -> usize {
-        let conns = self.index.borrow().clients(system);
+    /// Queues `f` to this core's clients of the system but `skip`.
+    pub fn system_push_local(
+        self: &Rc<Self>,
+        system: &str,
+        f: &SharedFrame,
+        skip: Option<(u32, u32)>,
+    ) -> usize {
+        let mut conns = self.index.borrow().clients(system);
+        leave_out(&mut conns, skip);
         self.push_to(&conns, f)
     }
 
-    pub fn user_push_local(self: &Rc<Self>, system: &str, user_id: &str, f: &SharedFrame) -> usize {
-        let conns = self.index.borrow().user_conns(system, user_id);
-        self.push_to(&conns, f)
+    /// Queues `f` to this core's connections of the system bound with `user_id` but `skip`;
+    /// also whether `skip` was one of them (the user is online, through the left-out one).
+    pub fn user_push_local(
+        self: &Rc<Self>,
+        system: &str,
+        user_id: &str,
+        f: &SharedFrame,
+        skip: Option<(u32, u32)>,
+    ) -> (usize, bool) {
+        let mut conns = self.index.borrow().user_conns(system, user_id);
+        let skipped = leave_out(&mut conns, skip);
+        (self.push_to(&conns, f), skipped)
     }
 
     pub fn presence_local(&self, system: &str, group: &str) -> Vec<Member> {
@@ -255,6 +280,16 @@ impl Shard {
     }
 }
 
+/// Takes the connection `skip` (slot, generation) out of `conns`; whether it was there.
+fn leave_out(conns: &mut Vec<Rc<Conn>>, skip: Option<(u32, u32)>) -> bool {
+    let Some((slot, generation)) = skip else {
+        return false;
+    };
+    let before = conns.len();
+    conns.retain(|c| (c.slot, c.generation) != (slot, generation));
+    conns.len() != before
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::{conns, with_shard};
@@ -361,15 +396,27 @@ mod tests {
             bind(&shard, &c[0], "room", "alice");
             bind(&shard, &c[1], "room", "bob");
             bind(&shard, &c[2], "hall", "alice");
-            assert_eq!(shard.group_push_local("sys", "room", &frame()), 2);
-            assert_eq!(shard.group_push_local("sys", "nobody", &frame()), 0);
-            assert_eq!(shard.system_push_local("sys", &frame()), 3);
-            assert_eq!(shard.user_push_local("sys", "alice", &frame()), 2);
-            assert_eq!(shard.user_push_local("other", "alice", &frame()), 0);
+            assert_eq!(shard.group_push_local("sys", "room", &frame(), None), 2);
+            assert_eq!(shard.group_push_local("sys", "nobody", &frame(), None), 0);
+            assert_eq!(shard.system_push_local("sys", &frame(), None), 3);
+            assert_eq!(
+                shard.user_push_local("sys", "alice", &frame(), None),
+                (2, false)
+            );
+            assert_eq!(
+                shard.user_push_local("other", "alice", &frame(), None),
+                (0, false)
+            );
             // A new userId moves the connection to the new user's entry.
             shard.set_user_id(&c[2], "carol");
-            assert_eq!(shard.user_push_local("sys", "alice", &frame()), 1);
-            assert_eq!(shard.user_push_local("sys", "carol", &frame()), 1);
+            assert_eq!(
+                shard.user_push_local("sys", "alice", &frame(), None),
+                (1, false)
+            );
+            assert_eq!(
+                shard.user_push_local("sys", "carol", &frame(), None),
+                (1, false)
+            );
             let targets = [
                 (c[0].slot, c[0].generation),
                 (c[1].slot, c[1].generation + 1),
@@ -384,6 +431,32 @@ mod tests {
                 0,
                 "isolation"
             );
+        });
+    }
+
+    #[test]
+    fn a_skip_leaves_out_one_connection_and_says_so() {
+        with_shard(|shard| async move {
+            let c = conns(&shard, "sys", 3).await;
+            bind(&shard, &c[0], "room", "alice");
+            bind(&shard, &c[1], "room", "alice");
+            bind(&shard, &c[2], "hall", "bob");
+            let skip = Some((c[0].slot, c[0].generation));
+            assert_eq!(shard.group_push_local("sys", "room", &frame(), skip), 1);
+            assert_eq!(shard.system_push_local("sys", &frame(), skip), 2);
+            assert_eq!(
+                shard.user_push_local("sys", "alice", &frame(), skip),
+                (1, true)
+            );
+            assert_eq!(
+                shard.user_push_local("sys", "bob", &frame(), skip),
+                (1, false),
+                "not one of bob's"
+            );
+            let stale = Some((c[0].slot, c[0].generation + 1));
+            assert_eq!(shard.group_push_local("sys", "room", &frame(), stale), 2);
+            let queued = |i: usize| c[i].out.borrow().len();
+            assert_eq!((queued(0), queued(1), queued(2)), (1, 4, 2));
         });
     }
 
@@ -429,7 +502,7 @@ mod tests {
             let group: Arc<str> = Arc::from("room");
             shard.begin_recovery(&c[0], &group);
             for f in [at(3, "e"), at(5, "e"), frame()] {
-                assert_eq!(shard.group_push_local("sys", "room", &f), 2);
+                assert_eq!(shard.group_push_local("sys", "room", &f, None), 2);
             }
             let queued = |i: usize| c[i].out.borrow().len();
             assert_eq!(
@@ -451,7 +524,7 @@ mod tests {
             );
             // A late live push it has is dropped; another epoch's, or a newer one, is not.
             for (f, want) in [(at(4, "e"), 4), (at(4, "other"), 5), (at(6, "e"), 6)] {
-                shard.group_push_local("sys", "room", &f);
+                shard.group_push_local("sys", "room", &f, None);
                 assert_eq!(queued(0), want);
             }
         });

@@ -49,7 +49,7 @@ pub fn text(json: &[u8]) -> SharedFrame {
 
 /// Writes a text frame header for a payload of `len` bytes into `out`; the caller appends the
 /// payload. Lets the push path build header and JSON in one buffer with one allocation.
-pub fn text_header(len: usize, out: &mut Vec<u8>) {
+pub fn text_header(len: usize, out: &mut impl std::io::Write) {
     let header = FrameHeader {
         is_final: true,
         opcode: OpCode::Data(Data::Text),
@@ -57,7 +57,7 @@ pub fn text_header(len: usize, out: &mut Vec<u8>) {
     };
     header
         .format(len as u64, out)
-        .expect("bug: writing a frame header to a Vec cannot fail");
+        .expect("bug: a frame header fits its buffer");
 }
 
 /// Size of a text frame header for a payload of `len` bytes.

@@ -137,11 +137,23 @@ pub fn member_event_data(client_id: &str, user_id: &str, extend: &str) -> String
 
 /// `{"code":0,"msg":"success","data":{"clientId":"..."}}`, the first frame of every session.
 pub fn welcome(client_id: &str) -> SharedFrame {
-    let mut json = Vec::with_capacity(96);
-    json.extend_from_slice(b"{\"code\":0,\"msg\":\"success\",\"data\":{\"clientId\":");
-    write_json_str(&mut json, client_id);
-    json.extend_from_slice(b"}}");
-    frame::text(&json)
+    let mut out = Vec::with_capacity(128);
+    write_welcome(&mut out, client_id);
+    out.into()
+}
+
+/// Appends [`welcome`]'s frame to `out` (after the 101, so both leave in one write).
+pub fn write_welcome(out: &mut Vec<u8>, client_id: &str) {
+    let start = out.len();
+    out.extend_from_slice(b"{\"code\":0,\"msg\":\"success\",\"data\":{\"clientId\":");
+    write_json_str(out, client_id);
+    out.extend_from_slice(b"}}");
+    // The header (2 to 10 bytes) goes in front of the JSON just written.
+    let len = out.len() - start;
+    let mut header = [0u8; 10];
+    let n = frame::text_header_len(len);
+    frame::text_header(len, &mut &mut header[..]);
+    out.splice(start..start, header[..n].iter().copied());
 }
 
 /// The original's answer to a connect without systemId.
@@ -162,6 +174,24 @@ mod tests {
     fn payload(f: &[u8]) -> serde_json::Value {
         let start = if f[1] & 0x7f == 126 { 4 } else { 2 };
         serde_json::from_slice(&f[start..]).unwrap()
+    }
+
+    #[test]
+    fn welcome_goes_behind_what_the_buffer_holds() {
+        for id in ["abc", &"x".repeat(200)] {
+            let mut out = b"HTTP/1.1 101 ...\r\n\r\n".to_vec();
+            let head = out.len();
+            write_welcome(&mut out, id);
+            assert_eq!(&out[..head], b"HTTP/1.1 101 ...\r\n\r\n");
+            assert_eq!(&out[head..], &*welcome(id));
+            let f = &out[head..];
+            assert_eq!(f[0], 0x81, "a final text frame");
+            let v = payload(f);
+            assert_eq!(v["code"], 0);
+            assert_eq!(v["data"]["clientId"], id);
+            let json_len = serde_json::to_vec(&v).unwrap().len();
+            assert_eq!(f.len(), frame::text_header_len(json_len) + json_len);
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! One WebSocket session after the handshake: register, welcome, read until the end, clean up.
+//! One WebSocket session after the handshake: read until the end, clean up.
 //!
 //! Reading: the socket is polled with the core's scratch buffer, borrowed only for the duration
 //! of one poll, so an idle connection holds no read buffer. Bytes of a frame that arrived only in
@@ -31,8 +31,9 @@ pub async fn refuse_without_system_id(shard: &Shard, mut stream: TcpStream, peer
     let _ = stream.close().await;
 }
 
-/// Runs a registered connection's session: welcome, then read until it ends. `leftover` holds
-/// bytes the client sent right after its handshake (read together with the request head).
+/// Runs a registered connection's session (its 101 and welcome frame already queued): read
+/// until it ends. `leftover` holds bytes the client sent right after its handshake (read
+/// together with the request head).
 ///
 /// This future is what an idle connection costs, so it holds only the connection, the frame
 /// assembly state and (only while a frame is incomplete) a partial buffer; the cleanup runs as
@@ -40,7 +41,6 @@ pub async fn refuse_without_system_id(shard: &Shard, mut stream: TcpStream, peer
 pub async fn run(router: Rc<Router>, conn: Rc<Conn>, leftover: Vec<u8>) {
     let shard = &router.shard;
     tracing::debug!(client = %conn.client_id(), peer = %conn.peer(), core = shard.id, system = %conn.system(), "client connected");
-    shard.enqueue(&conn, message::welcome(conn.client_id()));
 
     let mut state = MessageState::default();
     let mut partial: Vec<u8> = Vec::new();

@@ -45,6 +45,7 @@ impl Nginx {
                  location /ws {{\n\
                    proxy_pass http://ws_cluster;\n\
                    proxy_http_version 1.1;\n\
+                   # Above the server's ping interval, or idle WebSockets are cut.\n\
                    proxy_read_timeout {read_timeout};\n\
                    proxy_set_header Upgrade $http_upgrade;\n\
                    proxy_set_header Connection \"upgrade\";\n\
