@@ -59,7 +59,7 @@ start_cluster() {
 HttpPort = $http
 RPCPort = $rpc
 Cluster = true
-CryptoKey = Adba723b7fe06819
+CryptoKey = 5c1e0a7d9b3f42e8a6d0c4b2f7e91a3d
 [etcd]
 Endpoints = 127.0.0.1:$client
 [wspush]

@@ -51,7 +51,7 @@ start_server() {
 HttpPort = $PORT
 RPCPort = $rpc
 Cluster = false
-CryptoKey = Adba723b7fe06819
+CryptoKey = 5c1e0a7d9b3f42e8a6d0c4b2f7e91a3d
 [etcd]
 Endpoints =
 [wspush]
