@@ -8,7 +8,6 @@ mod common;
 use common::etcd::*;
 use common::*;
 use serde_json::{json, Value};
-use std::net::SocketAddrV4;
 
 const NODE: &[&str] = &[
     "HistorySize = 50",
@@ -34,21 +33,6 @@ fn ok(port: u16, system: &str, route: &str, body: Value) -> Value {
     let v = api(port, Some(system), route, &body);
     assert_eq!(v["code"], 0, "{route} {body} through :{port}: {v}");
     v
-}
-
-fn addr(node: &Node) -> SocketAddrV4 {
-    node.addr().parse().unwrap()
-}
-
-/// A group of `system` whose history stream `owner` owns among `nodes`.
-fn group_owned_by(system: &str, owner: &Node, nodes: &[&Node]) -> String {
-    let addrs: Vec<SocketAddrV4> = nodes.iter().map(|n| addr(n)).collect();
-    (0..)
-        .map(|i| format!("room{i}"))
-        .find(|g| {
-            wspush::types::stream_owner(system, g, addrs.iter().copied()) == Some(addr(owner))
-        })
-        .unwrap()
 }
 
 #[test]

@@ -10,7 +10,6 @@ mod common;
 use common::etcd::*;
 use common::*;
 use serde_json::{json, Value};
-use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 const HISTORY: &[&str] = &["HistorySize = 100", "HistoryTtl = 300"];
@@ -25,21 +24,6 @@ fn cluster(n: usize) -> Cluster {
     let nodes = Node::start_many(&etcd, n, HISTORY);
     converge(&nodes);
     Cluster { nodes, etcd }
-}
-
-fn addr(node: &Node) -> SocketAddrV4 {
-    node.addr().parse().unwrap()
-}
-
-/// A group of `system` whose stream `owner` owns among `nodes`.
-fn group_owned_by(system: &str, owner: &Node, nodes: &[&Node]) -> String {
-    let addrs: Vec<SocketAddrV4> = nodes.iter().map(|n| addr(n)).collect();
-    (0..)
-        .map(|i| format!("room{i}"))
-        .find(|g| {
-            wspush::types::stream_owner(system, g, addrs.iter().copied()) == Some(addr(owner))
-        })
-        .unwrap()
 }
 
 fn register_history(port: u16) -> String {

@@ -9,25 +9,9 @@ use common::etcd::*;
 use common::receiver::Receiver;
 use common::*;
 use serde_json::{json, Value};
-use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 const DELIVERY: Duration = Duration::from_secs(10);
-
-fn addr(node: &Node) -> SocketAddrV4 {
-    node.addr().parse().unwrap()
-}
-
-/// A group name whose owner, among `nodes`, is `owner`.
-fn group_owned_by(system: &str, owner: &Node, nodes: &[&Node]) -> String {
-    let addrs: Vec<SocketAddrV4> = nodes.iter().map(|n| addr(n)).collect();
-    (0..)
-        .map(|i| format!("room{i}"))
-        .find(|g| {
-            wspush::types::stream_owner(system, g, addrs.iter().copied()) == Some(addr(owner))
-        })
-        .unwrap()
-}
 
 /// The occupancy events delivered so far, each with the node whose batch carried it.
 fn occupancy(receiver: &Receiver) -> Vec<(String, String, String)> {

@@ -71,21 +71,29 @@ fn run_chromium(dir: &Path, url: &str, args: &[&str]) -> String {
     std::fs::read_to_string(&stdout_path).unwrap()
 }
 
-/// The element of the serialized DOM whose id is `id`: its `data-value` attribute (the raw
-/// number the page was given; empty if none) and its text up to the first child tag (what a
-/// person reads).
-fn element(dom: &str, id: &str) -> (String, String) {
+/// The opening tag of the element whose id is `id` in the serialized DOM, and where it ends.
+fn tag_of<'a>(dom: &'a str, id: &str) -> (&'a str, usize) {
     let needle = format!(" id=\"{id}\"");
     let at = dom
         .find(&needle)
         .unwrap_or_else(|| panic!("no element with id {id:?} in the page:\n{dom}"));
     let start = dom[..at].rfind('<').unwrap();
     let end = at + dom[at..].find('>').unwrap();
-    let tag = &dom[start..=end];
-    let value = tag
-        .split_once(" data-value=\"")
+    (&dom[start..=end], end)
+}
+
+/// Attribute `name` of an opening tag, if it has one.
+fn attribute_of(tag: &str, name: &str) -> Option<String> {
+    tag.split_once(&format!(" {name}=\""))
         .map(|(_, rest)| rest[..rest.find('"').unwrap()].to_string())
-        .unwrap_or_default();
+}
+
+/// The element of the serialized DOM whose id is `id`: its `data-value` attribute (the raw
+/// number the page was given; empty if none) and its text up to the first child tag (what a
+/// person reads).
+fn element(dom: &str, id: &str) -> (String, String) {
+    let (tag, end) = tag_of(dom, id);
+    let value = attribute_of(tag, "data-value").unwrap_or_default();
     let text_end = dom[end + 1..].find('<').map_or(dom.len(), |i| end + 1 + i);
     (value, dom[end + 1..text_end].to_string())
 }
@@ -354,16 +362,8 @@ fn the_status_page_passes_its_api_key_on_to_its_polls() {
 
 /// Attribute `name` of the element whose id is `id` in the serialized DOM.
 fn attribute(dom: &str, id: &str, name: &str) -> String {
-    let needle = format!(" id=\"{id}\"");
-    let at = dom
-        .find(&needle)
-        .unwrap_or_else(|| panic!("no element with id {id:?} in the page:\n{dom}"));
-    let start = dom[..at].rfind('<').unwrap();
-    let end = at + dom[at..].find('>').unwrap();
-    let tag = &dom[start..=end];
-    tag.split_once(&format!(" {name}=\""))
-        .map(|(_, rest)| rest[..rest.find('"').unwrap()].to_string())
-        .unwrap_or_else(|| panic!("element {id:?} has no {name}: {tag}"))
+    let (tag, _) = tag_of(dom, id);
+    attribute_of(tag, name).unwrap_or_else(|| panic!("element {id:?} has no {name}: {tag}"))
 }
 
 /// A chart's latest second and highest value, as the page drew them.

@@ -820,3 +820,19 @@ impl Drop for EtcdProxy {
         let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
     }
 }
+
+/// `node`'s `host:RPCPort` as an address (what `wspush::types::stream_owner` ranks).
+pub fn addr(node: &Node) -> std::net::SocketAddrV4 {
+    node.addr().parse().unwrap()
+}
+
+/// A group of `system` whose stream (history, occupancy) `owner` owns among `nodes`.
+pub fn group_owned_by(system: &str, owner: &Node, nodes: &[&Node]) -> String {
+    let addrs: Vec<std::net::SocketAddrV4> = nodes.iter().map(|n| addr(n)).collect();
+    (0..)
+        .map(|i| format!("room{i}"))
+        .find(|g| {
+            wspush::types::stream_owner(system, g, addrs.iter().copied()) == Some(addr(owner))
+        })
+        .unwrap()
+}
