@@ -495,7 +495,7 @@ impl Fleet {
                     "".into(),
                     "".into(),
                 );
-                assert!(matches!(bound, Ok(Some((_, true)))));
+                assert!(matches!(bound, Ok(Some(b)) if b.first));
             }
             clients.push(client);
         }

@@ -41,7 +41,7 @@ impl Counter {
 }
 
 /// The `reason` label of `wspush_disconnects_total`, in [`EndReason`] order.
-pub const REASONS: [&str; 8] = [
+pub const REASONS: [&str; 9] = [
     "close",
     "reset",
     "pong_timeout",
@@ -50,6 +50,7 @@ pub const REASONS: [&str; 8] = [
     "protocol_error",
     "shutdown",
     "cut_off",
+    "replaced",
 ];
 
 /// The `reason` label of `wspush_node_links_refused_total`: an inbound link closed at a limit
@@ -75,6 +76,7 @@ fn reason_index(reason: EndReason) -> usize {
         EndReason::ProtocolError => 5,
         EndReason::Shutdown => 6,
         EndReason::CutOff => 7,
+        EndReason::Replaced => 8,
     }
 }
 

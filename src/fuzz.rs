@@ -16,7 +16,9 @@ use crate::api::request::{
     decode, required, Bind, ByClient, ByGroup, NoFields, Push, PushFields, PushToClients, Register,
     SendToGroup, SendToSystem, SendToUser, Unbind,
 };
-use crate::cluster::proto::{self, Frame, Member, RemoteOp, RemoteReply, StatsPart, Target};
+use crate::cluster::proto::{
+    self, Claimed, Frame, Kick, Member, RemoteOp, RemoteReply, StatsPart, Target,
+};
 use crate::config::Config;
 use crate::ids::{ClientAddr, IdCodec, CLIENT_ID_LEN};
 use crate::net::{handshake, http};
@@ -467,7 +469,7 @@ fn build_frame(input: &mut Input) -> Frame {
         slot: input.u32(),
         generation: input.u32(),
     };
-    let op = match input.byte() % 21 {
+    let op = match input.byte() % 24 {
         0 => RemoteOp::Deliver {
             system: input.string(),
             targets: (0..input.byte() % 8).map(|_| target(input)).collect(),
@@ -503,6 +505,7 @@ fn build_frame(input: &mut Input) -> Frame {
         4 => RemoteOp::Close {
             target: target(input),
             system: input.string(),
+            kick: [Kick::Api, Kick::Replaced][input.byte() as usize % 2],
         },
         5 => RemoteOp::IsOnline {
             target: target(input),
@@ -532,11 +535,27 @@ fn build_frame(input: &mut Input) -> Frame {
             system: input.string(),
         },
         17 => RemoteOp::Membership,
+        20 | 21 if input.byte() & 1 == 1 => RemoteOp::UserRelease {
+            system: input.string(),
+            user_id: input.string(),
+            client_id: input.string(),
+        },
+        20 | 21 => RemoteOp::UserClaim {
+            system: input.string(),
+            user_id: input.string(),
+            client_id: input.string(),
+            take: input.byte() & 1 == 1,
+        },
         shape => {
             let reply = match shape {
                 11 => RemoteReply::Done(input.byte() & 1 == 1),
                 12 => RemoteReply::Count(input.u32()),
                 19 => RemoteReply::CountSkipped(input.u32()),
+                22 => RemoteReply::Claimed(match input.byte() % 3 {
+                    0 => Claimed::Kept,
+                    1 => Claimed::Lost,
+                    _ => Claimed::Replaced(input.string()),
+                }),
                 13 => RemoteReply::List((0..input.byte() % 8).map(|_| input.string()).collect()),
                 14 => RemoteReply::Failed(input.string()),
                 15 => RemoteReply::Refused(input.string()),

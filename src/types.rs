@@ -36,6 +36,9 @@ pub struct SystemInfo {
     pub webhook_url: Option<String>,
     /// When set, every group of the system is a stream with history (docs/history.md).
     pub history: Option<HistoryOpts>,
+    /// When set, a userId holds one connection at a time: its newest closes the older ones
+    /// with 4001 (docs/api-additions.md, "One connection per user").
+    pub single_connection: bool,
 }
 
 /// A system's group history, as registered (already clamped to the registering node's
@@ -69,6 +72,31 @@ pub enum EndReason {
     /// This node lost its cluster membership and its peers dropped it (see
     /// `runtime::isolation_loop`): its clients go to a node the others can reach.
     CutOff,
+    /// A newer connection of its user took its place (a system with singleConnection).
+    Replaced,
+}
+
+/// Why the server closes a client that something else asked it to close.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// close_client from the API: 1000.
+    Api,
+    /// A newer connection of the same user, in a system with singleConnection: 4001.
+    Replaced,
+}
+
+/// What the owner of a (system, userId) of a system with singleConnection answered a claim
+/// of one of its connections (`crate::shard::single`).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// The claimer holds the user, and nobody else did.
+    Kept,
+    /// The claimer holds the user now; the connection with this clientId held it before and
+    /// is to be closed.
+    Replaced(String),
+    /// Another connection holds the user: the claimer is to be closed (a re-claim after the
+    /// owner moved, which found a newer connection there first).
+    Lost,
 }
 
 /// A client on the receiving node.

@@ -609,7 +609,38 @@ fn node_frame_seeds() -> Seeds {
                 op: RemoteOp::Close {
                     target,
                     system: "app1".into(),
+                    kick: wspush::types::Kick::Api,
                 },
+            },
+        ),
+        (
+            "user_claim",
+            Frame::Request {
+                id: 23,
+                op: RemoteOp::UserClaim {
+                    system: "app1".into(),
+                    user_id: "u".into(),
+                    client_id: "0".repeat(59),
+                    take: true,
+                },
+            },
+        ),
+        (
+            "user_release",
+            Frame::Request {
+                id: 24,
+                op: RemoteOp::UserRelease {
+                    system: "app1".into(),
+                    user_id: "u".into(),
+                    client_id: "0".repeat(59),
+                },
+            },
+        ),
+        (
+            "reply_claimed",
+            Frame::Response {
+                id: 25,
+                reply: RemoteReply::Claimed(wspush::types::Claimed::Replaced("0".repeat(59))),
             },
         ),
         (

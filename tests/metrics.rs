@@ -222,7 +222,7 @@ fn metrics_count_connections_pushes_requests_and_disconnects() {
     assert_eq!(reason("slow_consumer"), 0.0);
     assert_eq!(
         m.count("wspush_disconnects_total", &[]),
-        8,
+        9,
         "every reason, 0 or not"
     );
     assert_eq!(m.sum("wspush_connections", &[]), (N - 3) as f64);

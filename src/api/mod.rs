@@ -138,6 +138,7 @@ pub async fn handle(
         let webhook_url = req.webhook_url.as_deref().filter(|u| !u.is_empty());
         let mut info = register_options(&shard.config, req.secret.as_deref(), webhook_url)?;
         info.history = history::register_history(&shard.config, req.history)?;
+        info.single_connection = req.single_connection.unwrap_or(false);
         return match router.register(Arc::from(&*system), Arc::new(info)).await {
             Ok(true) => Ok(Data::EmptyList),
             Ok(false) => Err(ApiError::AlreadyRegistered(system.into_owned())),
@@ -242,7 +243,7 @@ pub async fn handle(
             let req: ByClient = decode(body)?;
             let client_id = required("clientId", req.client_id)?;
             name("clientId", &client_id, limits)?;
-            clients::close(router, system, &client_id)
+            clients::close(router, system, &client_id, crate::types::Kick::Api)
                 .await
                 .map_err(|why| ApiError::Limit(why.to_string()))?;
             Ok(Data::EmptyObject)
@@ -461,7 +462,7 @@ fn register_options(
     Ok(SystemInfo {
         secret: secret.map(str::to_string),
         webhook_url: webhook_url.map(str::to_string),
-        history: None,
+        ..SystemInfo::default()
     })
 }
 

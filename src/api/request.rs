@@ -93,6 +93,9 @@ pub struct Register<'a> {
     /// Issue 15: group history for the system (docs/history.md).
     #[serde(default)]
     pub history: Option<HistoryRequest>,
+    /// Issue 17: one connection per userId (docs/api-additions.md).
+    #[serde(default)]
+    pub single_connection: Option<bool>,
 }
 
 /// register's `history`: `{"size": N, "ttlSeconds": T}` (T defaults to HistoryTtl).

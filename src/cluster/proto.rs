@@ -9,7 +9,9 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 /// The plain data the ops carry, defined with the rest of the shared types.
-pub use crate::types::{HistoryOpts, HistoryPush, Member, Resume, StatsPart, StreamPos, Target};
+pub use crate::types::{
+    Claimed, HistoryOpts, HistoryPush, Kick, Member, Resume, StatsPart, StreamPos, Target,
+};
 
 /// Bumped whenever [`Frame`] or the link handshake changes shape; a peer speaking another
 /// version is refused (in the handshake, and again on every frame). 4: the handshake
@@ -17,8 +19,9 @@ pub use crate::types::{HistoryOpts, HistoryPush, Member, Resume, StatsPart, Stre
 /// `HistoryRead`, `Bind.resume`). 6: offline messages (`OfflineStore`, `OfflineTake`,
 /// `StatsPart.offline`). 7: excludeClientId (`exclude` of `GroupPush`, `SystemPush`,
 /// `UserPush` and `HistoryPush`; `RemoteReply::CountSkipped`). 8: group occupancy
-/// (`Occupancy`).
-pub const PROTO_VERSION: u16 = 8;
+/// (`Occupancy`). 9: one connection per user (`UserClaim`, `UserRelease`, `Close.kick`,
+/// `RemoteReply::Claimed`).
+pub const PROTO_VERSION: u16 = 9;
 /// Largest frame accepted (a send_to_clients of many ids with a large `data` fits easily).
 pub const MAX_FRAME: usize = 16 << 20;
 const PREFIX: usize = 4 + 2;
@@ -78,6 +81,20 @@ pub enum RemoteOp {
     },
     /// A connection got the userId: the owner removes and answers the user's kept pushes.
     OfflineTake { system: String, user_id: String },
+    /// To the owner of the (system, userId) of a system with singleConnection: the
+    /// connection `client_id` holds the user now (`take`), or asks to after the owner moved.
+    UserClaim {
+        system: String,
+        user_id: String,
+        client_id: String,
+        take: bool,
+    },
+    /// To the same owner: `client_id` no longer holds the user.
+    UserRelease {
+        system: String,
+        user_id: String,
+        client_id: String,
+    },
     /// Queue `frame` to the receiver's members of the group. `exclude` (in these pushes): the
     /// clientId of a connection to leave out, when the sender found it on some peer; only
     /// the node that owns it finds it.
@@ -89,8 +106,13 @@ pub enum RemoteOp {
     },
     /// The receiver's members of the group.
     OnlineList { system: String, group: String },
-    /// close_client of a client of the receiver.
-    Close { target: Target, system: String },
+    /// close_client of a client of the receiver, or the close of a connection its user's
+    /// newer one replaced (`kick`).
+    Close {
+        target: Target,
+        system: String,
+        kick: Kick,
+    },
     /// is_online of a client of the receiver.
     IsOnline { target: Target, system: String },
     /// Queue `frame` to every client of `system` on the receiver.
@@ -151,6 +173,8 @@ pub enum RemoteReply {
     Recovered(bool),
     /// Answer to `OfflineTake`, oldest first.
     Offline(Vec<OfflineFrame>),
+    /// Answer to `UserClaim`.
+    Claimed(Claimed),
 }
 
 /// One kept push of a user: its messageId and its complete WebSocket frame.
@@ -354,6 +378,7 @@ mod tests {
                 op: RemoteOp::Close {
                     target,
                     system: "s".into(),
+                    kick: Kick::Replaced,
                 },
             },
             Frame::Response {

@@ -703,8 +703,11 @@ async fn upgrade(
             let conn = shard.add_conn(stream, &system_id, peer);
             if let Some(user_id) = &user_id {
                 // The token's userId binds the connection from its first frame on, as a
-                // bind_to_group would (send_to_user finds it through the user index).
-                shard.set_user_id(&conn, user_id);
+                // bind_to_group would (send_to_user finds it through the user index), and
+                // claims the user in a system with singleConnection.
+                if let Some(old) = shard.set_user_id(&conn, user_id) {
+                    router.user_changed(&conn, &old, user_id);
+                }
             }
             // After the token's userId is set, so the online event carries it.
             shard.webhook_event(crate::webhook::Kind::Online, &conn, "");

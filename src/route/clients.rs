@@ -5,7 +5,7 @@ use super::Router;
 use crate::cluster::proto::{RemoteOp, RemoteReply};
 use crate::ids::ClientAddr;
 use crate::shard::inbox::{Op, Refusal, Reply};
-use crate::types::{Resume, Target as RemoteTarget};
+use crate::types::{Kick, Resume, Target as RemoteTarget};
 use crate::ws::frame::SharedFrame;
 use futures_util::future::join_all;
 use std::collections::HashMap;
@@ -248,19 +248,33 @@ pub async fn bind(
 
 /// close_client where the client lives. `Err` when a limit refused it. A client whose node
 /// does not answer is treated as unknown (code 0, as the original answers for those); the
-/// failure is counted and logged.
-pub async fn close(route: &Rc<Router>, system: Arc<str>, client_id: &str) -> Result<bool, Refusal> {
+/// failure is counted and logged. `kick` says how (close_client's, or a replaced connection's).
+pub async fn close(
+    route: &Rc<Router>,
+    system: Arc<str>,
+    client_id: &str,
+    kick: Kick,
+) -> Result<bool, Refusal> {
     let s = system.to_string();
+    let what = match kick {
+        Kick::Api => "close_client",
+        Kick::Replaced => "single_connection",
+    };
     let found = on_client(
         route,
         client_id,
-        "close_client",
+        what,
         |slot, generation| Op::Close {
             slot,
             generation,
             system,
+            kick,
         },
-        |target| RemoteOp::Close { target, system: s },
+        |target| RemoteOp::Close {
+            target,
+            system: s,
+            kick,
+        },
     )
     .await;
     match found {

@@ -249,20 +249,22 @@ impl Router {
     /// The peer table changed (cluster mode): takes it, then drops the streams of this core
     /// that another node owns now. Should one come back here, it is new, with a new epoch: its
     /// clients learn their history is gone rather than miss what the other owner numbered.
-    pub fn peers_changed(&self, peers: &[SocketAddrV4]) {
+    pub fn peers_changed(self: &Rc<Self>, peers: &[SocketAddrV4]) {
         let owned = |nodes: &[SocketAddrV4], me, system: &str, key: &str| {
             stream_owner(system, key, nodes.iter().copied()) == Some(me)
         };
         let Some(cluster) = self.cluster() else {
             return;
         };
-        cluster.set_peers(peers);
         let me = cluster.self_addr;
+        let before: Vec<SocketAddrV4> = cluster.peers().into_iter().chain([me]).collect();
+        cluster.set_peers(peers);
         let nodes: Vec<SocketAddrV4> = cluster.peers().into_iter().chain([me]).collect();
         (self.shard.history.borrow_mut()).retain(|system, group| owned(&nodes, me, system, group));
         // Offline messages of users another node owns now are dropped too: the new owner is
         // where stores and takes go from now on (docs/history.md, "Offline messages").
         (self.shard.offline.borrow_mut()).retain(|system, user| owned(&nodes, me, system, user));
         self.occupancy_peers_changed(&nodes, me);
+        self.single_peers_changed(&before, &nodes, me);
     }
 }

@@ -4,6 +4,7 @@
 
 use super::{MemberEvent, Router};
 use crate::shard::inbox::{CoreMsg, Op, Reply, Skip};
+use crate::shard::BoundHere;
 use glommio::channels::channel_mesh::Receivers;
 use glommio::channels::local_channel;
 use glommio::{GlommioError, ResourceType};
@@ -68,7 +69,25 @@ impl Router {
                 slot,
                 generation,
                 system,
-            } => Reply::Done(shard.close_local(slot, generation, &system)),
+                kick,
+            } => Reply::Done(shard.close_local(slot, generation, &system, kick)),
+            Op::UserClaim {
+                system,
+                user_id,
+                client_id,
+                take,
+            } => {
+                let mut holders = shard.holders.borrow_mut();
+                Reply::Claimed(holders.claim(&system, &user_id, &client_id, take))
+            }
+            Op::UserRelease {
+                system,
+                user_id,
+                client_id,
+            } => {
+                (shard.holders.borrow_mut()).release(&system, &user_id, &client_id);
+                Reply::Done(true)
+            }
             Op::AddSystem { system, info } => {
                 shard.learn_system(&system, info, false);
                 Reply::Done(true)
@@ -152,15 +171,22 @@ impl Router {
                 resume,
             } => {
                 let user: std::sync::Arc<str> = std::sync::Arc::from(&*user_id);
-                let (conn, first) =
-                    match shard.bind_local(slot, generation, &system, &group, user_id, extend) {
-                        Ok(Some(bound)) => bound,
-                        Ok(None) => return Reply::Done(false),
-                        Err(why) => return Reply::Refused(why),
-                    };
+                let BoundHere {
+                    conn,
+                    first,
+                    old_user,
+                } = match shard.bind_local(slot, generation, &system, &group, user_id, extend) {
+                    Ok(Some(bound)) => bound,
+                    Ok(None) => return Reply::Done(false),
+                    Err(why) => return Reply::Refused(why),
+                };
                 // A bind with a userId takes that user's offline messages (docs/history.md).
                 if !user.is_empty() && shard.config.offline_max > 0 {
-                    glommio::spawn_local(self.clone().deliver_offline(conn.clone(), user)).detach();
+                    let deliver = self.clone().deliver_offline(conn.clone(), user.clone());
+                    glommio::spawn_local(deliver).detach();
+                }
+                if let Some(old_user) = old_user {
+                    self.user_changed(&conn, &old_user, &user);
                 }
                 // In the bind's own step: no push of the group can reach the client unseen.
                 if resume.is_some() {

@@ -13,6 +13,8 @@
 //!   node's cores only ([`remote`]).
 //! - A send_to_group of a system with history, and reads of a group's history, go to the
 //!   one core of one node that owns the group's stream ([`history`]).
+//! - A connection of a system with singleConnection that gets a userId claims that user at its
+//!   owner, the home of its offline messages, which names the connection it replaced ([`single`]).
 //! - Registering and looking up systems, and telling a group about a member's comings and
 //!   goings, go through here too ([`systems`], [`Router::announce`]).
 
@@ -22,6 +24,7 @@ pub mod mesh;
 pub mod occupancy;
 pub mod offline;
 pub mod remote;
+pub mod single;
 pub mod systems;
 
 use crate::cluster::link::LinkError;
@@ -147,6 +150,7 @@ fn from_remote(reply: RemoteReply) -> Reply {
                 })
                 .collect(),
         ),
+        RemoteReply::Claimed(claimed) => Reply::Claimed(claimed),
         RemoteReply::Failed(_) | RemoteReply::Membership { .. } => Reply::Done(false),
     }
 }
@@ -470,6 +474,7 @@ impl Router {
         let groups = shard.remove_conn(conn);
         shard.metrics.disconnected(reason);
         shard.webhook_event(crate::webhook::Kind::Offline, conn, "");
+        self.user_changed(conn, &conn.user_id(), "");
         tracing::debug!(client = %conn.client_id(), peer = %conn.peer(), core = shard.id, ?reason, groups = groups.len(), "client disconnected");
         if groups.is_empty() {
             return;

@@ -128,6 +128,32 @@ fn local_op(op: RemoteOp, nr_cores: usize, skip: impl Fn(Option<String>) -> Opti
                 user_id: Arc::from(user_id),
             },
         ),
+        RemoteOp::UserClaim {
+            system,
+            user_id,
+            client_id,
+            take,
+        } => Local::Core(
+            super::history::stream_core(&system, &user_id, nr_cores),
+            Op::UserClaim {
+                system: Arc::from(system),
+                user_id: Arc::from(user_id),
+                client_id: Arc::from(client_id),
+                take,
+            },
+        ),
+        RemoteOp::UserRelease {
+            system,
+            user_id,
+            client_id,
+        } => Local::Core(
+            super::history::stream_core(&system, &user_id, nr_cores),
+            Op::UserRelease {
+                system: Arc::from(system),
+                user_id: Arc::from(user_id),
+                client_id: Arc::from(client_id),
+            },
+        ),
         RemoteOp::Occupancy {
             system,
             group,
@@ -191,12 +217,17 @@ fn local_op(op: RemoteOp, nr_cores: usize, skip: impl Fn(Option<String>) -> Opti
                 resume: resume.map(Box::new),
             },
         ),
-        RemoteOp::Close { target, system } => Local::Core(
+        RemoteOp::Close {
+            target,
+            system,
+            kick,
+        } => Local::Core(
             target.core as usize,
             Op::Close {
                 slot: target.slot,
                 generation: target.generation,
                 system: Arc::from(system),
+                kick,
             },
         ),
         RemoteOp::IsOnline { target, system } => Local::Core(
@@ -241,6 +272,7 @@ fn to_remote(reply: Reply) -> RemoteReply {
         Reply::History(read) => super::history::read_to_remote(read),
         Reply::Recovered(recovered) => RemoteReply::Recovered(recovered),
         Reply::Offline(list) => super::offline::to_remote(list),
+        Reply::Claimed(claimed) => RemoteReply::Claimed(claimed),
         reply => RemoteReply::Done(reply.found()),
     }
 }

@@ -129,7 +129,8 @@ impl Router {
             .await
             .map_err(RegisterError::Etcd)?;
         if created {
-            tracing::info!(system = %system, secret = info.secret.is_some(), "system registered in etcd");
+            tracing::info!(system = %system, secret = info.secret.is_some(),
+                single_connection = info.single_connection, "system registered in etcd");
             self.add_system_everywhere(system, info).await;
         }
         Ok(created)
@@ -166,7 +167,8 @@ impl Router {
         for wait in waits {
             wait.await;
         }
-        tracing::info!(system = %system, secret = info.secret.is_some(), "system registered");
+        tracing::info!(system = %system, secret = info.secret.is_some(),
+            single_connection = info.single_connection, "system registered");
         Reply::Done(true)
     }
 }

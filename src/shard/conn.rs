@@ -119,6 +119,12 @@ impl Conn {
         std::pin::Pin::new(&mut *stream).poll_read(cx, buf)
     }
 
+    /// The userId it was bound with ("" for none).
+    pub fn user_id(&self) -> String {
+        let info = self.info.borrow();
+        info.as_ref().map_or(String::new(), |i| i.user_id.clone())
+    }
+
     /// The `data` of this client's 1001/1002 pushes.
     pub fn member_event_data(&self) -> String {
         let info = self.info.borrow();

@@ -1,7 +1,7 @@
 //! Messages between cores. Only owned, `Send` values cross: strings as `Arc<str>`, frames as the
 //! shared `Arc<[u8]>` built once by the core that received the API request.
 
-use crate::types::{HistoryOpts, Member, Resume, StatsPart, StreamPos, SystemInfo};
+use crate::types::{Claimed, HistoryOpts, Kick, Member, Resume, StatsPart, StreamPos, SystemInfo};
 use crate::ws::frame::SharedFrame;
 use std::sync::Arc;
 
@@ -64,6 +64,21 @@ pub enum Op {
     },
     /// Remove and answer a user's kept pushes.
     OfflineTake { system: Arc<str>, user_id: Arc<str> },
+    /// To the core that owns the (system, userId) of a system with singleConnection: the
+    /// connection `client_id` holds the user now (`take`: a new connection; else a re-claim
+    /// after the owner moved). Answers `Claimed`.
+    UserClaim {
+        system: Arc<str>,
+        user_id: Arc<str>,
+        client_id: Arc<str>,
+        take: bool,
+    },
+    /// To the same core: `client_id` no longer holds the user.
+    UserRelease {
+        system: Arc<str>,
+        user_id: Arc<str>,
+        client_id: Arc<str>,
+    },
     /// Queue `frame` to this core's members of the group.
     GroupPush {
         system: Arc<str>,
@@ -73,11 +88,12 @@ pub enum Op {
     },
     /// This core's members of the group, as clientIds.
     OnlineList { system: Arc<str>, group: Arc<str> },
-    /// Close the client's connection (then 1002 to its groups).
+    /// Close the client's connection as `kick` says (then 1002 to its groups).
     Close {
         slot: u32,
         generation: u32,
         system: Arc<str>,
+        kick: Kick,
     },
     /// Whether the client is connected and not on its way out.
     IsOnline {
@@ -185,6 +201,8 @@ pub enum Reply {
     Recovered(bool),
     /// Answer to `Op::OfflineTake`, oldest first.
     Offline(Vec<crate::shard::offline::Stored>),
+    /// Answer to `Op::UserClaim`.
+    Claimed(Claimed),
     /// The core could not be reached (shutting down).
     Unreachable,
 }

@@ -170,6 +170,18 @@ impl Index {
         self.conns_of(system, |s| Some(&s.clients))
     }
 
+    /// This core's connections bound with a userId, with it, in the systems `pick` says yes
+    /// to.
+    pub fn users_where(&self, mut pick: impl FnMut(&str) -> bool) -> Vec<(Rc<Conn>, Rc<str>)> {
+        let mut found = Vec::new();
+        for (_, state) in self.systems.iter().filter(|(system, _)| pick(system)) {
+            for (user, conns) in &state.users {
+                found.extend(conns.values().map(|c| (c.clone(), user.clone())));
+            }
+        }
+        found
+    }
+
     /// The system's connections bound with `user_id`.
     pub fn user_conns(&self, system: &str, user_id: &str) -> Vec<Rc<Conn>> {
         self.conns_of(system, |s| s.users.get(user_id))

@@ -7,11 +7,20 @@ use super::conn::Conn;
 use super::history::Bounds;
 use super::inbox::Refusal;
 use super::Shard;
-use crate::types::{Member, StatsPart};
+use crate::types::{EndReason, Kick, Member, StatsPart};
 use crate::ws::frame::{self, SharedFrame};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What a bind did to the client it found ([`Shard::bind_local`]).
+pub struct BoundHere {
+    pub conn: Rc<Conn>,
+    /// Its first bind to the group (announce it).
+    pub first: bool,
+    /// The userId it had ("" for none), when the bind changed it.
+    pub old_user: Option<String>,
+}
 
 impl Shard {
     /// Removes a connection from every index; returns the groups it was in.
@@ -79,21 +88,50 @@ impl Shard {
         held + self.push_to(&members, f)
     }
 
+    /// This core's connections bound with a userId, with it, in the systems `pick` says yes to.
+    pub fn users_where_local(&self, pick: impl FnMut(&str) -> bool) -> Vec<(Rc<Conn>, Rc<str>)> {
+        self.index.borrow().users_where(pick)
+    }
+
     pub fn online_list_local(&self, system: &str, group: &str) -> Vec<String> {
         self.index.borrow().online_list(system, group)
     }
 
-    pub fn close_local(self: &Rc<Self>, slot: u32, generation: u32, system: &str) -> bool {
+    /// Closes the client as `kick` says (close_client's 1000, or 4001 for a connection a newer
+    /// one of its user replaced). True when it was found, also when already on its way out.
+    pub fn close_local(
+        self: &Rc<Self>,
+        slot: u32,
+        generation: u32,
+        system: &str,
+        kick: Kick,
+    ) -> bool {
         let Some(conn) = self.find(slot, generation, system) else {
             return false;
         };
         if conn.end_reason.get().is_some() {
             return true;
         }
-        tracing::debug!(client = %conn.client_id, peer = %conn.peer, core = self.id, "closing client on API request");
-        // The client should answer the close frame and hang up; if it does not, it is cut.
-        self.close_then_cut(&conn, frame::close_code::NORMAL, "closed by server");
+        self.kick(&conn, kick);
         true
+    }
+
+    /// Closes `conn` as `kick` says; the client should answer the close frame and hang up, and
+    /// is cut if it does not.
+    pub fn kick(self: &Rc<Self>, conn: &Rc<Conn>, kick: Kick) {
+        match kick {
+            Kick::Api => {
+                tracing::debug!(client = %conn.client_id, peer = %conn.peer, core = self.id, "closing client on API request");
+                self.close_then_cut(conn, frame::close_code::NORMAL, "closed by server");
+            }
+            Kick::Replaced => {
+                tracing::info!(client = %conn.client_id, peer = %conn.peer, core = self.id,
+                    "closing a connection a newer one of its user replaced (singleConnection)");
+                let reason = "replaced by a newer connection of this user";
+                let code = frame::close_code::REPLACED;
+                self.close_then_cut_as(conn, EndReason::Replaced, code, reason);
+            }
+        }
     }
 
     /// Sets the connection's userId and keeps send_to_user's index in step with it: besides a
@@ -101,16 +139,18 @@ impl Shard {
     /// userId wins, as in the original), and so may anything else that learns a connection's
     /// user (a connect token). An empty userId takes the connection out of the index. Runs on
     /// the connection's own core; a connection already removed only gets the field set.
-    pub fn set_user_id(&self, conn: &Rc<Conn>, user_id: &str) {
+    /// Returns the userId it had ("" for none) when this changed it.
+    pub fn set_user_id(&self, conn: &Rc<Conn>, user_id: &str) -> Option<String> {
         let old = {
             let mut info = conn.info.borrow_mut();
             if info.as_ref().map_or("", |i| i.user_id.as_str()) == user_id {
-                return;
+                return None;
             }
             let info = info.get_or_insert_with(Box::default);
             std::mem::replace(&mut info.user_id, user_id.to_string())
         };
         self.index.borrow_mut().set_user(conn, &old, user_id);
+        Some(old)
     }
 
     /// Removes `conn` from `group` on this core; false if it was not a member.
@@ -194,9 +234,9 @@ impl Shard {
         }
     }
 
-    /// Sets user data and joins the group. `Some(true)`: first bind (announce it), `Some(false)`:
-    /// already a member, `None`: no such client, `Err`: the client is in MaxGroupsPerClient
-    /// groups already (nothing changed).
+    /// Sets user data and joins the group. `Some`: the client and what the bind did to it,
+    /// `None`: no such client, `Err`: the client is in MaxGroupsPerClient groups already
+    /// (nothing changed).
     pub fn bind_local(
         &self,
         slot: u32,
@@ -205,7 +245,7 @@ impl Shard {
         group: &str,
         user_id: String,
         extend: String,
-    ) -> Result<Option<(Rc<Conn>, bool)>, Refusal> {
+    ) -> Result<Option<BoundHere>, Refusal> {
         let Some(conn) = self.find(slot, generation, system) else {
             return Ok(None);
         };
@@ -222,14 +262,17 @@ impl Shard {
             member
         };
         // As the original: the latest bind's userId/extend win, even for a group already joined.
-        self.set_user_id(&conn, &user_id);
-        if member {
-            return Ok(Some((conn, false)));
+        let old_user = self.set_user_id(&conn, &user_id);
+        if !member {
+            let group = self.index.borrow_mut().join(&conn, group);
+            let mut info = conn.info.borrow_mut();
+            info.get_or_insert_with(Box::default).groups.push(group);
         }
-        let group = self.index.borrow_mut().join(&conn, group);
-        let mut info = conn.info.borrow_mut();
-        info.get_or_insert_with(Box::default).groups.push(group);
-        Ok(Some((conn.clone(), true)))
+        Ok(Some(BoundHere {
+            conn,
+            first: !member,
+            old_user,
+        }))
     }
 
     /// The bounds of a stream of a system with `history` on this node, which clamps them.
@@ -294,6 +337,7 @@ fn leave_out(conns: &mut Vec<Rc<Conn>>, skip: Option<(u32, u32)>) -> bool {
 mod tests {
     use super::super::testing::{conns, with_shard};
     use crate::shard::inbox::Refusal;
+    use crate::types::Kick;
     use crate::ws::frame::SharedFrame;
     use std::sync::Arc;
 
@@ -329,7 +373,10 @@ mod tests {
                 "u".into(),
                 "".into(),
             );
-            assert!(matches!(first, Ok(Some((_, true)))), "first bind announces");
+            assert!(
+                matches!(first, Ok(Some(b)) if b.first && b.old_user.as_deref() == Some("")),
+                "first bind announces"
+            );
             let again = shard.bind_local(
                 c[0].slot,
                 c[0].generation,
@@ -339,8 +386,8 @@ mod tests {
                 "".into(),
             );
             assert!(
-                matches!(again, Ok(Some((_, false)))),
-                "a second bind does not"
+                matches!(again, Ok(Some(b)) if !b.first && b.old_user.is_none()),
+                "a second bind does not, nor changes the user"
             );
             bind(&shard, &c[1], "room", "v");
             let mut list = shard.online_list_local("sys", "room");
@@ -478,13 +525,13 @@ mod tests {
             );
             assert!(matches!(refused, Err(Refusal::MaxGroupsPerClient { most: m }) if m == most));
             assert!(shard.is_online_local(c[0].slot, c[0].generation, "sys"));
-            assert!(shard.close_local(c[0].slot, c[0].generation, "sys"));
+            assert!(shard.close_local(c[0].slot, c[0].generation, "sys", Kick::Api));
             assert!(
                 !shard.is_online_local(c[0].slot, c[0].generation, "sys"),
                 "on its way out"
             );
             assert!(
-                !shard.close_local(c[0].slot, c[0].generation, "other"),
+                !shard.close_local(c[0].slot, c[0].generation, "other", Kick::Api),
                 "isolation"
             );
         });

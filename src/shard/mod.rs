@@ -9,6 +9,8 @@
 //! - [`outbound`]: the per-connection queues, the flush window, slow consumers, heartbeat;
 //! - [`systems`]: the registered systems and their secrets;
 //! - [`history`]: the group streams this core owns, and the recoveries under way here;
+//! - [`offline`], [`occupancy`], [`single`]: what this core keeps for the users and groups it
+//!   owns (offline messages, who holds a group's members, a user's one connection);
 //! - [`registry`]: the slots that clientIds point at; [`conn`]: one connection.
 //!
 //! Ownership contract: a `RefCell` borrow in this module never spans an `.await`.
@@ -18,10 +20,12 @@ pub mod history;
 pub mod inbox;
 pub mod index;
 mod local;
+pub use local::BoundHere;
 pub mod occupancy;
 pub mod offline;
 pub mod outbound;
 pub mod registry;
+pub mod single;
 pub mod system;
 pub mod systems;
 
@@ -93,6 +97,12 @@ pub struct Shard {
     pub occupancy: RefCell<occupancy::Occupancy>,
     /// This core's sequence for its occupancy words to the owners.
     pub occupancy_seq: std::cell::Cell<u64>,
+    /// Which connection holds each user this core owns, of the systems with singleConnection:
+    /// see [`single`].
+    pub holders: RefCell<single::Holders>,
+    /// This core's connections whose claim of their user got no answer from its owner: they
+    /// claim again when the peer table next changes.
+    pub unclaimed: RefCell<Vec<std::rc::Weak<Conn>>>,
     /// Group pushes held back for connections recovering that group: see [`history`].
     pub(crate) recovering: RefCell<history::Recovering>,
 }
@@ -128,6 +138,8 @@ impl Shard {
             offline: RefCell::default(),
             occupancy: RefCell::default(),
             occupancy_seq: std::cell::Cell::new(0),
+            holders: RefCell::default(),
+            unclaimed: RefCell::default(),
             recovering: RefCell::default(),
         }
     }

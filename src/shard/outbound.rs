@@ -268,8 +268,19 @@ impl Shard {
     /// Closes `conn` from the server's side (a kick): [`Self::close_as`] `Kicked`, then the
     /// socket is cut if the client has not hung up 2 s later.
     pub fn close_then_cut(self: &Rc<Self>, conn: &Rc<Conn>, code: u16, reason: &str) {
-        self.close_as(conn, EndReason::Kicked, code, reason);
-        cut_after(conn, EndReason::Kicked, Duration::from_secs(2));
+        self.close_then_cut_as(conn, EndReason::Kicked, code, reason);
+    }
+
+    /// [`Self::close_then_cut`] recorded as `why`.
+    pub fn close_then_cut_as(
+        self: &Rc<Self>,
+        conn: &Rc<Conn>,
+        why: EndReason,
+        code: u16,
+        reason: &str,
+    ) {
+        self.close_as(conn, why, code, reason);
+        cut_after(conn, why, Duration::from_secs(2));
     }
 }
 

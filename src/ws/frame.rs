@@ -21,6 +21,9 @@ pub mod close_code {
     pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// wspush's own: a newer connection of the same user replaced this one (a system with
+    /// singleConnection).
+    pub const REPLACED: u16 = 4001;
 }
 
 /// One server frame, encoded once and shared by every recipient (server frames are unmasked, so

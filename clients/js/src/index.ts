@@ -115,8 +115,8 @@ export interface WspushOptions {
   /**
    * Close codes after which the client stops instead of reconnecting. Default `[1008, 4001]`:
    * wspush closes with 1008 for a connect without systemId, a system that now needs a token,
-   * and a slow consumer; 4001 is the code wspush reserves for a connection replaced by a newer
-   * one of the same user, where reconnecting would close that one in turn.
+   * and a slow consumer; with 4001 for a connection replaced by a newer
+   * one of the same user (singleConnection), where reconnecting would close that one in turn.
    */
   stopCloseCodes?: number[];
   /** Names the group of a push (for `positions()`); the server's frames do not carry it. */

@@ -1,7 +1,8 @@
 // End-to-end in Node, with the platform's WebSocket (Node 22+; Node 20 with
 // --experimental-websocket) against the real wspush server: connect, receive a numbered push,
-// the server closes the connection, reconnect with a new clientId, re-bind with `since`.
-import { test, after } from "node:test";
+// the server closes the connection, reconnect with a new clientId, re-bind with `since`; and in a
+// system with singleConnection, the replaced client stops on 4001 instead of reconnecting.
+import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
@@ -12,9 +13,15 @@ import { Server, sleep } from "./harness.mjs";
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "wspush-js-node-"));
 const server = new Server(dir);
 let client;
+let rivals = [];
+
+before(async () => {
+  await server.start();
+});
 
 after(async () => {
   client?.close();
+  rivals.forEach((c) => c.close());
   await server.stop();
   fs.rmSync(dir, { recursive: true, force: true });
 });
@@ -28,7 +35,6 @@ async function until(cond, what) {
 
 test("Node's own WebSocket: receive, reconnect, recover", { timeout: 60000 }, async () => {
   assert.equal(typeof globalThis.WebSocket, "function", "run with Node 22+, or Node 20 with --experimental-websocket");
-  await server.start();
   const sys = "js-node";
   await server.ok(null, "/api/register", { systemId: sys, history: { size: 10 } });
   const connected = [];
@@ -61,4 +67,28 @@ test("Node's own WebSocket: receive, reconnect, recover", { timeout: 60000 }, as
   await until(() => got.length === 2, "the missed push");
   await sleep(100);
   assert.deepEqual(got, [[1, 1], [2, 2]]);
+});
+
+test("singleConnection: the replaced client stops on 4001, the newer one stays", { timeout: 60000 }, async () => {
+  const sys = "js-single";
+  await server.ok(null, "/api/register", { systemId: sys, singleConnection: true });
+  const events = [[], []];
+  rivals = [0, 1].map((i) => {
+    const c = new WspushClient(`ws://127.0.0.1:${server.port}/ws`, { systemId: sys, minReconnectDelay: 100 });
+    c.on("connected", (e) => events[i].push(["connected", e.clientId]));
+    c.on("stopped", (e) => events[i].push(["stopped", e.code]));
+    return c;
+  });
+  await until(() => events.every((e) => e.length === 1), "both welcomes");
+  const bind = (i) =>
+    server.ok(sys, "/api/bind_to_group", { clientId: events[i][0][1], groupName: "room", userId: "dana", extend: "" });
+  await bind(0);
+  await bind(1);
+  await until(() => events[0].length === 2, "the older client's stop");
+  assert.deepEqual(events[0][1], ["stopped", 4001]);
+  await sleep(500);
+  assert.equal(events[0].length, 2, "no reconnect after 4001");
+  assert.equal(events[1].length, 1, "the newer client stays connected");
+  const online = await server.ok(sys, "/api/is_online", { clientId: events[1][0][1] });
+  assert.deepEqual(online, { online: true });
 });

@@ -42,6 +42,8 @@ struct AccountInfo<'a> {
     webhook_url: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     history: Option<HistoryJson>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    single_connection: bool,
 }
 
 #[derive(Serialize)]
@@ -53,7 +55,8 @@ struct HistoryJson {
 
 /// The value stored under `ws/account/<systemId>`: the original's
 /// `{"systemId":"...","registerTime":<unix secs>}`, plus `"secret"`, `"webhookUrl"` and
-/// `"history": {"size","ttlSeconds"}` only when set, so a system without them reads exactly as the original wrote it.
+/// `"history": {"size","ttlSeconds"}` and `"singleConnection": true` only when set, so a system
+/// without them reads exactly as the original wrote it.
 pub fn account_json(system: &str, register_time: i64, info: &SystemInfo) -> String {
     match serde_json::to_string(&AccountInfo {
         system_id: system,
@@ -64,6 +67,7 @@ pub fn account_json(system: &str, register_time: i64, info: &SystemInfo) -> Stri
             size: h.size,
             ttl_seconds: h.ttl_seconds,
         }),
+        single_connection: info.single_connection,
     }) {
         Ok(s) => s,
         // Not reachable for strings and an i64; kept panic-free anyway.
@@ -112,6 +116,20 @@ pub fn parse_account(system: &str, value: &[u8]) -> SystemInfo {
         secret,
         webhook_url,
         history: parse_history(system, map.get("history")),
+        single_connection: parse_single_connection(system, map.get("singleConnection")),
+    }
+}
+
+/// A system's `singleConnection` from its account value: only `true` turns it on (anything
+/// else than a boolean or null is ignored, with a warning).
+fn parse_single_connection(system: &str, value: Option<&serde_json::Value>) -> bool {
+    match value {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(on)) => *on,
+        Some(other) => {
+            tracing::warn!(system, value = %other, "account singleConnection ignored: not a boolean");
+            false
+        }
     }
 }
 
@@ -192,8 +210,14 @@ mod tests {
                 size: 100,
                 ttl_seconds: 60,
             }),
+            single_connection: true,
         };
         let json = account_json("sys1", 5, &info);
+        assert!(json.contains(r#""singleConnection":true"#), "{json}");
+        let plain = account_json("sys1", 5, &SystemInfo::default());
+        assert!(!plain.contains("singleConnection"), "{plain}");
+        let odd = parse_account("s", br#"{"singleConnection":"yes"}"#);
+        assert!(!odd.single_connection, "a non-boolean turns nothing on");
         assert_eq!(parse_account("sys1", json.as_bytes()), info);
         assert!(
             json.contains(r#""history":{"size":100,"ttlSeconds":60}"#),

@@ -214,7 +214,8 @@ pub fn render(s: &NodeSnapshot) -> String {
         "WebSocket connections ended, by reason: close (client close frame), reset (EOF or \
          error), pong_timeout, slow_consumer (queue full or socket not writable in time), \
          kicked (close_client), protocol_error, shutdown, cut_off (the node lost its \
-         cluster membership and its peers dropped it).",
+         cluster membership and its peers dropped it), replaced (a newer connection of its \
+         user, singleConnection: close code 4001).",
     );
     for (reason, n) in REASONS.iter().zip(s.disconnects()) {
         t.sample("wspush_disconnects_total", &[("reason", reason)], n);

@@ -10,7 +10,7 @@ fn info(url: &str, secret: Option<&str>) -> Arc<SystemInfo> {
     Arc::new(SystemInfo {
         secret: secret.map(String::from),
         webhook_url: Some(url.to_string()),
-        history: None,
+        ..SystemInfo::default()
     })
 }
 
