@@ -23,6 +23,54 @@ fn results(v: &Value) -> Vec<Value> {
     list
 }
 
+/// The answer's `X-Wspush-Delivered` is every operation's deliveries summed: 1 + 2 + 0 (an
+/// operation that failed) + 2 (the group of both).
+#[test]
+fn the_batch_answer_says_what_all_its_operations_delivered() {
+    let server = Server::start();
+    server.register("s");
+    let mut a = server.ws("s");
+    let mut b = server.ws("s");
+    bind(server.port, "s", &a, "room", "u", "");
+    bind(server.port, "s", &b, "room", "v", "");
+    let body = json!({"ops": [
+        {"route": "send_to_client", "clientId": a.client_id, "data": {"n": 1}},
+        {"route": "send_to_clients", "clientIds": [a.client_id, b.client_id], "data": {"n": 2}},
+        {"route": "send_to_client", "data": {"n": 99}},
+        {"route": "send_to_group", "groupName": "room", "data": {"n": 3}},
+    ]});
+    let resp = api_raw(
+        server.port,
+        Some("s"),
+        "/api/batch",
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(results(&resp.json()).len(), 4);
+    assert_eq!(
+        resp.header("X-Wspush-Delivered"),
+        Some("5"),
+        "{:?}",
+        resp.headers
+    );
+    assert_eq!(a.next_ns(3), [1, 2, 3]);
+    assert_eq!(b.next_ns(2), [2, 3]);
+    // A batch whose operations all fail delivered nothing, and says so.
+    let body = json!({"ops": [{"route": "send_to_group", "data": 1}]});
+    let resp = api_raw(
+        server.port,
+        Some("s"),
+        "/api/batch",
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(
+        resp.header("X-Wspush-Delivered"),
+        Some("0"),
+        "{:?}",
+        resp.headers
+    );
+}
+
 #[test]
 fn operations_run_in_order_each_answered_as_its_route_and_a_bad_one_fails_alone() {
     let server = Server::start();

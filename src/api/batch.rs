@@ -1,7 +1,8 @@
 //! `/api/batch` (issue 17, docs/api-additions.md): up to `MaxBatch` push requests in one body,
 //! `{"ops": [{"route": "send_to_group", ...that route's fields}, ...]}`, run one after the
 //! other in their order, answered `{"results": [...]}` with one envelope per operation, each
-//! what its route alone would have answered. One failing operation fails only itself.
+//! what its route alone would have answered. One failing operation fails only itself. Its
+//! `X-Wspush-Delivered` is the sum of its operations' deliveries.
 
 use super::error::{envelope, ApiError, Data};
 use super::request::decode;
@@ -54,6 +55,7 @@ pub async fn run(
         )));
     }
     let mut out = Vec::with_capacity(16 + 96 * ops.len());
+    let mut delivered = 0;
     out.extend_from_slice(b"{\"results\":[");
     for (i, op) in ops.iter().enumerate() {
         if i > 0 {
@@ -64,10 +66,14 @@ pub async fn run(
             Ok(route) => push(router, route, system.clone(), info, op.get().as_bytes()).await,
             Err(e) => Err(e),
         };
+        delivered += result.as_ref().ok().and_then(Data::delivered).unwrap_or(0);
         out.extend_from_slice(&envelope(&result));
     }
     out.extend_from_slice(b"]}");
-    Ok(Data::Raw(out))
+    Ok(Data::Batch {
+        json: out,
+        delivered,
+    })
 }
 
 /// The push route operation `i` names (`"send_to_group"`, or `"/api/send_to_group"`).

@@ -171,6 +171,9 @@ pub enum Data {
     Stats(crate::types::SystemStats),
     /// JSON written by the route (get_group_history, a bind with `since`).
     Raw(Vec<u8>),
+    /// `/api/batch`'s `{"results":[...]}`, and the sockets its pushes were queued for in all
+    /// (its `X-Wspush-Delivered`).
+    Batch { json: Vec<u8>, delivered: usize },
 }
 
 /// What a push route answers (issue 12: code 0 alone said nothing about what was delivered).
@@ -194,6 +197,7 @@ impl Data {
     pub fn delivered(&self) -> Option<usize> {
         match self {
             Data::Pushed(p) => Some(p.delivered),
+            Data::Batch { delivered, .. } => Some(*delivered),
             _ => None,
         }
     }
@@ -260,7 +264,7 @@ pub fn envelope(result: &Result<Data, ApiError>) -> Vec<u8> {
                     }
                     out.extend_from_slice(b"]}");
                 }
-                Data::Raw(json) => out.extend_from_slice(json),
+                Data::Raw(json) | Data::Batch { json, .. } => out.extend_from_slice(json),
                 Data::Stats(s) => {
                     let offline = s
                         .offline_messages

@@ -474,7 +474,7 @@ impl Router {
         let groups = shard.remove_conn(conn);
         shard.metrics.disconnected(reason);
         shard.webhook_event(crate::webhook::Kind::Offline, conn, "");
-        self.user_changed(conn, &conn.user_id(), "");
+        self.user_gone(conn);
         tracing::debug!(client = %conn.client_id(), peer = %conn.peer(), core = shard.id, ?reason, groups = groups.len(), "client disconnected");
         if groups.is_empty() {
             return;

@@ -47,6 +47,13 @@ impl Router {
         }
     }
 
+    /// `conn` (of this core) ended: in a system with singleConnection, it releases its user.
+    pub fn user_gone(self: &Rc<Self>, conn: &Rc<Conn>) {
+        if self.single_connection(conn.system()) {
+            self.user_changed(conn, &conn.user_id(), "");
+        }
+    }
+
     /// Claims `user` for `conn` at the user's owner, then closes whichever connection lost:
     /// the one it replaced, or (a re-claim that found a newer holder) `conn` itself.
     async fn claim_user(self: Rc<Self>, conn: Rc<Conn>, user: Arc<str>, take: bool) {
